@@ -1,0 +1,1 @@
+"""Front-ends over scene_kd."""

@@ -1,0 +1,27 @@
+"""The one error type users see. The CLI prints its message on one line and exits with status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SceneKDError(Exception):
+    """A problem with the user's input, files or environment, explained in one line."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, path: str | Path | None = None):
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class SceneFormatError(SceneKDError):
+    """A scene file is unreadable, truncated, empty or of an unknown type."""
+
+
+class MissingWeightsError(SceneKDError):
+    """Pretrained weights were needed and none could be found or downloaded."""
+
+
+class RunStateError(SceneKDError):
+    """A run folder lacks a stage's input, or its stages do not agree (dims, text encoder, ...)."""

@@ -1,0 +1,145 @@
+"""FeatureField: per-point (or per-Gaussian) language features and the metadata needed to query them.
+
+On disk: ``RUN/field.safetensors`` with
+  ``positions`` float32 [N, 3] (local), ``features.fused`` / ``features.distilled`` float16 [N, D] (either may
+  be absent), ``coverage`` int32 [N] (views that saw each point), optional ``rgb`` uint8 [N, 3] and
+  ``labels`` int32 [N] (ground truth, for evaluation);
+and ``RUN/field.json`` with format_version, kind, teacher, text_encoder, dim, origin (float64 [3]), units,
+source_hash, config_hash, label_names.
+
+The ensemble (OpenScene 2D-3D) is not stored: it depends on the query vocabulary, so
+:meth:`FeatureField.features_for` computes it from fused + distilled for the given text embeddings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scene_kd.errors import RunStateError
+from scene_kd.runio import load_tensors, read_json, save_tensors, write_json
+
+FORMAT_VERSION = 1
+SOURCES = ("fused", "distilled", "ensemble")
+
+
+@dataclass
+class FeatureField:
+    positions: np.ndarray  # [N, 3] float32 local
+    origin: np.ndarray  # [3] float64
+    features: dict[str, torch.Tensor]  # "fused" / "distilled" -> [N, D] float16
+    teacher: str
+    text_encoder: str
+    dim: int
+    kind: str = "points"
+    coverage: np.ndarray | None = None  # [N] int32
+    rgb: np.ndarray | None = None  # [N, 3] uint8
+    labels: np.ndarray | None = None  # [N] int32 ground truth
+    label_names: dict[int, str] = field(default_factory=dict)
+    units: str = "m"
+    source_hash: str = ""
+    config_hash: str = ""
+    extra_meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def sources(self) -> list[str]:
+        have = [s for s in ("fused", "distilled") if s in self.features]
+        return have + (["ensemble"] if len(have) == 2 else [])
+
+    def default_source(self) -> str:
+        return self.sources[-1] if self.sources else "fused"
+
+    def features_for(self, source: str, text_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, D] features for ``source``.
+
+        For "ensemble", per point take fused or distilled, whichever has the higher max cosine similarity
+        over ``text_embeddings`` [P, D] (the query vocabulary); required for that source.
+        """
+        if source in ("fused", "distilled"):
+            if source not in self.features:
+                raise RunStateError(f"this field has no {source} features (has: {', '.join(self.sources) or 'none'})")
+            return self.features[source]
+        if source != "ensemble":
+            raise RunStateError(f"unknown feature source {source!r}; choose one of {', '.join(SOURCES)}")
+        if "fused" not in self.features or "distilled" not in self.features:
+            raise RunStateError("ensemble needs both fused and distilled features; run `scene-kd distill` first")
+        if text_embeddings is None:
+            raise ValueError("ensemble features need the query's text embeddings")
+        fused, distilled = self.features["fused"], self.features["distilled"]
+        text = text_embeddings.to(torch.float32)
+        best_f = _max_similarity(fused, text)
+        best_d = _max_similarity(distilled, text)
+        # uncovered points have zero fused features, so the distilled ones win there
+        take_fused = best_f > best_d
+        return torch.where(take_fused[:, None], fused, distilled)
+
+    def world_positions(self) -> np.ndarray:
+        return self.positions.astype(np.float64) + self.origin
+
+    # ---- I/O -------------------------------------------------------------------------------------
+    def save(self, run_dir: str | Path) -> None:
+        run_dir = Path(run_dir)
+        tensors: dict[str, Any] = {"positions": self.positions}
+        for k, v in self.features.items():
+            if v.shape != (len(self), self.dim):
+                raise RunStateError(f"{k} features have shape {tuple(v.shape)}, expected ({len(self)}, {self.dim})")
+            tensors[f"features.{k}"] = v.to(torch.float16)
+        for k in ("coverage", "rgb", "labels"):
+            if getattr(self, k) is not None:
+                tensors[k] = getattr(self, k)
+        save_tensors(run_dir / "field.safetensors", tensors)
+        write_json(run_dir / "field.json", {
+            "format_version": FORMAT_VERSION, "kind": self.kind, "teacher": self.teacher,
+            "text_encoder": self.text_encoder, "dim": self.dim, "count": len(self),
+            "origin": [float(x) for x in self.origin], "units": self.units, "sources": self.sources,
+            "source_hash": self.source_hash, "config_hash": self.config_hash,
+            "label_names": {str(k): v for k, v in self.label_names.items()}, **self.extra_meta,
+        })
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, expect_text_encoder: str | None = None) -> FeatureField:
+        """Load and validate a field; refuses a field made with another text encoder than expected."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise RunStateError("not a run folder", path=run_dir)
+        meta = read_json(run_dir / "field.json")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise RunStateError(f"field format version {meta.get('format_version')} is not {FORMAT_VERSION}", path=run_dir)
+        if expect_text_encoder is not None and meta["text_encoder"] != expect_text_encoder:
+            raise RunStateError(
+                f"field was made with text encoder {meta['text_encoder']!r}, not {expect_text_encoder!r}", path=run_dir
+            )
+        tensors, _ = load_tensors(run_dir / "field.safetensors")
+        positions = tensors["positions"].numpy()
+        features = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("features.")}
+        for k, v in features.items():
+            if v.ndim != 2 or v.shape[0] != len(positions) or v.shape[1] != meta["dim"]:
+                raise RunStateError(f"{k} features have shape {tuple(v.shape)}; field.json says dim {meta['dim']}", path=run_dir)
+        known = {"format_version", "kind", "teacher", "text_encoder", "dim", "count", "origin", "units", "sources",
+                 "source_hash", "config_hash", "label_names"}
+        opt = lambda k: tensors[k].numpy() if k in tensors else None  # noqa: E731
+        return cls(
+            positions=positions, origin=np.array(meta["origin"], dtype=np.float64), features=features,
+            teacher=meta["teacher"], text_encoder=meta["text_encoder"], dim=int(meta["dim"]), kind=meta["kind"],
+            coverage=opt("coverage"), rgb=opt("rgb"), labels=opt("labels"),
+            label_names={int(k): v for k, v in meta.get("label_names", {}).items()}, units=meta.get("units", "m"),
+            source_hash=meta.get("source_hash", ""), config_hash=meta.get("config_hash", ""),
+            extra_meta={k: v for k, v in meta.items() if k not in known},
+        )
+
+
+def _max_similarity(features: torch.Tensor, text: torch.Tensor, chunk: int = 262144) -> torch.Tensor:
+    """[N] max over prompts of cosine(features_i, text_p), chunked to bound memory; zero rows give 0."""
+    out = torch.empty(features.shape[0], dtype=torch.float32)
+    for s in range(0, features.shape[0], chunk):
+        f = features[s : s + chunk].to(torch.float32)
+        f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        out[s : s + chunk] = (f @ text.T).max(dim=1).values
+    return out

@@ -1,0 +1,1 @@
+"""scene_kd.lift"""

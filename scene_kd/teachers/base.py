@@ -1,0 +1,105 @@
+"""The teacher protocol and registry (open_clip-style: one factory, models registered by name).
+
+A teacher turns renders into masks with one L2-normalised embedding per mask, and text prompts into
+the same embedding space.
+
+On disk (written by the ``features`` stage, scene_kd/teachers/stage.py):
+- ``RUN/masks/NNNN.npz``: ``mask_ids`` int32 [L, H, W], the *global* row in ``embeddings`` of the mask
+  covering each pixel at each mask level, -1 where none.
+- ``RUN/features.safetensors``: ``embeddings`` float32 [M, D] (unit rows), ``mask_view`` int32 [M],
+  ``mask_level`` int32 [M] (mask level within the teacher), ``mask_area`` int32 [M] (pixels);
+  metadata: teacher, text_encoder, dim, config_hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from scene_kd.errors import SceneKDError
+from scene_kd.render.types import Render
+
+
+@dataclass
+class ViewMasks:
+    """A teacher's output for one view.
+
+    mask_ids: [L, H, W] int32, index into ``embeddings`` of the mask covering each pixel per level, -1 none.
+    embeddings: [M, D] float32, L2-normalised rows.   mask_level: [M] int32 level of each mask.
+    """
+
+    mask_ids: np.ndarray
+    embeddings: torch.Tensor
+    mask_level: np.ndarray
+
+    @property
+    def num_masks(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    id: str  # e.g. "open_clip:ViT-B-16/laion2b_s34b_b88k" or "oracle:v1:d64"
+    dim: int
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """[P, D] float32 unit rows."""
+        ...
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    name: str  # registry name
+    dim: int
+    text_encoder: TextEncoder
+
+    def encode_views(self, renders: Sequence[Render]) -> list[ViewMasks]:
+        """One ViewMasks per render, same order; deterministic for a fixed seed."""
+        ...
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., Teacher]] = {}
+
+
+def register_teacher(name: str) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
+    def deco(factory: Callable[..., Teacher]) -> Callable[..., Teacher]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _import_builtin() -> None:
+    # Importing the modules registers them; heavy model imports stay inside their factories.
+    import importlib
+
+    for mod in ("oracle", "clip_sam", "clip_grid"):
+        try:
+            importlib.import_module(f"scene_kd.teachers.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"scene_kd.teachers.{mod}":
+                raise
+
+
+def available_teachers() -> list[str]:
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_teacher(name: str, **config: Any) -> Teacher:
+    """Build a registered teacher by name with its config keyword arguments."""
+    _import_builtin()
+    if name not in _REGISTRY:
+        raise SceneKDError(f"unknown teacher {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**config)
+
+
+def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
