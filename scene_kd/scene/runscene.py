@@ -1,0 +1,53 @@
+"""The run folder's own copy of the scene, so every later stage reads the exact points the renders saw.
+
+``RUN/scene.safetensors``: the scene's arrays (points: xyz, rgb, intensity, normals, labels, instances;
+Gaussians: means, quats, log_scales, opacity_logits, sh, labels, instances), local float32 coordinates.
+``RUN/scene.json``: kind, count, origin (float64), label_names, source path, source_hash, format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scene_kd.runio import file_hash, load_tensors, read_json, save_tensors, write_json
+from scene_kd.scene.types import GaussianSplats, PointCloud
+
+_POINT_ARRAYS = ("xyz", "rgb", "intensity", "normals", "labels", "instances")
+_GAUSS_ARRAYS = ("means", "quats", "log_scales", "opacity_logits", "sh", "labels", "instances")
+
+
+def save_run_scene(run_dir: str | Path, scene: PointCloud | GaussianSplats) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    names = _POINT_ARRAYS if scene.kind == "points" else _GAUSS_ARRAYS
+    arrays = {n: getattr(scene, n) for n in names if getattr(scene, n) is not None}
+    source = scene.meta.get("source")
+    meta = {
+        "kind": scene.kind, "count": len(scene), "origin": [float(v) for v in scene.origin],
+        "label_names": {str(k): v for k, v in scene.label_names.items()},
+        "source": str(Path(source).resolve()) if source else None,
+        "source_hash": file_hash(source) if source and Path(source).is_file() else "",
+        "format": scene.meta.get("format"),
+    }
+    save_tensors(run_dir / "scene.safetensors", arrays)
+    write_json(run_dir / "scene.json", meta)
+    return meta
+
+
+def load_run_scene(run_dir: str | Path) -> PointCloud | GaussianSplats:
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "scene.json")
+    tensors, _ = load_tensors(run_dir / "scene.safetensors")
+    arrays = {k: v.numpy() for k, v in tensors.items()}
+    common = dict(origin=np.array(meta["origin"], dtype=np.float64),
+                  label_names={int(k): v for k, v in meta.get("label_names", {}).items()},
+                  meta={"source": meta.get("source"), "format": meta.get("format"), "source_hash": meta.get("source_hash")})
+    if meta["kind"] == "points":
+        return PointCloud(**{k: arrays.get(k) for k in _POINT_ARRAYS}, **common)
+    return GaussianSplats(**{k: arrays.get(k) for k in _GAUSS_ARRAYS}, **common)
+
+
+def run_scene_meta(run_dir: str | Path) -> dict[str, Any]:
+    return read_json(Path(run_dir) / "scene.json")
