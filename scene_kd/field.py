@@ -76,8 +76,9 @@ class FeatureField:
         text = text_embeddings.to(torch.float32)
         best_f = _max_similarity(fused, text)
         best_d = _max_similarity(distilled, text)
-        # uncovered points have zero fused features, so the distilled ones win there
-        take_fused = best_f > best_d
+        # points no view covered have zero fused features: the distilled ones always win there
+        covered = fused.abs().amax(dim=1) > 0
+        take_fused = (best_f > best_d) & covered
         return torch.where(take_fused[:, None], fused, distilled)
 
     def world_positions(self) -> np.ndarray:
