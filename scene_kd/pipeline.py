@@ -30,8 +30,12 @@ def run_pipeline(
     *,
     force: bool = False,
     until: str | None = None,
+    preview: bool = False,
 ) -> dict[str, Any]:
-    """Run every stage on ``scene`` into ``run_dir``; returns {stage: summary}. ``until`` stops after that stage."""
+    """Run every stage on ``scene`` into ``run_dir``; returns {stage: summary}.
+
+    ``until`` stops after that stage; ``preview`` also writes the contact sheets (plots/views.png, plots/masks.png).
+    """
     from scene_kd.scene.io import load_scene
 
     cfg = cfg or PipelineConfig()
@@ -47,11 +51,11 @@ def run_pipeline(
 
     from scene_kd.render.stage import render_stage
 
-    results["render"] = render_stage(run_dir, load_scene(scene), cfg.render, force=force)
+    results["render"] = render_stage(run_dir, load_scene(scene), cfg.render, force=force, preview=preview)
     if last >= 1:
         from scene_kd.teachers.stage import features_stage
 
-        results["features"] = features_stage(run_dir, cfg.teacher, force=force)
+        results["features"] = features_stage(run_dir, cfg.teacher, force=force, preview=preview)
     if last >= 2:
         from scene_kd.lift.stage import fuse_stage
 
