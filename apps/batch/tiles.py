@@ -1,0 +1,335 @@
+"""One tile of a batch: label every point, write ``DIR/<tile>.laz`` atomically, record a done-sidecar.
+
+Everything here runs inside a worker (a Ray task or the in-process loop) and returns plain dicts, so
+the same function serves both executors.
+
+Per tile:
+- ``DIR/<name>.laz``: the input's header (scale, offset, point format, CRS VLRs) and extra bytes, with
+  ``classification`` = the predicted class code and an extra-bytes ``confidence`` (float32).
+- ``DIR/.<name>.done.json``: the tile's record (points, seconds, per-label counts) and the job hash
+  (labels, labeller settings, student/config identity and the input file's hash). A rerun skips a tile
+  whose output exists with a sidecar of the same hash.
+- ``DIR/runs/<name>/``: the per-tile pipeline run folder (pipeline mode only; one sub-folder per chunk).
+
+Large tiles are labelled in chunks so labels agree across chunk borders. Student mode: the student's own
+xy tiling (``apply_student(max_points=chunk_size)``, context margin = its receptive field, per-point inputs
+from the whole tile). Pipeline/custom modes: a kd split of the XY footprint into cells of at most
+``chunk_size`` points; each chunk is labelled with a ``halo`` of surrounding points as context and keeps
+the labels of its own (core) points only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scene_kd.errors import SceneKDError
+
+Labeller = Callable[[Any, str], tuple[np.ndarray, np.ndarray]]
+"""(PointCloud, work tag) -> (label_index [N] int, confidence [N] float)."""
+
+@dataclass(frozen=True)
+class BatchJob:
+    """What every tile of one batch does (the config hash covers all of it except ``out_dir``)."""
+
+    out_dir: str
+    labels: tuple[str, ...]
+    mode: str = "pipeline"
+    """pipeline (full pipeline per tile) | student (apply a trained student) | custom (``labeller``)."""
+    teacher: str = "oracle-labels"
+    config: str | None = None
+    """Pipeline preset name or YAML path (pipeline mode)."""
+    student: str | None = None
+    """Run folder with a trained student (student mode)."""
+    labeller: str | None = None
+    """``module:function`` taking (PointCloud, labels) -> (label_index, confidence) (custom mode)."""
+    chunk_size: int = 0
+    """Max points per chunk; 0 labels each tile whole."""
+    halo: float = 0.0
+    """Context margin around each chunk, scene units; 0 = a quarter of the chunk's shorter side."""
+    identity: str = ""
+    """Hash of the student/config the labels come from (filled in by :func:`make_job`)."""
+
+    def config_hash(self, tile_hash: str) -> str:
+        from scene_kd.runio import config_hash
+
+        d = dataclasses.asdict(self)
+        d.pop("out_dir")
+        return config_hash(d, tile_hash)
+
+
+def tile_name(tile: str | Path) -> str:
+    """``tiles/a.b.laz`` -> ``a.b`` (the name of its output and sidecar)."""
+    return Path(tile).name.rsplit(".", 1)[0]
+
+
+def output_path(out_dir: str | Path, tile: str | Path) -> Path:
+    return Path(out_dir) / f"{tile_name(tile)}.laz"
+
+
+def sidecar_path(out_dir: str | Path, tile: str | Path) -> Path:
+    return Path(out_dir) / f".{tile_name(tile)}.done.json"
+
+
+def class_codes(labels: tuple[str, ...], point_format: int) -> list[int]:
+    """LAS classification code per label (scene_kd.query.export's ASPRS/user codes for this point format)."""
+    from scene_kd.query.export import LEGACY_USER_CODE_START, USER_CODE_START, classification_codes
+
+    legacy = point_format < 6
+    codes = classification_codes(labels, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
+                                 max_code=31 if legacy else 255)
+    return [codes[name] for name in labels]
+
+
+# ---- chunking ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    core: np.ndarray  # [K] indices of the points this chunk labels
+    context: np.ndarray  # [C] indices of core + halo points (sorted), the chunk's input
+    bounds: tuple[float, float, float, float]  # core cell xmin, ymin, xmax, ymax
+
+
+def plan_chunks(xy: np.ndarray, chunk_size: int, halo: float = 0.0) -> list[Chunk]:
+    """Split points [N, 2] into XY cells of at most ``chunk_size`` points (recursive median split along the
+    longer side); each chunk's context is its cell grown by ``halo`` (0 = a quarter of the cell's shorter side)."""
+    from scipy.spatial import cKDTree
+
+    xy = np.asarray(xy, dtype=np.float64)
+    n = len(xy)
+    if chunk_size <= 0 or n <= chunk_size:
+        idx = np.arange(n)
+        lo, hi = (xy.min(axis=0), xy.max(axis=0)) if n else (np.zeros(2), np.zeros(2))
+        return [Chunk(idx, idx, (lo[0], lo[1], hi[0], hi[1]))]
+    cells: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    stack = [(np.arange(n), xy.min(axis=0), xy.max(axis=0))]
+    while stack:
+        idx, lo, hi = stack.pop()
+        if len(idx) <= chunk_size:
+            cells.append((idx, lo, hi))
+            continue
+        axis = int(np.argmax(hi - lo))
+        vals = xy[idx, axis]
+        cut = float(np.median(vals))
+        left = vals < cut
+        if left.all() or not left.any():  # many equal coordinates: split by rank instead
+            order = np.argsort(vals, kind="stable")
+            left = np.zeros(len(idx), dtype=bool)
+            left[order[: len(idx) // 2]] = True
+            cut = float(vals[order[len(idx) // 2]])
+        hi_l, lo_r = hi.copy(), lo.copy()
+        hi_l[axis], lo_r[axis] = cut, cut
+        stack.append((idx[~left], lo_r, hi))
+        stack.append((idx[left], lo, hi_l))
+    tree = cKDTree(xy)
+    chunks = []
+    for idx, lo, hi in cells:
+        h = halo if halo > 0 else 0.25 * float(min(hi - lo))
+        centre, half = (lo + hi) / 2, (hi - lo) / 2 + h
+        # points within the grown rectangle: a ball query around its centre, then a box test
+        cand = np.asarray(tree.query_ball_point(centre, r=float(np.linalg.norm(half)) + 1e-9), dtype=np.int64)
+        inside = np.all(np.abs(xy[cand] - centre) <= half + 1e-9, axis=1)
+        context = np.union1d(cand[inside], idx)
+        chunks.append(Chunk(np.sort(idx), context, (lo[0], lo[1], hi[0], hi[1])))
+    return chunks
+
+
+def label_in_chunks(scene: Any, labeller: Labeller, chunk_size: int, halo: float = 0.0
+                    ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Label every point of ``scene`` chunk by chunk: (label_index [N] int32, confidence [N] float32, chunks)."""
+    n = len(scene)
+    chunks = plan_chunks(scene.xyz[:, :2], chunk_size, halo)
+    label_index = np.full(n, -1, dtype=np.int32)
+    confidence = np.zeros(n, dtype=np.float32)
+    for k, ch in enumerate(chunks):
+        sub = scene if len(ch.context) == n else scene.subset(ch.context)
+        idx, conf = labeller(sub, "whole" if len(chunks) == 1 else f"chunk{k:03d}")
+        idx, conf = np.asarray(idx).reshape(-1), np.asarray(conf).reshape(-1)
+        if len(idx) != len(ch.context) or len(conf) != len(ch.context):
+            raise SceneKDError(f"labeller returned {len(idx)} labels / {len(conf)} confidences for {len(ch.context)} points")
+        pos = np.searchsorted(ch.context, ch.core)
+        label_index[ch.core] = idx[pos]
+        confidence[ch.core] = conf[pos]
+    return label_index, confidence, len(chunks)
+
+
+# ---- labellers ---------------------------------------------------------------------------------
+
+
+def _segment_field(field: Any, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    from scene_kd.query.segment import segment
+
+    idx, conf = segment(field, list(labels))
+    to_np = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
+    return to_np(idx).astype(np.int32), to_np(conf).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _student_meta(student_dir: str) -> dict[str, Any]:
+    from scene_kd.runio import read_json
+
+    return read_json(Path(student_dir) / "field.json")
+
+
+def label_with_student(scene: Any, job: BatchJob) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the trained student of ``job.student`` to a whole tile, then segment its features.
+
+    The student tiles big inputs itself (``apply_student(max_points=chunk_size)``: xy tiles with a context margin
+    of its receptive field, per-point inputs computed on the whole tile), so chunked and whole agree.
+    """
+    import torch
+
+    from scene_kd.distill.train import apply_student
+    from scene_kd.field import FeatureField
+
+    meta = _student_meta(job.student)
+    kwargs = {"max_points": job.chunk_size} if job.chunk_size > 0 else {}
+    feats = torch.as_tensor(apply_student(job.student, scene, **kwargs))
+    field = FeatureField(
+        positions=scene.xyz, origin=scene.origin, features={"distilled": feats.to(torch.float16)},
+        teacher=meta["teacher"], text_encoder=meta["text_encoder"], dim=int(feats.shape[1]),
+    )
+    del feats
+    return _segment_field(field, job.labels)
+
+
+def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> Labeller:
+    """Run the full pipeline on the tile (or a chunk written beside its run folder), then segment."""
+    from scene_kd.config import load_config
+    from scene_kd.field import FeatureField
+    from scene_kd.pipeline import run_pipeline
+    from scene_kd.scene.io import save_scene
+
+    cfg = load_config(job.config, overrides={"teacher": {"name": job.teacher}})
+    runs = Path(job.out_dir) / "runs" / tile_name(tile)
+
+    def label(scene: Any, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        run_dir = runs if tag == "whole" else runs / tag
+        source: str | Path = tile
+        if tag != "whole":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            source = run_dir / "chunk.laz"
+            save_scene(scene, source)
+        run_pipeline(source, run_dir, cfg, force=force)
+        field = FeatureField.load(run_dir)
+        if len(field) != len(scene):
+            raise SceneKDError(f"pipeline field has {len(field)} points for {len(scene)} scene points", path=run_dir)
+        return _segment_field(field, job.labels)
+
+    return label
+
+
+def custom_labeller(job: BatchJob) -> Labeller:
+    """``module:function`` (PointCloud, labels) -> (label_index, confidence)."""
+    if not job.labeller or ":" not in job.labeller:
+        raise SceneKDError(f"labeller must be 'module:function', not {job.labeller!r}")
+    mod, fn = job.labeller.split(":", 1)
+    try:
+        func = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise SceneKDError(f"cannot import labeller {job.labeller!r} ({e})") from None
+    return lambda scene, tag: func(scene, job.labels)
+
+
+def make_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> Labeller:
+    """The per-chunk labeller of the pipeline and custom modes (the student mode tiles by itself)."""
+    if job.mode == "pipeline":
+        return pipeline_labeller(job, tile, force)
+    if job.mode == "custom":
+        return custom_labeller(job)
+    raise SceneKDError(f"unknown batch mode {job.mode!r}")
+
+
+# ---- one tile -------------------------------------------------------------------------------------
+
+
+@dataclass
+class TileResult:
+    tile: str
+    status: str  # done | skipped | error
+    output: str | None = None
+    points: int = 0
+    seconds: float = 0.0
+    chunks: int | None = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    config_hash: str = ""
+
+
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def process_tile(tile: str, job: BatchJob, force: bool = False) -> dict[str, Any]:
+    """Label one tile and write its output + sidecar; never raises for a bad tile (status "error")."""
+    from scene_kd.runio import atomic_path, file_hash, to_jsonable, write_json
+
+    t0 = time.perf_counter()
+    out, done = output_path(job.out_dir, tile), sidecar_path(job.out_dir, tile)
+    try:
+        chash = job.config_hash(file_hash(tile))
+    except OSError as e:
+        return to_jsonable(TileResult(tile=str(tile), status="error", error=f"cannot read tile ({e.strerror})"))
+    if not force and out.exists():
+        rec = read_sidecar(done)
+        if rec and rec.get("config_hash") == chash:
+            return {**rec, "status": "skipped"}
+    try:
+        from scene_kd.scene.io import load_scene
+
+        scene = load_scene(tile)
+        if scene.kind != "points":
+            raise SceneKDError("batch segmentation needs a point cloud tile, not Gaussians", path=tile)
+        n_chunks: int | None
+        if job.mode == "student":
+            label_index, confidence = label_with_student(scene, job)
+            n_chunks = 1 if job.chunk_size <= 0 or len(scene) <= job.chunk_size else None  # the student's tiling
+        else:
+            labeller = make_labeller(job, tile, force)
+            label_index, confidence, n_chunks = label_in_chunks(scene, labeller, job.chunk_size, job.halo)
+        header = scene.meta.get("las_header")
+        codes = class_codes(job.labels, header.point_format.id if header is not None else 6)
+        if label_index.max(initial=0) >= len(codes):
+            raise SceneKDError(f"label index out of range 0..{len(codes) - 1}")
+        from scene_kd.query.export import UNCLASSIFIED
+
+        lut = np.asarray([*codes, UNCLASSIFIED], dtype=np.int32)  # index -1 (unknown) -> unclassified
+        scene.labels = lut[label_index]
+        scene.label_names = {int(c): name for c, name in zip(codes, job.labels, strict=False)}
+        scene.extra = {**scene.extra, "confidence": confidence.astype(np.float32)}
+        from scene_kd.scene.io import save_scene
+
+        with atomic_path(out) as tmp:
+            save_scene(scene, tmp)
+        counts = np.bincount(label_index[label_index >= 0], minlength=len(job.labels))
+        result = TileResult(
+            tile=str(tile), status="done", output=str(out), points=len(scene),
+            seconds=round(time.perf_counter() - t0, 3), chunks=n_chunks,
+            counts={name: int(c) for name, c in zip(job.labels, counts, strict=False)}, config_hash=chash,
+        )
+        write_json(done, result)
+        return to_jsonable(result)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except SceneKDError as e:
+        err = str(e)
+    except Exception as e:  # a bad tile must not stop the batch; keep the message and where it came from
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        err = f"{type(e).__name__}: {e} ({Path(frame.filename).name}:{frame.lineno})"
+    return to_jsonable(TileResult(tile=str(tile), status="error", seconds=round(time.perf_counter() - t0, 3),
+                                  error=err, config_hash=chash))

@@ -1,0 +1,113 @@
+"""`scene-kd batch "tiles/*.laz" --out DIR --labels road,building,tree,car`: classify many LiDAR tiles."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from scene_kd.commands._common import emit
+from scene_kd.errors import SceneKDError
+
+
+@dataclass
+class Args:
+    """Classify many tiles: each gets DIR/<tile>.laz (classification + confidence) and a row in DIR/summary.json/.csv.
+
+    Runs the full pipeline per tile, or applies a trained student to each tile (--student RUN, much faster).
+    Uses Ray (local by default, --address for a cluster) or an in-process loop (--workers 0). Reruns skip tiles
+    whose output exists with the same config; --force redoes them.
+    """
+
+    tiles: Annotated[tuple[str, ...], tyro.conf.Positional]
+    """Tile files or glob patterns (quote them), e.g. "tiles/*.laz"."""
+    out: str
+    """Output folder."""
+    labels: str
+    """Comma-separated class names, e.g. road,building,tree,car."""
+    teacher: str = "oracle-labels"
+    """Teacher for the full pipeline (clip-sam | clip-grid | oracle-labels)."""
+    config: str | None = None
+    """Pipeline preset name or YAML file (full-pipeline mode)."""
+    student: str | None = None
+    """Run folder with a trained student: apply it to every tile instead of running the pipeline."""
+    labeller: str | None = None
+    """Advanced: your own per-tile function 'module:function' (PointCloud, labels) -> (label_index, confidence)."""
+    address: str | None = None
+    """Ray cluster to use: 'auto' or HOST:PORT. Default: start a local Ray for this command."""
+    workers: int = -1
+    """Parallel tiles (CPUs for the local Ray); 0 = in-process loop; -1 = all CPUs."""
+    chunk_size: int = 0
+    """Label tiles with more points than this in chunks (with a halo); 0 = whole tiles."""
+    halo: float = 0.0
+    """Context around each chunk in scene units; 0 = a quarter of the chunk's shorter side."""
+    force: bool = False
+    """Redo tiles whose output is already current."""
+    json: bool = False
+    """Print the summary as one JSON object."""
+
+
+def make_job(args: Args) -> tuple[list[str], object]:
+    from apps.batch.run import expand_tiles
+    from apps.batch.tiles import BatchJob
+    from scene_kd.query.segment import parse_labels
+    from scene_kd.runio import config_hash, file_hash
+
+    labels = tuple(parse_labels(args.labels))
+    if args.student and args.labeller:
+        raise SceneKDError("give --student or --labeller, not both")
+    if args.chunk_size < 0 or args.halo < 0:
+        raise SceneKDError("--chunk-size and --halo must be >= 0")
+    tiles = expand_tiles(args.tiles)
+    identity = ""
+    if args.student:
+        sdir = Path(args.student)
+        if not (sdir / "field.json").exists():
+            raise SceneKDError("not a run folder with a trained student (no field.json)", path=sdir)
+        ident_files = [p for p in (sdir / "student.safetensors", sdir / "field.json") if p.exists()]
+        identity = config_hash([file_hash(p) for p in ident_files])
+        mode = "student"
+    elif args.labeller:
+        mode = "custom"
+    else:
+        from scene_kd.config import load_config
+
+        mode = "pipeline"
+        identity = config_hash(load_config(args.config, overrides={"teacher": {"name": args.teacher}}))
+    job = BatchJob(
+        out_dir=str(Path(args.out).resolve()), labels=labels, mode=mode, teacher=args.teacher, config=args.config,
+        student=str(Path(args.student).resolve()) if args.student else None, labeller=args.labeller,
+        chunk_size=args.chunk_size, halo=args.halo, identity=identity,
+    )
+    return [str(Path(t).resolve()) for t in tiles], job
+
+
+def _terminate(signum, frame):  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+def main(args: Args) -> int:
+    from apps.batch.run import run_batch
+
+    tiles, job = make_job(args)
+    workers = args.workers if args.workers >= 0 else (os.cpu_count() or 1)
+    if args.address is None and len(tiles) == 1:
+        workers = 0  # one tile: Ray's startup is pure overhead
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM unwinds like Ctrl-C: temp files removed, Ray stopped
+    try:
+        summary = run_batch(tiles, job, workers=workers, address=args.address, force=args.force, progress=not args.json)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    t = summary["totals"]
+    human = (f"{t['tiles']} tile(s): {t['done']} done, {t['skipped']} skipped (current), {t['error']} failed; "
+             f"{t['points']:,} points; {summary['seconds']:.1f} s ({summary['executor']}); summary in "
+             f"{Path(job.out_dir) / 'summary.json'}")
+    errors = [r for r in summary["tiles"] if r["status"] == "error"]
+    if errors and not args.json:
+        human += "".join(f"\n  failed: {r['tile']}: {r['error']}" for r in errors)
+    emit(summary if args.json else None, args.json, human)
+    return 1 if errors else 0
