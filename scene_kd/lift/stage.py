@@ -1,0 +1,182 @@
+"""The fuse stage: RUN/{scene, views.json, renders/, masks/, features.safetensors} -> RUN/fused.safetensors +
+RUN/field.safetensors/field.json.
+
+``RUN/fused.safetensors``: ``features`` float16 [N, D] (unit rows where covered, zero elsewhere), ``coverage``
+int32 [N] (views that gave each point / Gaussian a mask), ``coverage.<granularity>`` int32 [N] per granularity
+(e.g. ``coverage.level0``); metadata: teacher, text_encoder, dim, kind, granularities, config_hash.
+The field holds the fused features as ``features.fused`` (see scene_kd/field.py); the distill stage adds
+``features.distilled`` to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.lift.config import FuseConfig
+from scene_kd.runio import Stages, config_hash, load_tensors, peak_rss_mb, read_json, save_tensors
+
+log = logging.getLogger(__name__)
+
+STAGE = "fuse"
+OUTPUTS = ["fused.safetensors", "field.safetensors", "field.json"]
+_VERSION = "fuse-v1"
+
+
+def _npz_array(path: Path, key: str, what: str) -> np.ndarray:
+    if not path.exists():
+        raise RunStateError(f"missing {path.parent.name}/{path.name}; run `scene-kd {what}` first", path=path.parent.parent)
+    try:
+        with np.load(path) as z:
+            if key not in z.files:
+                raise RunStateError(f"{path.parent.name}/{path.name} has no {key!r} array", path=path.parent.parent)
+            return z[key]
+    except (OSError, ValueError) as e:
+        raise RunStateError(f"cannot read {path.parent.name}/{path.name} ({e})", path=path.parent.parent) from None
+
+
+def _stream(run_dir: Path, order: list[int], folder: str, key: str, what: str) -> Iterator[np.ndarray]:
+    for i in order:
+        yield _npz_array(run_dir / folder / f"{i:04d}.npz", key, what)
+
+
+def load_features(run_dir: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """(embeddings [M, D] float32, metadata) of RUN/features.safetensors, validated."""
+    tensors, meta = load_tensors(Path(run_dir) / "features.safetensors")
+    emb = tensors.get("embeddings")
+    if emb is None:
+        raise RunStateError("features.safetensors has no 'embeddings'; rerun `scene-kd features`", path=run_dir)
+    if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[1] == 0:
+        raise RunStateError(f"features.safetensors embeddings are {tuple(emb.shape)}, expected a non-empty [M, D]", path=run_dir)
+    if "dim" in meta and int(meta["dim"]) != emb.shape[1]:
+        raise RunStateError(f"features.safetensors says dim {meta['dim']} but its embeddings have {emb.shape[1]} columns",
+                            path=run_dir)
+    emb = emb.float().numpy()
+    if not np.isfinite(emb).all():
+        raise RunStateError("features.safetensors embeddings contain NaN or inf", path=run_dir)
+    return emb, meta
+
+
+def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Fuse the run's mask embeddings onto its points (or lift them onto its Gaussians); write fused + field.
+
+    Skips when fused.safetensors and the field exist and were made with the same config and inputs.
+    Raises RunStateError, writing nothing, when an input is missing or inconsistent, no point is covered, or an
+    existing field has another feature dim / text encoder than features.safetensors (unless ``force``).
+    """
+    import torch
+
+    from scene_kd.field import FeatureField
+    from scene_kd.lift.fuse import fuse_points
+    from scene_kd.lift.gaussians import lift_gaussians
+    from scene_kd.render.types import load_cameras
+    from scene_kd.scene.runscene import load_run_scene, run_scene_meta
+
+    cfg = cfg or FuseConfig()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunStateError("not a run folder", path=run_dir)
+    t0 = time.perf_counter()
+    scene_meta = run_scene_meta(run_dir)
+    cameras = load_cameras(run_dir)
+    if not cameras:
+        raise RunStateError("views.json lists no cameras; rerun `scene-kd render`", path=run_dir)
+    embeddings, fmeta = load_features(run_dir)
+    dim = int(embeddings.shape[1])
+    stages = Stages(run_dir)
+    upstream = read_json(stages.path) if stages.path.exists() else {}
+    chash = config_hash(cfg, _VERSION, fmeta.get("config_hash"), scene_meta.get("source_hash"), scene_meta.get("count"),
+                        {s: (upstream.get(s) or {}).get("config_hash") for s in ("render", "features")})
+    if not force and stages.is_current(STAGE, chash, OUTPUTS):
+        rec = upstream.get(STAGE, {})
+        return {**rec.get("summary", {}), "skipped": True}
+    teacher, text_encoder = str(fmeta.get("teacher", "")), str(fmeta.get("text_encoder", ""))
+    field_json = run_dir / "field.json"
+    if field_json.exists() and not force:
+        old = read_json(field_json)
+        if int(old.get("dim", dim)) != dim or (old.get("text_encoder") and text_encoder
+                                                and old["text_encoder"] != text_encoder):
+            raise RunStateError(
+                f"field.safetensors holds {old.get('dim')}-dim features of text encoder {old.get('text_encoder')!r} "
+                f"but features.safetensors has {dim}-dim features of {text_encoder!r}; rerun with --force to "
+                "replace the field (its distilled features too)", path=run_dir)
+
+    scene = load_run_scene(run_dir)
+    order = sorted(range(len(cameras)), key=lambda i: (cameras[i].level, i))  # one granularity live at a time
+    cams = [cameras[i] for i in order]
+    masks = _stream(run_dir, order, "masks", "mask_ids", "features")
+    with _progress(len(cams), "fuse" if scene.kind == "points" else "lift") as advance:
+        try:
+            if scene.kind == "points":
+                depths = _stream(run_dir, order, "renders", "depth", "render")
+                feats, coverage, per_gran = fuse_points(scene.xyz, cams, depths, masks, embeddings, cfg,
+                                                        normals=scene.normals, progress=advance)
+            else:
+                ids = _stream(run_dir, order, "renders", "topk_ids", "render")
+                weights = _stream(run_dir, order, "renders", "topk_weights", "render")
+                feats, coverage, per_gran = lift_gaussians(len(scene), cams, ids, weights, masks, embeddings, cfg,
+                                                           progress=advance)
+        except RunStateError:
+            raise
+        except SceneKDError as e:
+            raise RunStateError(f"cannot fuse: {e}", path=run_dir) from None
+    covered = int((coverage > 0).sum())
+    if covered == 0:
+        raise RunStateError("no point is covered by any mask in any view (check the views and the teacher's masks); "
+                            "nothing written", path=run_dir)
+
+    feats16 = feats.to(torch.float16)
+    per_gran_points = {k: int((v > 0).sum()) for k, v in per_gran.items()}
+    save_tensors(run_dir / "fused.safetensors",
+                 {"features": feats16, "coverage": coverage, **{f"coverage.{k}": v for k, v in per_gran.items()}},
+                 {"teacher": teacher, "text_encoder": text_encoder, "dim": dim, "kind": scene.kind,
+                  "granularities": sorted(per_gran), "config_hash": chash})
+    rgb = scene.rgb if scene.kind == "points" else scene.rgb_from_dc()
+    field = FeatureField(
+        positions=scene.xyz, origin=scene.origin, features={"fused": feats16}, teacher=teacher,
+        text_encoder=text_encoder, dim=dim, kind=scene.kind, coverage=coverage.numpy(), rgb=rgb,
+        labels=scene.labels, label_names=dict(scene.label_names), source_hash=str(scene_meta.get("source_hash") or ""),
+        config_hash=chash,
+    )
+    field.save(run_dir)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "kind": scene.kind, "count": len(scene), "covered": covered, "coverage": covered / max(len(scene), 1),
+        "dim": dim, "teacher": teacher, "views": len(cams), "granularities": per_gran_points,
+        "seconds": round(seconds, 3),
+    }
+    stages.record(STAGE, chash, seconds, peak_rss_mb(), summary=summary)
+    from scene_kd.pipeline import STAGES
+
+    stages.invalidate_after(STAGE, list(STAGES))
+    log.info("fused %s of %s %s (%.1f s)", f"{covered:,}", f"{len(scene):,}", scene.kind, seconds)
+    return {**summary, "skipped": False}
+
+
+class _progress:
+    """A rich progress bar over views (stderr, transient); yields ``advance(view_index)``."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label = total, label
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        console = Console(stderr=True)
+        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, transient=True,
+                            disable=not sys.stderr.isatty())
+        self.bar.__enter__()
+        task = self.bar.add_task(f"{self.label} views", total=self.total)
+        return lambda _v: self.bar.advance(task)
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
