@@ -1,0 +1,281 @@
+"""The ``features`` stage: renders -> teacher -> ``RUN/masks/NNNN.npz`` + ``RUN/features.safetensors``.
+
+Views whose (teacher cache key, render content hash) is in the feature cache ($SCENE_KD_CACHE/features) are
+read from it without calling the teacher; the rest go through the teacher ``batch_size`` views at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.render.types import Render, iter_renders, load_cameras, load_render, render_paths
+from scene_kd.runio import (
+    Stages,
+    atomic_path,
+    config_hash,
+    file_hash,
+    load_tensors,
+    peak_rss_mb,
+    read_json,
+    save_tensors,
+)
+from scene_kd.teachers.base import Teacher, ViewMasks, create_teacher
+from scene_kd.teachers.cache import FeatureCache, render_content_hash
+from scene_kd.teachers.config import TeacherConfig
+
+log = logging.getLogger(__name__)
+
+STAGE = "features"
+PIPELINE_ORDER = ["render", "features", "fuse", "distill", "eval"]
+PREVIEW_VIEWS = 8
+
+
+def make_teacher(run_dir: str | Path, cfg: TeacherConfig) -> Teacher:
+    """The teacher named by ``cfg`` with its config; the oracle also gets the run's class names."""
+    kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "name"}
+    if cfg.name == "oracle-labels":
+        from scene_kd.scene.runscene import run_scene_meta
+
+        try:
+            names = run_scene_meta(run_dir).get("label_names", {})
+        except RunStateError:
+            names = {}
+        kwargs["label_names"] = {int(k): v for k, v in names.items()}
+    return create_teacher(cfg.name, **kwargs)
+
+
+def validate_view_masks(vm: ViewMasks, render: Render, dim: int, where: str) -> None:
+    ids = np.asarray(vm.mask_ids)
+    h, w = render.rgb.shape[:2]
+    if ids.ndim != 3 or ids.shape[1:] != (h, w):
+        raise SceneKDError(f"{where}: teacher returned mask_ids of shape {ids.shape}, expected [L, {h}, {w}]")
+    m = vm.num_masks
+    if vm.embeddings.ndim != 2 or vm.embeddings.shape[1] != dim:
+        raise SceneKDError(f"{where}: teacher returned embeddings {tuple(vm.embeddings.shape)}, expected [M, {dim}]")
+    if len(vm.mask_level) != m or (ids.size and (ids.max() >= m or ids.min() < -1)):
+        raise SceneKDError(f"{where}: teacher mask ids / levels do not match its {m} embeddings")
+    if m and not torch.isfinite(vm.embeddings).all():
+        raise SceneKDError(f"{where}: teacher returned non-finite embeddings")
+
+
+def _render_files_hash(run_dir: Path, n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        png, npz = render_paths(run_dir, i)
+        if not png.exists() or not npz.exists():
+            raise RunStateError(f"missing render {i:04d}; run `scene-kd render` first", path=run_dir)
+        out.append(file_hash(png) + file_hash(npz))
+    return out
+
+
+def features_stage(run_dir: str | Path, cfg: TeacherConfig, *, force: bool = False, preview: bool = False) -> dict[str, Any]:
+    """Run the teacher over every render of ``run_dir``; returns a summary dict (see module docstring)."""
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    cameras = load_cameras(run_dir)
+    n = len(cameras)
+    if n == 0:
+        raise RunStateError("views.json lists no views; nothing for the teacher to see", path=run_dir)
+    teacher = make_teacher(run_dir, cfg)
+    key = getattr(teacher, "cache_key", None) or config_hash(teacher.name, dataclasses.asdict(cfg))
+    chash = config_hash(STAGE, key, _render_files_hash(run_dir, n))
+    stages = Stages(run_dir)
+    outputs = ["features.safetensors"] + [f"masks/{i:04d}.npz" for i in range(n)]
+    if not force and stages.is_current(STAGE, chash, outputs):
+        rec = read_json(stages.path).get(STAGE, {})
+        if preview:
+            write_preview_from_run(run_dir)
+        log.info("features: up to date (%s masks, %s views); --force reruns", rec.get("masks"), n)
+        return {"skipped": True, **{k: rec.get(k) for k in ("teacher", "text_encoder", "dim", "views", "masks", "levels")}}
+
+    cache = FeatureCache(key)
+    dim = int(teacher.dim)
+    results: list[ViewMasks | None] = [None] * n
+    preview_idx = set(np.linspace(0, n - 1, min(n, PREVIEW_VIEWS)).round().astype(int).tolist()) if preview else set()
+    preview_rgb: dict[int, np.ndarray] = {}
+    teacher_seconds, cached = 0.0, 0
+    pending: list[tuple[int, str, Render]] = []
+    done_masks = 0
+
+    def flush(progress, task) -> None:
+        nonlocal teacher_seconds, done_masks
+        if not pending:
+            return
+        if hasattr(teacher, "load"):
+            teacher.load()  # model loading is not teacher time
+        t = time.perf_counter()
+        vms = teacher.encode_views([r for _, _, r in pending])
+        teacher_seconds += time.perf_counter() - t
+        if len(vms) != len(pending):
+            raise SceneKDError(f"teacher {teacher.name} returned {len(vms)} results for {len(pending)} views")
+        for (i, h, r), vm in zip(pending, vms, strict=True):
+            validate_view_masks(vm, r, dim, f"view {i:04d}")
+            cache.put(h, vm)
+            results[i] = vm
+            done_masks += vm.num_masks
+        progress.update(task, advance=len(pending),
+                        rate=f"{done_masks / max(teacher_seconds, 1e-9):.1f} masks/s")
+        pending.clear()
+
+    with _progress() as progress:
+        task = progress.add_task(f"features ({teacher.name})", total=n, rate="")
+        for i, r in iter_renders(run_dir):
+            if i in preview_idx:
+                preview_rgb[i] = r.rgb
+            h = render_content_hash(r)
+            hit = cache.get(h)
+            if hit is not None:
+                validate_view_masks(hit, r, dim, f"cached view {i:04d}")
+                results[i] = hit
+                cached += 1
+                progress.update(task, advance=1)
+                continue
+            pending.append((i, h, r))
+            if len(pending) >= max(1, cfg.batch_size):
+                flush(progress, task)
+        flush(progress, task)
+
+    summary = write_outputs(run_dir, results, teacher, chash)
+    if preview:
+        write_preview(run_dir / "plots" / "masks.png", [preview_rgb[i] for i in sorted(preview_rgb)],
+                      [np.asarray(results[i].mask_ids) for i in sorted(preview_rgb)],  # type: ignore[union-attr]
+                      [results[i].embeddings for i in sorted(preview_rgb)])  # type: ignore[union-attr]
+    seconds = time.perf_counter() - t0
+    model_seconds = teacher.model_seconds() if hasattr(teacher, "model_seconds") else None
+    summary.update(skipped=False, cached_views=cached, seconds=round(seconds, 3),
+                   teacher_seconds=round(teacher_seconds, 3),
+                   masks_per_s=round(summary["masks"] / teacher_seconds, 2) if teacher_seconds > 0 else None)
+    if model_seconds is not None:
+        summary["model_seconds"] = round(model_seconds, 3)
+    stages.record(STAGE, chash, seconds, peak_rss_mb(), **{k: summary[k] for k in
+                  ("teacher", "text_encoder", "dim", "views", "masks", "levels", "cached_views")})
+    stages.invalidate_after(STAGE, PIPELINE_ORDER)
+    return summary
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("views"),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+                    disable=not sys.stderr.isatty())
+
+
+def write_outputs(run_dir: Path, results: list[ViewMasks | None], teacher: Teacher, chash: str) -> dict[str, Any]:
+    """masks/NNNN.npz (global rows) and features.safetensors, each written atomically."""
+    offset, embs, views, levels, areas = 0, [], [], [], []
+    n_levels = max((np.asarray(vm.mask_ids).shape[0] for vm in results if vm is not None), default=0)
+    masks_dir = run_dir / "masks"
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    for i, vm in enumerate(results):
+        assert vm is not None
+        ids = np.asarray(vm.mask_ids, np.int32)
+        m = vm.num_masks
+        glob = np.where(ids >= 0, ids + offset, -1).astype(np.int32)
+        with atomic_path(masks_dir / f"{i:04d}.npz") as tmp:
+            with open(tmp, "wb") as f:
+                np.savez_compressed(f, mask_ids=glob)
+        area = np.bincount(ids[ids >= 0].ravel(), minlength=m)[:m] if m else np.zeros(0, np.int64)
+        embs.append(vm.embeddings.detach().float().cpu())
+        views.append(np.full(m, i, np.int32))
+        levels.append(np.asarray(vm.mask_level, np.int32))
+        areas.append(area.astype(np.int32))
+        offset += m
+    for stale in masks_dir.glob("*.npz"):
+        if stale.stem.isdigit() and int(stale.stem) >= len(results):
+            stale.unlink()
+    dim = int(teacher.dim)
+    emb = torch.cat(embs) if embs else torch.zeros(0, dim)
+    text_id = getattr(teacher, "text_encoder_id", None) or teacher.text_encoder.id
+    meta = {"teacher": teacher.name, "text_encoder": text_id, "dim": dim, "config_hash": chash,
+            "levels": n_levels, "views": len(results)}
+    save_tensors(run_dir / "features.safetensors", {
+        "embeddings": emb.contiguous(), "mask_view": np.concatenate(views), "mask_level": np.concatenate(levels),
+        "mask_area": np.concatenate(areas)}, meta)
+    return {**meta, "masks": int(emb.shape[0])}
+
+
+def pca_colours(embeddings: torch.Tensor) -> np.ndarray:
+    """[M, 3] float in [0, 1]: the embeddings' first 3 principal components, each stretched to 2-98th percentile."""
+    x = embeddings.detach().double().cpu()
+    if x.shape[0] == 0:
+        return np.zeros((0, 3))
+    x = x - x.mean(0, keepdim=True)
+    _, vecs = torch.linalg.eigh(x.T @ x)
+    comps = vecs[:, -3:].flip(1) if vecs.shape[1] >= 3 else torch.eye(x.shape[1], 3, dtype=x.dtype)
+    y = (x @ comps).numpy()
+    lo, hi = np.percentile(y, 2, axis=0), np.percentile(y, 98, axis=0)
+    return np.clip((y - lo) / np.maximum(hi - lo, 1e-9), 0, 1)
+
+
+def draw_masks(rgb: np.ndarray, ids: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """The render with each mask tinted by and outlined in its colour ([H, W, 3] uint8); ids [H, W] (-1 none)."""
+    img = rgb.astype(np.float32) / 255.0
+    has = ids >= 0
+    col = np.zeros_like(img)
+    col[has] = colours[ids[has]]
+    edge = np.zeros_like(has)
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    edge &= has
+    out = img * 0.6
+    out[has] = img[has] * 0.55 + col[has] * 0.45
+    out[edge] = col[edge]
+    return (out * 255).round().astype(np.uint8)
+
+
+def write_preview(path: Path, rgbs: list[np.ndarray], mask_ids: list[np.ndarray], embeddings: list[torch.Tensor]) -> Path:
+    """Grid of renders with level-0 mask outlines coloured by a shared 3-component PCA of the mask embeddings."""
+    from PIL import Image
+
+    if not rgbs:
+        raise SceneKDError("no views to preview")
+    colours = pca_colours(torch.cat([e.float() for e in embeddings]))
+    tiles, start = [], 0
+    for rgb, ids, e in zip(rgbs, mask_ids, embeddings, strict=True):
+        c = colours[start : start + e.shape[0]]
+        start += e.shape[0]
+        tiles.append(draw_masks(rgb, np.asarray(ids)[0], c) if ids.shape[0] else rgb)
+    h = max(t.shape[0] for t in tiles)
+    w = max(t.shape[1] for t in tiles)
+    cols = min(4, len(tiles))
+    rows = -(-len(tiles) // cols)
+    sheet = np.full((rows * (h + 4), cols * (w + 4), 3), 255, np.uint8)
+    for k, t in enumerate(tiles):
+        r, c = divmod(k, cols)
+        sheet[r * (h + 4) : r * (h + 4) + t.shape[0], c * (w + 4) : c * (w + 4) + t.shape[1]] = t
+    with atomic_path(path) as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
+    return path
+
+
+def write_preview_from_run(run_dir: str | Path) -> Path:
+    """The preview from a finished features stage (reads masks/, features.safetensors and the renders)."""
+    run_dir = Path(run_dir)
+    tensors, _ = load_tensors(run_dir / "features.safetensors")
+    emb, views = tensors["embeddings"], tensors["mask_view"].numpy()
+    cams = load_cameras(run_dir)
+    pick = np.unique(np.linspace(0, len(cams) - 1, min(len(cams), PREVIEW_VIEWS)).round().astype(int))
+    rgbs, ids, embs = [], [], []
+    for i in pick:
+        rows = np.nonzero(views == i)[0]
+        with np.load(run_dir / "masks" / f"{i:04d}.npz") as z:
+            g = z["mask_ids"]
+        first = int(rows[0]) if rows.size else 0
+        ids.append(np.where(g >= 0, g - first, -1))
+        embs.append(emb[rows])
+        rgbs.append(load_render(run_dir, int(i), cams[i]).rgb)
+    return write_preview(run_dir / "plots" / "masks.png", rgbs, ids, embs)

@@ -1,0 +1,233 @@
+"""Text encoders: the oracle's fixed concept vectors and open_clip's text tower, rebuilt from an id.
+
+Ids (stored in features.safetensors and FeatureField.text_encoder):
+- ``oracle:v1:d{D}``: a fixed table of canonical concepts with synonyms, each an orthonormal unit vector in
+  R^D; anything else maps to a deterministic hash-seeded unit vector orthogonal to every concept.
+- ``open_clip:{model}:{pretrained}``: open_clip's text tower (``pretrained`` = ``random`` for seeded random
+  init, tests only).
+
+Text embeddings are cached per (encoder id, prompt) for the life of the process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from scene_kd.errors import SceneKDError
+from scene_kd.teachers.base import TextEncoder, l2_normalise
+
+# Canonical concept -> synonyms (the canonical name is a synonym of itself). The ORDER is part of the id
+# "oracle:v1": append new concepts only in a new version.
+CONCEPTS: dict[str, tuple[str, ...]] = {
+    "car": ("cars", "vehicle", "vehicles", "parked car", "parked cars", "automobile", "automobiles"),
+    "tree": ("trees", "vegetation", "high vegetation", "tall vegetation"),
+    "building": ("buildings", "roof", "roofs", "house", "houses", "facade", "facades"),
+    "road": ("roads", "street", "streets", "road surface", "traffic road", "asphalt"),
+    "ground": ("terrain", "soil", "bare ground", "earth"),
+    "grass": ("lawn", "low vegetation"),
+    "pole": ("poles", "street light", "street lights", "streetlight", "lamp post", "street lamp"),
+    "sidewalk": ("sidewalks", "footpath", "pavement", "walkway"),
+    "water": ("river", "lake"),
+    "wire": ("wires", "power line", "power lines", "wire conductor", "cable"),
+    "shrub": ("shrubs", "bush", "bushes", "medium vegetation", "hedge"),
+    "wall": ("walls", "fence"),
+    "bridge": ("bridge deck",),
+    "rail": ("railway", "railroad", "rail track"),
+    "parking": ("parking lot",),
+    "transmission tower": ("pylon",),
+    "person": ("people", "pedestrian"),
+    "bike": ("bicycle",),
+    "mug": ("cup", "coffee mug"),
+    "mug handle": ("handle of the mug", "cup handle"),
+    "bowl": ("bowls",),
+    "box": ("boxes", "cardboard box"),
+    "bottle": ("bottles",),
+    "banana": ("bananas",),
+    "apple": ("apples",),
+    "table": ("tables", "desk", "tabletop"),
+    "chair": ("chairs",),
+    "floor": (),
+    "plate": ("plates",),
+    "book": ("books",),
+    "can": ("cans", "tin can"),
+    "shelf": ("shelves",),
+}
+ORACLE_VERSION = "v1"
+_ORACLE_SEED = 20240611
+
+_TEMPLATE = re.compile(
+    r"^(?:(?:a|an|the)\s+)?(?:photo|picture|image|rendering|render|point cloud|3d scan)\s+of\s+(?:(?:a|an|the)\s+)?"
+)
+_ARTICLE = re.compile(r"^(?:a|an|the)\s+")
+
+
+def normalise_prompt(prompt: str) -> str:
+    """Lowercase, strip templates like "a photo of a {}." and articles, collapse spaces and punctuation."""
+    s = prompt.lower().strip()
+    s = re.sub(r"[^\w\s'-]", " ", s)
+    s = re.sub(r"[\s_]+", " ", s).strip()
+    s = _TEMPLATE.sub("", s)
+    s = _ARTICLE.sub("", s)
+    return s.strip()
+
+
+def _synonym_table() -> dict[str, int]:
+    table: dict[str, int] = {}
+    for k, (name, syns) in enumerate(CONCEPTS.items()):
+        for phrase in (name, *syns):
+            table[normalise_prompt(phrase)] = k
+    return table
+
+
+_SYNONYMS = _synonym_table()
+
+
+def match_concept(prompt: str) -> tuple[int | None, str]:
+    """(concept index or None, how): exact synonym match, else the longest concept phrase contained in the
+    prompt as whole words ("red mug handle" -> "mug handle"), else None."""
+    s = normalise_prompt(prompt)
+    if s in _SYNONYMS:
+        return _SYNONYMS[s], "exact"
+    if s.endswith("s") and s[:-1] in _SYNONYMS:
+        return _SYNONYMS[s[:-1]], "exact"
+    words = s.split()
+    best: tuple[int, int, int] | None = None  # (-length, start, concept)
+    for n in range(len(words), 0, -1):
+        for i in range(len(words) - n + 1):
+            phrase = " ".join(words[i : i + n])
+            if phrase in _SYNONYMS:
+                cand = (-n, i, _SYNONYMS[phrase])
+                best = cand if best is None or cand < best else best
+        if best is not None:
+            break
+    return (best[2], "contained") if best else (None, "none")
+
+
+class OracleTextEncoder:
+    """Fixed concept vectors; see the module docstring. ``dim`` must exceed the number of concepts."""
+
+    def __init__(self, dim: int = 64):
+        k = len(CONCEPTS)
+        if dim < k + 4:
+            raise SceneKDError(f"oracle dim {dim} too small: needs at least {k + 4} for {k} concepts")
+        self.dim = int(dim)
+        self.id = f"oracle:{ORACLE_VERSION}:d{self.dim}"
+        rng = np.random.default_rng(_ORACLE_SEED + self.dim)
+        q, _ = np.linalg.qr(rng.standard_normal((self.dim, self.dim)))
+        self._basis = q.T.astype(np.float64)  # rows orthonormal
+        self._concepts = self._basis[:k]  # [K, D]
+
+    def concept_vectors(self) -> torch.Tensor:
+        return torch.from_numpy(self._concepts.astype(np.float32))
+
+    def hashed_vector(self, phrase: str) -> np.ndarray:
+        """A deterministic unit vector for ``phrase``, orthogonal to all concept vectors."""
+        seed = int.from_bytes(hashlib.sha256(normalise_prompt(phrase).encode()).digest()[:8], "little")
+        v = np.random.default_rng(seed).standard_normal(self.dim)
+        v -= self._concepts.T @ (self._concepts @ v)
+        return v / np.linalg.norm(v)
+
+    def vector(self, prompt: str) -> np.ndarray:
+        k, _ = match_concept(prompt)
+        return self._concepts[k] if k is not None else self.hashed_vector(prompt)
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        """[P, D] float32 unit rows."""
+        prompts = _check_prompts(prompts)
+        return _cached_encode(self.id, prompts, lambda missing: np.stack([self.vector(p) for p in missing]))
+
+    def encode_class_names(self, names: Sequence[str]) -> torch.Tensor:
+        """[C, D] unit rows for a label map's class names, all distinct: a class whose concept another class
+        already holds (exact matches win over contained ones, then the earlier name) gets its hashed vector."""
+        names = list(names)
+        matches = [match_concept(n) for n in names]
+        order = sorted(range(len(names)), key=lambda i: (matches[i][1] != "exact", i))
+        taken: set[int] = set()
+        out = np.zeros((len(names), self.dim))
+        for i in order:
+            k, _ = matches[i]
+            if k is not None and k not in taken:
+                taken.add(k)
+                out[i] = self._concepts[k]
+            else:
+                out[i] = self.hashed_vector(names[i])
+        return torch.from_numpy(out.astype(np.float32))
+
+
+class OpenClipTextEncoder:
+    """open_clip's text tower; prompts are encoded as given (templating is the caller's choice)."""
+
+    def __init__(self, bundle, encoder_id: str):
+        self.bundle = bundle
+        self.id = encoder_id
+        self.dim = bundle.dim
+        self.model_calls = 0
+
+    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+        prompts = _check_prompts(prompts)
+
+        def run(missing: list[str]) -> np.ndarray:
+            out = []
+            with torch.inference_mode():
+                for i in range(0, len(missing), 256):
+                    tokens = self.bundle.tokenizer(missing[i : i + 256]).to(self.bundle.device)
+                    self.model_calls += 1
+                    out.append(l2_normalise(self.bundle.model.encode_text(tokens).float()).cpu().numpy())
+            return np.concatenate(out)
+
+        return _cached_encode(self.id, prompts, run)
+
+
+_TEXT_CACHE: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _check_prompts(prompts: Sequence[str]) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise SceneKDError("no text prompts given")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise SceneKDError(f"text prompts must be non-empty strings, got {p!r}")
+    return prompts
+
+
+def _cached_encode(encoder_id: str, prompts: list[str], compute) -> torch.Tensor:
+    missing = list(dict.fromkeys(p for p in prompts if (encoder_id, p) not in _TEXT_CACHE))
+    if missing:
+        for p, v in zip(missing, compute(missing), strict=True):
+            _TEXT_CACHE[(encoder_id, p)] = np.asarray(v, dtype=np.float32)
+    out = np.stack([_TEXT_CACHE[(encoder_id, p)] for p in prompts])
+    return l2_normalise(torch.from_numpy(out))
+
+
+def parse_text_encoder_id(text_encoder_id: str) -> tuple[str, list[str]]:
+    kind, _, rest = text_encoder_id.partition(":")
+    return kind, rest.split(":") if rest else []
+
+
+@lru_cache(maxsize=8)
+def load_text_encoder(text_encoder_id: str, *, weights: str | None = None, device: str = "cpu") -> TextEncoder:
+    """Rebuild the text encoder named by ``text_encoder_id`` (see the module docstring); cached per id."""
+    kind, parts = parse_text_encoder_id(text_encoder_id)
+    if kind == "oracle":
+        if len(parts) != 2 or parts[0] != ORACLE_VERSION or not re.fullmatch(r"d\d+", parts[1]):
+            raise SceneKDError(f"unknown oracle text encoder {text_encoder_id!r}; expected oracle:{ORACLE_VERSION}:dN")
+        return OracleTextEncoder(int(parts[1][1:]))
+    if kind == "open_clip":
+        if len(parts) != 2:
+            raise SceneKDError(f"bad text encoder id {text_encoder_id!r}; expected open_clip:MODEL:PRETRAINED")
+        from scene_kd.teachers.clip import load_open_clip, resolve_clip_weights
+
+        model, pretrained = parts
+        path = resolve_clip_weights(model, pretrained, weights)
+        bundle = load_open_clip(model, path, device=device, pretrained=pretrained)
+        return OpenClipTextEncoder(bundle, text_encoder_id)
+    raise SceneKDError(f"unknown text encoder {text_encoder_id!r}; expected oracle:... or open_clip:...")

@@ -1,0 +1,146 @@
+"""clip-grid / clip-sam with the real architectures at random init (tiny input sizes), weights, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_teachers_fixtures import make_render, make_run
+
+from scene_kd.cli import main as cli_main
+from scene_kd.errors import MissingWeightsError, SceneKDError
+from scene_kd.teachers.base import create_teacher
+from scene_kd.teachers.clip import load_open_clip
+from scene_kd.teachers.config import TeacherConfig
+from scene_kd.teachers.stage import features_stage
+from scene_kd.teachers.text import load_text_encoder
+from scene_kd.teachers.weights import open_clip_spec, resolve_weights, sam_spec
+
+# ViT-S-32 (a real open_clip architecture, 63M parameters) keeps most tests fast; clip-sam uses the default ViT-B-16.
+TINY = dict(clip_model="ViT-S-32", weights="random", device="cpu", clip_image_size=32, crop_batch_size=16)
+TINY_SAM = dict(sam_image_size=64, sam_points_per_side=3, sam_pred_iou_thresh=0.0, sam_stability_thresh=0.0,
+                min_mask_area=4)
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("SCENE_KD_OFFLINE", "1")
+
+
+def _check(vms, renders, dim):
+    for r, vm in zip(renders, vms, strict=True):
+        assert vm.mask_ids.dtype == np.int32 and vm.mask_ids.shape[1:] == r.rgb.shape[:2]
+        assert vm.embeddings.shape == (vm.num_masks, dim) and vm.num_masks > 0
+        assert torch.allclose(vm.embeddings.norm(dim=1), torch.ones(vm.num_masks), atol=1e-4)
+        assert vm.mask_ids.max() == vm.num_masks - 1
+        for lv in range(vm.mask_ids.shape[0]):  # each mask lives on its own level only
+            rows = np.unique(vm.mask_ids[lv][vm.mask_ids[lv] >= 0])
+            assert (vm.mask_level[rows] == lv).all()
+
+
+def test_clip_grid_random_weights():
+    renders = [make_render(i, 32, 48) for i in range(2)]
+    t = create_teacher("clip-grid", grid_scales=(0.5, 0.25), **TINY)
+    assert t.dim == 384 and t.text_encoder_id == "open_clip:ViT-S-32:random"
+    vms = t.encode_views(renders)
+    _check(vms, renders, 384)
+    assert vms[0].mask_ids.shape[0] == 2
+    # regions: empty pixels in none; depth slabs split a cell (road and ground have different depths)
+    assert (vms[0].mask_ids[:, renders[0].ids < 0] == -1).all()
+    # one crop per forward gives the same embeddings as batches (batching is exact)
+    t1 = create_teacher("clip-grid", grid_scales=(0.5, 0.25), **{**TINY, "crop_batch_size": 1})
+    v1 = t1.encode_views(renders[:1])
+    assert torch.allclose(v1[0].embeddings, vms[0].embeddings, atol=1e-4)
+    # the text encoder rebuilt from its id matches the teacher's
+    prompts = ["a photo of a car.", "road"]
+    assert torch.allclose(t.encode_text(prompts), load_text_encoder(t.text_encoder_id).encode_text(prompts), atol=1e-5)
+
+
+def test_clip_sam_random_weights():
+    renders = [make_render(i) for i in range(2)]
+    b16 = {**TINY, "clip_model": "ViT-B-16"}
+    t = create_teacher("clip-sam", **b16, **TINY_SAM)
+    vms = t.encode_views(renders)
+    _check(vms, renders, 512)
+    assert vms[0].mask_ids.shape[0] == 3
+    again = create_teacher("clip-sam", **b16, **TINY_SAM).encode_views(renders[1:])
+    assert torch.allclose(again[0].embeddings, vms[1].embeddings, atol=1e-4)  # deterministic, batch-independent
+
+
+def test_checkpoint_round_trip(tmp_path):
+    """A checkpoint saved from a random model loads through the same (weights_only) path as a real one."""
+    bundle = load_open_clip("ViT-S-32", "random", image_size=32, seed=5)
+    ckpt = tmp_path / "clip.bin"
+    torch.save(bundle.model.state_dict(), ckpt)
+    t_rand = create_teacher("clip-grid", grid_scales=(0.5,), **{**TINY, "seed": 5})
+    t_file = create_teacher("clip-grid", grid_scales=(0.5,), **{**TINY, "weights": str(ckpt)})
+    assert t_file.text_encoder_id == "open_clip:ViT-S-32:laion2b_s34b_b88k"
+    r = [make_render(0)]
+    assert torch.allclose(t_rand.encode_views(r)[0].embeddings, t_file.encode_views(r)[0].embeddings, atol=1e-5)
+    # the cache folder is searched: a real file name placed there is found
+    spec = open_clip_spec("ViT-B-16", "laion2b_s34b_b88k")
+    dst = spec.cache_folder() / "open_clip_model.safetensors"
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(b"0")
+    assert resolve_weights(spec) == dst
+    # a pickle with objects is refused (weights_only)
+    bad = tmp_path / "bad.bin"
+    torch.save({"x": object()}, bad)
+    with pytest.raises(SceneKDError, match="cannot read weights"):
+        load_open_clip("ViT-S-32", str(bad), image_size=32)
+    # SAM: a random vit_b checkpoint loads strictly
+    from scene_kd.teachers.sam import build_sam, load_sam
+
+    sam_ckpt = tmp_path / "sam_vit_b.pth"
+    torch.save(build_sam("vit_b", 64).state_dict(), sam_ckpt)
+    assert load_sam("vit_b", str(sam_ckpt), image_size=64).image_size == 64
+    with pytest.raises(SceneKDError, match="sam_image_size 1024"):
+        load_sam("vit_b", str(sam_ckpt), image_size=128)
+
+
+def test_missing_weights_offline_message(tmp_path):
+    with pytest.raises(MissingWeightsError) as e:
+        resolve_weights(sam_spec("vit_b"))
+    assert "sam_vit_b_01ec64.pth" in str(e.value) and "weights/sam" in str(e.value)
+    run = tmp_path / "run"
+    make_run(run, n=1)
+    with pytest.raises(MissingWeightsError, match="open_clip_model.safetensors"):
+        features_stage(run, TeacherConfig(name="clip-grid", device="cpu"))
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        resolve_weights(sam_spec("vit_b"), str(tmp_path / "nope.pth"))
+
+
+def test_cli_weights_json(tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "sam_vit_b_01ec64.pth").write_bytes(b"x")
+    assert cli_main(["weights", "--weights", str(tmp_path / "w"), "--json"]) == 0
+    rows = {(r["kind"], r["model"]): r for r in json.loads(capsys.readouterr().out)["weights"]}
+    assert rows[("sam", "vit_b")]["found"].endswith("sam_vit_b_01ec64.pth")
+    assert rows[("open_clip", "ViT-B-16")]["found"] is None
+
+
+def test_stage_cache_means_no_model_calls(tmp_path):
+    run = tmp_path / "run"
+    make_run(run, n=2)
+    cfg = TeacherConfig(name="clip-grid", grid_scales=(0.5,), **TINY)
+    first = features_stage(run, cfg)
+    assert first["masks"] > 0 and first["model_seconds"] > 0
+    bundle = load_open_clip("ViT-S-32", "random", image_size=32, seed=0, pretrained="laion2b_s34b_b88k")
+    calls = bundle.stats["calls"]
+    run2 = tmp_path / "run2"
+    make_run(run2, n=2)
+    second = features_stage(run2, cfg)
+    assert second["cached_views"] == 2 and bundle.stats["calls"] == calls
+
+
+@pytest.mark.slow
+def test_sam_architecture_matches_registry():
+    from segment_anything import sam_model_registry
+
+    from scene_kd.teachers.sam import build_sam
+
+    ref = sam_model_registry["vit_b"](checkpoint=None).state_dict()
+    ours = build_sam("vit_b", 1024).state_dict()
+    assert {k: v.shape for k, v in ref.items()} == {k: v.shape for k, v in ours.items()}
