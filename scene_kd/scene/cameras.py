@@ -1,0 +1,351 @@
+"""Imported cameras: nerfstudio / instant-ngp ``transforms.json`` and COLMAP sparse models (text or binary).
+
+All cameras come out as ``Camera`` in the scene's *local* frame (OpenCV convention, world_to_cam maps
+local -> camera): pass the scene's float64 ``origin`` and it is subtracted from every camera centre.
+Lens distortion is ignored (K keeps focal lengths and principal point only); fisheye models are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scene_kd.errors import SceneFormatError
+from scene_kd.scene.types import Camera, PointCloud
+
+log = logging.getLogger(__name__)
+
+# COLMAP camera models: id -> (name, number of params)
+COLMAP_MODELS: dict[int, tuple[str, int]] = {
+    0: ("SIMPLE_PINHOLE", 3),
+    1: ("PINHOLE", 4),
+    2: ("SIMPLE_RADIAL", 4),
+    3: ("RADIAL", 5),
+    4: ("OPENCV", 8),
+    5: ("OPENCV_FISHEYE", 8),
+    6: ("FULL_OPENCV", 12),
+    7: ("FOV", 5),
+    8: ("SIMPLE_RADIAL_FISHEYE", 4),
+    9: ("RADIAL_FISHEYE", 5),
+    10: ("THIN_PRISM_FISHEYE", 12),
+}
+_MODEL_IDS = {name: i for i, (name, _) in COLMAP_MODELS.items()}
+_SIMPLE_F = {"SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL"}  # params f, cx, cy, ...
+_FXFY = {"PINHOLE", "OPENCV", "FULL_OPENCV"}  # params fx, fy, cx, cy, ...
+OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def intrinsics(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def _shift(world_to_cam: np.ndarray, origin: np.ndarray | None) -> np.ndarray:
+    """World->cam for world = origin + local, i.e. t' = t + R @ origin (centre moves by -origin)."""
+    if origin is None:
+        return world_to_cam
+    out = world_to_cam.copy()
+    out[:3, 3] = world_to_cam[:3, 3] + world_to_cam[:3, :3] @ np.asarray(origin, dtype=np.float64)
+    return out
+
+
+def load_cameras_file(path: str | Path, *, origin: np.ndarray | None = None) -> list[Camera]:
+    """Cameras from ``transforms.json`` or a COLMAP sparse folder (cameras/images/points3D, .txt or .bin).
+
+    A folder may also be a COLMAP project root holding ``sparse/0`` or ``sparse``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SceneFormatError("no such file or folder", path=path)
+    if path.is_dir():
+        return load_colmap_cameras(path, origin=origin)
+    if path.suffix.lower() == ".json":
+        return load_transforms_json(path, origin=origin)
+    if path.name in ("cameras.txt", "cameras.bin", "images.txt", "images.bin"):
+        return load_colmap_cameras(path.parent, origin=origin)
+    raise SceneFormatError("not a camera file: expected transforms.json or a COLMAP sparse folder", path=path)
+
+
+# ------------------------------------------------------------------------------------ transforms.json
+
+
+def load_transforms_json(path: str | Path, *, origin: np.ndarray | None = None) -> list[Camera]:
+    """nerfstudio / instant-ngp transforms.json: OpenGL camera-to-world per frame -> OpenCV world_to_cam."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise SceneFormatError(f"not readable JSON ({type(e).__name__}: {e})", path=path) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise SceneFormatError("transforms.json has no 'frames' list", path=path)
+    if meta.get("camera_model", "OPENCV").upper() not in (
+        "OPENCV",
+        "PINHOLE",
+        "SIMPLE_PINHOLE",
+        "SIMPLE_RADIAL",
+        "RADIAL",
+    ):
+        raise SceneFormatError(
+            f"camera_model {meta['camera_model']} is not supported (pinhole-like only)", path=path
+        )
+    cams = []
+    for i, frame in enumerate(meta["frames"]):
+        try:
+            cams.append(_frame_camera(frame, meta, path, origin))
+        except (KeyError, TypeError, ValueError) as e:
+            raise SceneFormatError(
+                f"frame {i}: missing or bad field ({type(e).__name__}: {e})", path=path
+            ) from None
+    return cams
+
+
+def _frame_camera(frame: dict[str, Any], meta: dict[str, Any], path: Path, origin) -> Camera:
+    def get(key: str, default=None):
+        return frame.get(key, meta.get(key, default))
+
+    w, h = get("w"), get("h")
+    if w is None or h is None:
+        w, h = _image_size(path.parent / frame["file_path"], path)
+    w, h = int(w), int(h)
+    fx, fy = get("fl_x"), get("fl_y")
+    if fx is None:
+        angle_x = get("camera_angle_x")
+        if angle_x is None:
+            raise SceneFormatError("no fl_x or camera_angle_x for a frame", path=path)
+        fx = 0.5 * w / np.tan(0.5 * float(angle_x))
+    if fy is None:
+        angle_y = get("camera_angle_y")
+        fy = 0.5 * h / np.tan(0.5 * float(angle_y)) if angle_y is not None else fx
+    cx, cy = get("cx", w / 2.0), get("cy", h / 2.0)
+    c2w = np.asarray(frame["transform_matrix"], dtype=np.float64)
+    if c2w.shape == (3, 4):
+        c2w = np.vstack([c2w, [0, 0, 0, 1]])
+    if c2w.shape != (4, 4) or not np.isfinite(c2w).all():
+        raise SceneFormatError("transform_matrix must be a finite 4x4 (or 3x4) matrix", path=path)
+    c2w_cv = c2w @ OPENGL_TO_OPENCV
+    if origin is not None:
+        c2w_cv[:3, 3] -= np.asarray(origin, dtype=np.float64)
+    w2c = np.linalg.inv(c2w_cv)
+    return Camera(
+        K=intrinsics(float(fx), float(fy), float(cx), float(cy)),
+        world_to_cam=w2c,
+        width=w,
+        height=h,
+        name=str(frame.get("file_path", "")),
+    )
+
+
+def _image_size(image: Path, path: Path) -> tuple[int, int]:
+    try:
+        from PIL import Image
+
+        with Image.open(image) as im:
+            return im.size
+    except Exception:  # noqa: BLE001
+        raise SceneFormatError(
+            f"no w/h given and image {image} cannot be opened to find its size", path=path
+        ) from None
+
+
+# ------------------------------------------------------------------------------------ COLMAP
+
+
+def colmap_folder(folder: str | Path) -> tuple[Path, str]:
+    """(folder holding cameras.*, 'txt'|'bin') for a sparse model folder or a project root."""
+    folder = Path(folder)
+    for cand in (folder, folder / "sparse" / "0", folder / "sparse", folder / "0"):
+        for ext in ("bin", "txt"):
+            if (cand / f"cameras.{ext}").is_file() and (cand / f"images.{ext}").is_file():
+                return cand, ext
+    raise SceneFormatError("not a COLMAP sparse model (no cameras.bin/txt + images.bin/txt)", path=folder)
+
+
+def _quat_to_rot(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
+    q = np.array([qw, qx, qy, qz], dtype=np.float64)
+    n = np.linalg.norm(q)
+    if not np.isfinite(n) or n == 0:
+        raise ValueError("zero or non-finite quaternion")
+    w, x, y, z = q / n
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def _colmap_K(model: str, params: list[float]) -> np.ndarray:
+    if model in _SIMPLE_F:
+        f, cx, cy = params[:3]
+        return intrinsics(f, f, cx, cy)
+    if model in _FXFY:
+        fx, fy, cx, cy = params[:4]
+        return intrinsics(fx, fy, cx, cy)
+    raise ValueError(f"camera model {model} is not supported (pinhole-like models only)")
+
+
+def _read_cameras_txt(p: Path) -> dict[int, tuple[str, int, int, list[float]]]:
+    cams = {}
+    for line in p.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        tok = line.split()
+        model = tok[1].upper()
+        if model not in _MODEL_IDS:
+            raise ValueError(f"unknown camera model {tok[1]}")
+        params = [float(v) for v in tok[4:]]
+        if len(params) != COLMAP_MODELS[_MODEL_IDS[model]][1]:
+            raise ValueError(f"camera {tok[0]}: {model} needs {COLMAP_MODELS[_MODEL_IDS[model]][1]} params")
+        cams[int(tok[0])] = (model, int(tok[2]), int(tok[3]), params)
+    return cams
+
+
+def _read_images_txt(p: Path) -> list[tuple[int, np.ndarray, np.ndarray, int, str]]:
+    lines = [ln for ln in p.read_text().splitlines() if not ln.startswith("#")]
+    out = []
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():  # an image line is never empty; its points line may be
+            i += 1
+            continue
+        tok = lines[i].split()
+        if len(tok) < 10:
+            raise ValueError(f"bad image line: {lines[i][:60]!r}")
+        qvec = np.array([float(v) for v in tok[1:5]])
+        tvec = np.array([float(v) for v in tok[5:8]])
+        out.append((int(tok[0]), qvec, tvec, int(tok[8]), " ".join(tok[9:])))
+        i += 2  # skip the POINTS2D line
+    return out
+
+
+class _Bin:
+    """Little-endian cursor over bytes that raises ValueError when it runs out."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, fmt: str):
+        size = struct.calcsize("<" + fmt)
+        if self.pos + size > len(self.data):
+            raise ValueError("truncated binary file")
+        vals = struct.unpack_from("<" + fmt, self.data, self.pos)
+        self.pos += size
+        return vals
+
+    def skip(self, n: int) -> None:
+        if n < 0 or self.pos + n > len(self.data):
+            raise ValueError("truncated binary file")
+        self.pos += n
+
+    def cstring(self) -> str:
+        end = self.data.find(b"\x00", self.pos)
+        if end < 0:
+            raise ValueError("truncated binary file (unterminated name)")
+        s = self.data[self.pos : end].decode("utf-8", "replace")
+        self.pos = end + 1
+        return s
+
+
+def _read_cameras_bin(p: Path) -> dict[int, tuple[str, int, int, list[float]]]:
+    b = _Bin(p.read_bytes())
+    (n,) = b.take("Q")
+    cams = {}
+    for _ in range(n):
+        cam_id, model_id, w, h = b.take("iiQQ")
+        if model_id not in COLMAP_MODELS:
+            raise ValueError(f"unknown camera model id {model_id}")
+        name, k = COLMAP_MODELS[model_id]
+        cams[cam_id] = (name, w, h, list(b.take(f"{k}d")))
+    return cams
+
+
+def _read_images_bin(p: Path) -> list[tuple[int, np.ndarray, np.ndarray, int, str]]:
+    b = _Bin(p.read_bytes())
+    (n,) = b.take("Q")
+    out = []
+    for _ in range(n):
+        vals = b.take("i7di")
+        name = b.cstring()
+        (n2d,) = b.take("Q")
+        b.skip(24 * n2d)
+        out.append((vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name))
+    return out
+
+
+def load_colmap_cameras(folder: str | Path, *, origin: np.ndarray | None = None) -> list[Camera]:
+    """COLMAP sparse model -> cameras sorted by image name. world_to_cam = [R(q) | t] (already OpenCV)."""
+    sub, ext = colmap_folder(folder)
+    try:
+        if ext == "bin":
+            cams, images = _read_cameras_bin(sub / "cameras.bin"), _read_images_bin(sub / "images.bin")
+        else:
+            cams, images = _read_cameras_txt(sub / "cameras.txt"), _read_images_txt(sub / "images.txt")
+        out = []
+        for _image_id, qvec, tvec, cam_id, name in sorted(images, key=lambda r: r[4]):
+            if cam_id not in cams:
+                raise ValueError(f"image {name} refers to missing camera {cam_id}")
+            model, w, h, params = cams[cam_id]
+            w2c = np.eye(4)
+            w2c[:3, :3] = _quat_to_rot(*qvec)
+            w2c[:3, 3] = tvec
+            out.append(
+                Camera(
+                    K=_colmap_K(model, params), world_to_cam=_shift(w2c, origin), width=w, height=h, name=name
+                )
+            )
+    except (ValueError, IndexError, struct.error, UnicodeDecodeError, OSError) as e:
+        raise SceneFormatError(f"corrupt COLMAP model ({e})", path=sub) from None
+    if not out:
+        raise SceneFormatError("COLMAP model has no images", path=sub)
+    return out
+
+
+def load_colmap_points(folder: str | Path) -> PointCloud:
+    """COLMAP points3D (.bin or .txt) -> PointCloud with rgb and extra['error'] (reprojection error, px)."""
+    from scene_kd.scene.io import world_to_local
+
+    sub, ext = colmap_folder(folder)
+    p = sub / f"points3D.{ext}"
+    if not p.is_file():
+        raise SceneFormatError("COLMAP model has no points3D file", path=sub)
+    try:
+        xyz, rgb, err = [], [], []
+        if ext == "bin":
+            b = _Bin(p.read_bytes())
+            (n,) = b.take("Q")
+            for _ in range(n):
+                vals = b.take("Q3d3Bd")
+                xyz.append(vals[1:4])
+                rgb.append(vals[4:7])
+                err.append(vals[7])
+                (track,) = b.take("Q")
+                b.skip(8 * track)
+        else:
+            for line in p.read_text().splitlines():
+                if not line.strip() or line.startswith("#"):
+                    continue
+                tok = line.split()
+                xyz.append([float(v) for v in tok[1:4]])
+                rgb.append([int(v) for v in tok[4:7]])
+                err.append(float(tok[7]))
+    except (ValueError, IndexError, struct.error, UnicodeDecodeError) as e:
+        raise SceneFormatError(f"corrupt COLMAP points3D ({e})", path=p) from None
+    if not xyz:
+        raise SceneFormatError("COLMAP model has no 3D points", path=p)
+    local, origin, keep, meta = world_to_local(np.asarray(xyz, dtype=np.float64), p)
+    rgb_a = np.asarray(rgb, dtype=np.uint8)
+    err_a = np.asarray(err, dtype=np.float32)
+    if keep is not None:
+        rgb_a, err_a = rgb_a[keep], err_a[keep]
+    return PointCloud(
+        xyz=local,
+        origin=origin,
+        rgb=rgb_a,
+        extra={"error": err_a},
+        meta={**meta, "source": str(p), "format": f"colmap-{ext}"},
+    )
