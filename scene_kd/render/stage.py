@@ -1,0 +1,210 @@
+"""The render stage: scene -> RUN/{scene.safetensors, views.json, renders/NNNN.{rgb.png,npz}, plots/views.png}.
+
+Points render with the z-buffer splatter (footprint from ``cfg.point_radius``, else estimated from the point
+spacing); Gaussian splats with the Gaussian rasterizer (gsplat on CUDA, torch reference on CPU), where
+``Render.ids`` is the top-weight Gaussian and ``topk_ids`` / ``topk_weights`` hold the 4 largest blend weights.
+Coverage (occlusion-tested like lifting) is accumulated view by view and written into views.json.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scene_kd.errors import SceneKDError
+from scene_kd.render.config import RenderConfig
+from scene_kd.render.types import Render, render_paths, save_render
+from scene_kd.runio import Stages, config_hash, peak_rss_mb, write_json
+from scene_kd.scene.types import Camera
+
+log = logging.getLogger(__name__)
+
+STAGE = "render"
+GAUSSIAN_TOPK = 4
+GAUSSIAN_MIN_ALPHA = 0.05
+"""Gaussian pixels with less accumulated opacity than this count as empty (depth +inf, id -1)."""
+
+
+def scene_fingerprint(scene: Any) -> str:
+    """A cheap identity of the scene's contents: kind, count, origin and a hash of a strided sample of its arrays."""
+    h = hashlib.sha256()
+    h.update(f"{scene.kind}:{len(scene)}:{np.asarray(scene.origin).tolist()}".encode())
+    step = max(1, len(scene) // 4096)
+    names = ("xyz", "rgb", "normals", "labels", "instances") if scene.kind == "points" else (
+        "means", "quats", "log_scales", "opacity_logits", "sh", "labels", "instances")
+    for name in names:
+        a = getattr(scene, name, None)
+        if a is not None:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(np.asarray(a)[::step]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _check_scene(scene: Any) -> None:
+    if len(scene) == 0:
+        raise SceneKDError("cannot render: the scene has no points")
+    if not np.isfinite(np.asarray(scene.xyz)).all():
+        raise SceneKDError("cannot render: the scene has NaN/Inf coordinates")
+
+
+def _check_cameras_see_scene(xyz: torch.Tensor, cameras: list[Camera]) -> None:
+    """SceneKDError when no camera has any point in front of it and inside its image."""
+    from scene_kd.render.points import pixel_index, project_points
+
+    sample = xyz[:: max(1, len(xyz) // 200_000)]
+    for cam in cameras:
+        uv, z = project_points(sample, cam)
+        if bool((pixel_index(uv, z, cam.width, cam.height) >= 0).any()):
+            return
+    raise SceneKDError(f"none of the {len(cameras)} cameras sees any point of the scene "
+                       "(all face away from it or look past it)")
+
+
+def render_point_view(scene: Any, camera: Camera, cfg: RenderConfig, xyz: torch.Tensor,
+                      radius: float | torch.Tensor) -> Render:
+    from scene_kd.render.points import render_points
+
+    return render_points(xyz, camera, rgb=scene.rgb, normals=scene.normals, labels=scene.labels,
+                         instances=scene.instances, point_radius=radius, point_size_px=cfg.point_size_px,
+                         background=tuple(cfg.background))
+
+
+def render_gaussian_view(scene: Any, camera: Camera, cfg: RenderConfig, tensors: dict[str, torch.Tensor]) -> Render:
+    from scene_kd.render.backends import rasterize
+
+    bg = torch.tensor(cfg.background, dtype=torch.float32) / 255.0
+    with torch.no_grad():
+        out = rasterize(tensors["means"], tensors["quats"], tensors["log_scales"], tensors["opacity_logits"],
+                        tensors["sh"], camera, topk=GAUSSIAN_TOPK, background=bg)
+    alpha = out["alpha"].float().cpu().numpy()
+    rgb = (out["rgb"].float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    topk_ids = out["topk_ids"].cpu().numpy().astype(np.int32)
+    topk_w = out["topk_weights"].float().cpu().numpy()
+    empty = alpha < GAUSSIAN_MIN_ALPHA
+    depth = np.where(empty, np.inf, out["depth"].float().cpu().numpy()).astype(np.float32)
+    ids = np.where(empty, -1, topk_ids[..., 0]).astype(np.int32)
+
+    def gather(values):
+        if values is None:
+            return None
+        res = np.full(ids.shape, -1, dtype=np.int32)
+        res[ids >= 0] = np.asarray(values)[ids[ids >= 0]]
+        return res
+
+    return Render(camera=camera, rgb=rgb, depth=depth, ids=ids, labels=gather(scene.labels),
+                  instances=gather(scene.instances), alpha=alpha.astype(np.float32), topk_ids=topk_ids,
+                  topk_weights=topk_w.astype(np.float32))
+
+
+def _radius_summary(radius: float | torch.Tensor) -> float | dict[str, float]:
+    if isinstance(radius, torch.Tensor):
+        return {"median": float(radius.median()), "min": float(radius.min()), "max": float(radius.max())}
+    return float(radius)
+
+
+def contact_sheet(renders: list[tuple[int, np.ndarray, Camera]], path: Path, *, thumb: int = 160, cols: int = 8) -> None:
+    """A grid of thumbnails [view index, level, name] saved as PNG."""
+    from PIL import Image, ImageDraw
+
+    from scene_kd.runio import atomic_path
+
+    if not renders:
+        return
+    cols = min(cols, len(renders))
+    rows = (len(renders) + cols - 1) // cols
+    label_h = 14
+    sheet = Image.new("RGB", (cols * thumb, rows * (thumb + label_h)), (30, 30, 30))
+    draw = ImageDraw.Draw(sheet)
+    for n, (i, rgb, cam) in enumerate(renders):
+        im = Image.fromarray(rgb)
+        im.thumbnail((thumb, thumb))
+        x, y = (n % cols) * thumb, (n // cols) * (thumb + label_h)
+        sheet.paste(im, (x + (thumb - im.width) // 2, y))
+        draw.text((x + 2, y + thumb), f"{i} L{cam.level} {cam.name}"[:26], fill=(230, 230, 230))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
+
+
+def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: bool = False,
+                 preview: bool = False) -> dict[str, Any]:
+    """Plan views, render each, write views.json (+ coverage) and renders/; skip when current unless ``force``.
+
+    Returns a summary: {"skipped", "views", "levels", "coverage", "seconds", "preset", "scene_kind"}.
+    """
+    from rich.progress import Progress
+
+    from scene_kd.render.points import estimate_point_radii, visible_in_view
+    from scene_kd.render.views import COVERAGE_TOLERANCE, coverage_from_counts, plan_views
+    from scene_kd.runio import read_json
+    from scene_kd.scene.runscene import save_run_scene
+
+    run_dir = Path(run_dir)
+    _check_scene(scene)
+    chash = config_hash(cfg, scene_fingerprint(scene))
+    stages = Stages(run_dir)
+    outputs = ["views.json", "scene.safetensors"] + (["plots/views.png"] if preview else [])
+    if not force and stages.is_current(STAGE, chash, outputs):
+        views = read_json(run_dir / "views.json")
+        if all(all(p.exists() for p in render_paths(run_dir, i)) for i in range(len(views["cameras"]))):
+            return {"skipped": True, "views": len(views["cameras"]), "levels": views["levels"],
+                    "coverage": views["coverage"], "preset": views["preset"], "scene_kind": views["scene_kind"]}
+    t0 = time.perf_counter()
+    cameras = plan_views(scene, cfg)
+    if not cameras:
+        raise SceneKDError(f"view preset {cfg.preset!r} produced no cameras")
+    xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32))
+    _check_cameras_see_scene(xyz, cameras)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_scene(run_dir, scene)
+
+    radius: float | torch.Tensor = float(cfg.point_radius)
+    tensors: dict[str, torch.Tensor] = {}
+    if scene.kind == "points":
+        if radius <= 0 and cfg.point_size_px <= 0:
+            radius = estimate_point_radii(xyz)
+    else:
+        tensors = {n: torch.from_numpy(np.asarray(getattr(scene, n), dtype=np.float32))
+                   for n in ("means", "quats", "log_scales", "opacity_logits", "sh")}
+
+    n_levels = max(c.level for c in cameras) + 1
+    per_level = np.zeros((n_levels, len(scene)), dtype=np.int32)
+    thumbs: list[tuple[int, np.ndarray, Camera]] = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"render {len(cameras)} views", total=len(cameras))
+        for i, cam in enumerate(cameras):
+            if scene.kind == "points":
+                render = render_point_view(scene, cam, cfg, xyz, radius)
+            else:
+                render = render_gaussian_view(scene, cam, cfg, tensors)
+            save_render(run_dir, i, render)
+            vis, _ = visible_in_view(xyz, cam, render.depth, tolerance=COVERAGE_TOLERANCE)
+            per_level[cam.level] += vis.numpy()
+            if preview:
+                thumbs.append((i, render.rgb, cam))
+            progress.advance(task)
+    # drop renders left over from an earlier run with more views
+    renders_dir = run_dir / "renders"
+    for p in renders_dir.glob("*"):
+        stem = p.name.split(".")[0]
+        if stem.isdigit() and int(stem) >= len(cameras):
+            p.unlink()
+    coverage = coverage_from_counts(per_level.sum(0), per_level, cameras, cfg.min_views)
+    levels = sorted({c.level for c in cameras})
+    write_json(run_dir / "views.json", {
+        "scene_kind": scene.kind, "preset": cfg.preset, "cameras": [c.to_json() for c in cameras],
+        "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
+    })
+    if preview:
+        contact_sheet(thumbs, run_dir / "plots" / "views.png")
+    seconds = time.perf_counter() - t0
+    stages.record(STAGE, chash, seconds, peak_rss_mb(), views=len(cameras))
+    log.info("rendered %d views in %.1f s; %.1f%% of points seen >= 1x, %.1f%% >= 3x", len(cameras), seconds,
+             100 * coverage["seen_1"], 100 * coverage["seen_3"])
+    return {"skipped": False, "views": len(cameras), "levels": levels, "coverage": coverage,
+            "seconds": round(seconds, 3), "preset": cfg.preset, "scene_kind": scene.kind}
