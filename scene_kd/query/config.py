@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_NEGATIVES: tuple[str, ...] = ("object", "things", "stuff", "texture")
+"""LERF's canonical negatives."""
+
 
 @dataclass
 class QueryConfig:
-    negatives: tuple[str, ...] = ("object", "things", "stuff", "texture")
+    negatives: tuple[str, ...] = DEFAULT_NEGATIVES
     """Canonical negatives for LERF relevancy."""
     temperature: float = 10.0
+    """Softmax temperature tau on cosine similarities (relevancy and segmentation confidence)."""
     threshold: float = 0.5
     """Relevancy above which a point counts as a hit."""
     source: str = "auto"
     """fused | distilled | ensemble | auto (ensemble when available)."""
     template: str = "a photo of a {}."
+    """Prompt template for segmentation class names."""
+    unknown_threshold: float | None = None
+    """Segmentation: a point whose best cosine similarity is below this is labelled unknown (-1)."""
+    precision: str = "auto"
+    """Similarity arithmetic: float32 (exact) | float16 | bfloat16 | auto (bfloat16 for large fields on CPUs
+    with native bf16 matmul, float32 otherwise)."""

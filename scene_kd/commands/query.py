@@ -1,0 +1,88 @@
+"""`scene-kd query RUN "text"`: relevancy of every point to a text query; top hits; optional export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import tyro
+
+from scene_kd.commands._common import emit
+
+
+@dataclass
+class Args:
+    """Score every point of a run's feature field against a text query (LERF relevancy)."""
+
+    run: Annotated[str, tyro.conf.Positional]
+    """Run folder (holds field.safetensors + field.json)."""
+    text: Annotated[str, tyro.conf.Positional]
+    """The query, e.g. "parked car"."""
+    export: str | None = None
+    """Write the points with relevancy above the threshold (and their relevancy) to this .ply/.las/.laz file."""
+    top: int = 10
+    """How many of the best points to list."""
+    source: str | None = None
+    """fused | distilled | ensemble | auto (default: the run's query config, else auto)."""
+    threshold: float | None = None
+    """Relevancy counted as a hit (default: the run's query config, else 0.5)."""
+    negatives: str | None = None
+    """Comma-separated negative prompts (default: object,things,stuff,texture)."""
+    text_encoder: str | None = None
+    """Refuse the run unless its field was made with this text encoder id."""
+    json: bool = False
+    """Print one JSON object."""
+
+
+def run_query_config(run: str):
+    """The run's QueryConfig (from RUN/config.yaml when present, defaults otherwise)."""
+    from pathlib import Path
+
+    from scene_kd.config import load_config
+    from scene_kd.query.config import QueryConfig
+
+    path = Path(run) / "config.yaml"
+    return load_config(path).query if path.is_file() else QueryConfig()
+
+
+def main(args: Args) -> int:
+    import torch
+
+    from scene_kd.errors import SceneKDError
+    from scene_kd.field import FeatureField
+    from scene_kd.query.relevancy import relevancy
+    from scene_kd.query.segment import parse_labels
+    from scene_kd.query.similarity import check_prompt
+
+    text = check_prompt(args.text)
+    if args.top < 0:
+        raise SceneKDError(f"--top must be >= 0, got {args.top}")
+    cfg = run_query_config(args.run)
+    threshold = cfg.threshold if args.threshold is None else args.threshold
+    negatives = parse_labels(args.negatives) if args.negatives is not None else list(cfg.negatives)
+    field = FeatureField.load(args.run, expect_text_encoder=args.text_encoder)
+    rel = relevancy(field, text, source=args.source or cfg.source, negatives=negatives,
+                    temperature=cfg.temperature, precision=cfg.precision)
+    hits = rel > threshold
+    k = min(args.top, len(rel))
+    scores, index = torch.topk(rel, k) if k else (rel[:0], torch.zeros(0, dtype=torch.long))
+    out = {
+        "query": text, "count_above_threshold": int(hits.sum()),
+        "top": [[int(i), round(float(s), 6)] for i, s in zip(index, scores, strict=True)],
+        "threshold": threshold, "source": args.source or cfg.source, "count": len(field),
+    }
+    if args.export:
+        from scene_kd.query.export import export_points
+
+        if not bool(hits.any()):
+            raise SceneKDError(f"no point has relevancy above {threshold} for {text!r}; nothing to export")
+        out["export"] = export_points(args.export, field, run_dir=args.run, mask=hits, relevancy=rel)
+    human = None
+    if not args.json:
+        lines = [f"{text!r}: {out['count_above_threshold']:,} of {len(field):,} points with relevancy > {threshold}"]
+        lines += [f"  #{i:<10} {s:.4f}" for i, s in out["top"]]
+        if "export" in out:
+            lines.append(f"  wrote {out['export']['count']:,} points to {out['export']['path']}")
+        human = "\n".join(lines)
+    emit(out, args.json, human)
+    return 0

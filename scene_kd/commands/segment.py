@@ -1,0 +1,64 @@
+"""`scene-kd segment RUN --labels a,b,c --out out.las`: label every point with one of the given classes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import tyro
+
+from scene_kd.commands._common import emit
+
+
+@dataclass
+class Args:
+    """Label every point of a run with the closest of the given class names (open-vocabulary segmentation)."""
+
+    run: Annotated[str, tyro.conf.Positional]
+    """Run folder (holds field.safetensors + field.json)."""
+    labels: str
+    """Comma-separated class names, e.g. road,building,tree,car."""
+    out: str | None = None
+    """Write the labelled points here: .las/.laz (classification + confidence) or .ply (label + confidence)."""
+    source: str | None = None
+    """fused | distilled | ensemble | auto (default: the run's query config, else auto)."""
+    template: str | None = None
+    """Prompt template with {} for the class name (default: the run's, else "a photo of a {}.")."""
+    unknown_threshold: float | None = None
+    """Label a point unknown (-1; LAS class 1) when its best cosine similarity is below this."""
+    text_encoder: str | None = None
+    """Refuse the run unless its field was made with this text encoder id."""
+    json: bool = False
+    """Print one JSON object."""
+
+
+def main(args: Args) -> int:
+    from scene_kd.commands.query import run_query_config
+    from scene_kd.field import FeatureField
+    from scene_kd.query.segment import label_counts, parse_labels, segment
+
+    names = parse_labels(args.labels)
+    cfg = run_query_config(args.run)
+    field = FeatureField.load(args.run, expect_text_encoder=args.text_encoder)
+    unknown_threshold = cfg.unknown_threshold if args.unknown_threshold is None else args.unknown_threshold
+    idx, conf = segment(field, names, source=args.source or cfg.source,
+                        template=cfg.template if args.template is None else args.template,
+                        unknown_threshold=unknown_threshold, temperature=cfg.temperature, precision=cfg.precision)
+    counts, unknown = label_counts(idx, names)
+    out = {"labels": names, "counts": counts, "unknown": unknown, "count": len(field),
+           "mean_confidence": round(float(conf.mean()), 6) if len(conf) else None}
+    if args.out:
+        from scene_kd.query.export import export_points
+
+        out["export"] = export_points(args.out, field, run_dir=args.run, label_index=idx, confidence=conf, label_names=names)
+    human = None
+    if not args.json:
+        lines = [f"{len(field):,} points labelled with {len(names)} classes"]
+        lines += [f"  {n:<24} {c:>10,}" for n, c in counts.items()]
+        if unknown_threshold is not None:
+            lines.append(f"  {'(unknown)':<24} {unknown:>10,}")
+        if "export" in out:
+            lines.append(f"  wrote {out['export']['path']}")
+        human = "\n".join(lines)
+    emit(out, args.json, human)
+    return 0

@@ -1,0 +1,221 @@
+"""Export query results: PLY (``relevancy`` / ``label`` / ``confidence`` properties) or LAS/LAZ.
+
+LAS/LAZ keeps the input file's header when the run came from one (scale, offset, point format, VLRs incl.
+CRS, extra-bytes dims), writes ``classification`` (ASPRS codes where a label name matches, user codes
+otherwise) and float32 extra-bytes ``confidence`` / ``relevancy`` dimensions.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scene_kd.errors import SceneKDError
+from scene_kd.field import FeatureField
+from scene_kd.runio import atomic_path, file_hash
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("ply", "las", "laz")
+
+# name (normalised) -> ASPRS LAS 1.4 standard class code
+_ASPRS_SYNONYMS: dict[int, tuple[str, ...]] = {
+    1: ("unclassified", "unknown"),
+    2: ("ground", "terrain", "bare ground", "soil", "earth"),
+    3: ("low vegetation", "grass", "lawn"),
+    4: ("medium vegetation", "shrub", "bush", "hedge"),
+    5: ("high vegetation", "tree", "vegetation", "tall vegetation"),
+    6: ("building", "roof", "house", "facade"),
+    7: ("noise", "low noise"),
+    9: ("water", "river", "lake", "sea"),
+    10: ("rail", "railway", "railroad", "rail track"),
+    11: ("road", "street", "road surface", "asphalt", "traffic road"),
+    13: ("wire guard", "shield wire"),
+    14: ("wire", "wire conductor", "power line", "cable", "conductor"),
+    15: ("transmission tower", "pylon", "tower"),
+    16: ("wire connector", "insulator"),
+    17: ("bridge", "bridge deck"),
+    18: ("high noise",),
+}
+ASPRS_CODE_BY_NAME: dict[str, int] = {name: code for code, names in _ASPRS_SYNONYMS.items() for name in names}
+UNCLASSIFIED = 1
+USER_CODE_START = 64  # first user-defined class for LAS point formats 6-10 (8-bit classification)
+LEGACY_USER_CODE_START = 19  # formats 0-5 have 5-bit classification (0..31); 19..31 are free there
+_ASPRS_NAME = {2: "ground", 3: "low vegetation", 4: "medium vegetation", 5: "high vegetation", 6: "building",
+               7: "noise", 9: "water", 10: "rail", 11: "road", 13: "wire guard", 14: "wire conductor",
+               15: "transmission tower", 16: "wire connector", 17: "bridge deck", 18: "high noise", 1: "unclassified"}
+
+
+def _normalise_name(name: str) -> str:
+    s = re.sub(r"[^\w\s-]", " ", name.lower())
+    return " ".join(s.replace("_", " ").split())
+
+
+def asprs_code(name: str) -> int | None:
+    """The ASPRS class code for a label name ("tree" -> 5, "roads" -> 11), None when none matches."""
+    s = _normalise_name(name)
+    if s in ASPRS_CODE_BY_NAME:
+        return ASPRS_CODE_BY_NAME[s]
+    if s.endswith("es") and s[:-2] in ASPRS_CODE_BY_NAME:
+        return ASPRS_CODE_BY_NAME[s[:-2]]
+    if s.endswith("s") and s[:-1] in ASPRS_CODE_BY_NAME:
+        return ASPRS_CODE_BY_NAME[s[:-1]]
+    return None
+
+
+def classification_codes(names: Sequence[str], *, user_start: int = USER_CODE_START, max_code: int = 255) -> dict[str, int]:
+    """{label name: LAS classification code}: ASPRS codes where a name matches (the first label to claim a
+    code keeps it), then user codes ``user_start``, ``user_start + 1``, ... in label order."""
+    out: dict[str, int] = {}
+    used: set[int] = set()
+    for n in names:
+        code = asprs_code(n)
+        if code is not None and code not in used:
+            out[n] = code
+            used.add(code)
+    nxt = user_start
+    for n in names:
+        if n in out:
+            continue
+        while nxt in used:
+            nxt += 1
+        if nxt > max_code:
+            raise SceneKDError(f"too many labels without an ASPRS class for this LAS point format (codes {user_start}..{max_code})")
+        out[n] = nxt
+        used.add(nxt)
+        nxt += 1
+    return out
+
+
+def _as_numpy(x: Any, n: int, what: str, dtype: Any) -> np.ndarray | None:
+    if x is None:
+        return None
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = a.reshape(-1)
+    if len(a) != n:
+        raise SceneKDError(f"{what} has {len(a)} values for {n} points")
+    return a.astype(dtype, copy=False)
+
+
+def _check_mask(mask: Any, n: int) -> np.ndarray | None:
+    if mask is None:
+        return None
+    m = _as_numpy(mask, n, "selection mask", bool)
+    return m
+
+
+def _field_points(field: FeatureField):
+    from scene_kd.scene.types import PointCloud
+
+    return PointCloud(xyz=field.positions, origin=field.origin, rgb=field.rgb)
+
+
+def _source_scene(field: FeatureField, run_dir: str | Path | None):
+    """The run's input LAS/LAZ (with its header) when it still exists unchanged and matches the field's
+    points one to one; otherwise None (the caller writes a fresh header)."""
+    if run_dir is None:
+        return None
+    from scene_kd.scene.io import load_scene
+    from scene_kd.scene.runscene import run_scene_meta
+
+    try:
+        meta = run_scene_meta(run_dir)
+    except SceneKDError:
+        return None
+    src = meta.get("source")
+    if not src or Path(src).suffix.lower() not in (".las", ".laz"):
+        return None
+    if not Path(src).is_file():
+        log.warning("%s: the run's source file is gone; writing a new LAS header", src)
+        return None
+    if meta.get("source_hash") and file_hash(src) != meta["source_hash"]:
+        log.warning("%s: the run's source file changed since the run; writing a new LAS header", src)
+        return None
+    scene = load_scene(src)
+    if scene.kind != "points" or len(scene) != len(field):
+        log.warning("%s: %d points, the field has %d; writing a new LAS header", src, len(scene), len(field))
+        return None
+    step = max(1, len(field) // 100_000)
+    err = np.abs(scene.world_xyz()[::step] - field.world_positions()[::step]).max() if len(field) else 0.0
+    scale = float(np.max(scene.meta.get("scale", [0.001]))) if scene.meta.get("scale") else 0.001
+    if err > max(1e-3, 2 * scale):
+        log.warning("%s: points differ from the field's by up to %.3g; writing a new LAS header", src, err)
+        return None
+    return scene
+
+
+def export_points(
+    path: str | Path,
+    field: FeatureField,
+    *,
+    run_dir: str | Path | None = None,
+    mask: Any = None,
+    relevancy: Any = None,
+    label_index: Any = None,
+    confidence: Any = None,
+    label_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Write the field's points (those in ``mask`` if given) with per-point results to ``path``.
+
+    Format by extension: .ply | .las | .laz. Per-point arrays are [N] over the whole field:
+    relevancy float, label_index int (-1 unknown, indexes ``label_names``), confidence float.
+    PLY: properties ``relevancy``, ``label`` (-1 unknown; names in a header comment), ``confidence``.
+    LAS/LAZ: from the run's input file when ``run_dir`` points to a run made from an unchanged LAS/LAZ
+    (header, scale/offset, CRS and its other dimensions kept), else a new LAS 1.4 header;
+    ``classification`` = ASPRS/user codes of ``label_index`` (unknown -> 1, unclassified), or the input's
+    classification when no labels are given; extra-bytes ``confidence`` / ``relevancy`` float32.
+    Returns {"path", "format", "count", "classes": {name: code} (LAS with labels)}.
+    """
+    from scene_kd.scene.io import save_scene
+
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in EXPORT_FORMATS:
+        raise SceneKDError(f"cannot export to '.{fmt}'; use one of {', '.join('.' + f for f in EXPORT_FORMATS)}", path=path)
+    n = len(field)
+    m = _check_mask(mask, n)
+    rel = _as_numpy(relevancy, n, "relevancy", np.float32)
+    lab = _as_numpy(label_index, n, "label index", np.int64)
+    conf = _as_numpy(confidence, n, "confidence", np.float32)
+    names = list(label_names or [])
+    if lab is not None:
+        if not names:
+            raise SceneKDError("label_index given without label_names")
+        if len(lab) and (lab.min() < -1 or lab.max() >= len(names)):
+            raise SceneKDError(f"label index out of range -1..{len(names) - 1}")
+
+    info: dict[str, Any] = {"path": str(path), "format": fmt}
+    if fmt == "ply":
+        pc = _field_points(field)
+        if lab is not None:
+            pc.labels = lab.astype(np.int32)
+            pc.label_names = {i: name for i, name in enumerate(names)}
+    else:
+        pc = _source_scene(field, run_dir) or _field_points(field)
+        info["header_from"] = pc.meta.get("source") if "las_header" in pc.meta else None
+        if lab is not None:
+            legacy = "las_header" in pc.meta and int(pc.meta["las_header"].point_format.id) < 6
+            codes = classification_codes(names, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
+                                         max_code=31 if legacy else 255)
+            table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.int32)
+            pc.labels = table[lab]  # -1 -> last entry (unclassified)
+            pc.label_names = {**_ASPRS_NAME, **{code: nm for nm, code in codes.items()}}
+            info["classes"] = codes
+    if conf is not None:
+        pc.extra["confidence"] = conf
+    if rel is not None:
+        pc.extra["relevancy"] = rel
+    if m is not None:
+        pc = pc.subset(m)
+    if len(pc) == 0:
+        raise SceneKDError("nothing to export: the selection is empty", path=path)
+    with atomic_path(path) as tmp:
+        save_scene(pc, tmp)
+    info["count"] = len(pc)
+    return info

@@ -1,0 +1,69 @@
+"""LERF-style relevancy of every point to a text query, with canonical negatives.
+
+rel_i(q) = min over negatives n of softmax(tau * [s_iq, s_in])_0, s = cosine similarity.
+Since softmax([a, b])_0 = sigmoid(a - b) is increasing in a - b, this equals
+sigmoid(tau * (s_iq - max_n s_in)), which is what we compute (one matmul with P = 1 + #negatives columns).
+0.5 means "no more like the query than like the most similar negative"; points with all-zero features
+(never seen, not distilled) get exactly 0.5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from scene_kd.errors import SceneKDError
+from scene_kd.field import FeatureField
+from scene_kd.query.config import DEFAULT_NEGATIVES
+from scene_kd.query.similarity import (
+    check_prompt,
+    embed_prompts,
+    load_encoder,
+    raw_dots,
+    resolve_source,
+    similarities,
+)
+
+
+def relevancy_from_similarities(sims: torch.Tensor, temperature: float = 10.0) -> torch.Tensor:
+    """[N] relevancy from [N, 1 + K] cosine similarities (column 0 the query, the rest negatives)."""
+    if sims.ndim != 2 or sims.shape[1] < 2:
+        raise SceneKDError("relevancy needs the query and at least one negative")
+    return torch.sigmoid(temperature * (sims[:, 0] - sims[:, 1:].amax(dim=1)))
+
+
+def relevancy(
+    field: FeatureField,
+    text: str,
+    *,
+    source: str = "auto",
+    negatives: Sequence[str] = DEFAULT_NEGATIVES,
+    temperature: float = 10.0,
+    encoder: Any | None = None,
+    precision: str = "auto",
+) -> torch.Tensor:
+    """Relevancy [N] float32 in (0, 1) of each point of ``field`` to ``text``.
+
+    source: fused | distilled | ensemble | auto (ensemble when the field has both).
+    negatives: canonical negative prompts (LERF: object, things, stuff, texture); at least one.
+    encoder: a text encoder object (``id``, ``dim``, ``encode_text``); default: rebuilt from the field's
+    ``text_encoder`` id. A different id than the field's is refused (RunStateError).
+    precision: float32 | float16 | bfloat16 | auto (see scene_kd.query.similarity).
+    """
+    text = check_prompt(text)
+    negatives = [check_prompt(n, "negative prompt") for n in negatives]
+    if not negatives:
+        raise SceneKDError("relevancy needs at least one negative prompt")
+    if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature < float("inf")):
+        raise SceneKDError(f"temperature must be a positive number, got {temperature!r}")
+    encoder = load_encoder(field, encoder)
+    emb = embed_prompts(encoder, [text, *negatives])
+    source = resolve_source(field, source)
+    if source == "ensemble":
+        return relevancy_from_similarities(similarities(field, emb, source=source, precision=precision), temperature)
+    # fast path: the max over negatives commutes with the (positive) per-row inverse norm
+    dots, inv = raw_dots(field, source, emb, precision=precision)  # [1 + K, N]
+    margin = dots[0] - dots[1:].amax(dim=0)
+    return torch.sigmoid_(margin.mul_(inv).mul_(float(temperature)))

@@ -1,0 +1,205 @@
+"""Cosine similarities between a FeatureField's features and text prompts, fast on float16-stored features.
+
+The field stores features as float16 [N, D]. Per (field, source) we prepare once, lazily:
+- the inverse L2 norm of every row (float32 [N], 0 for all-zero rows: uncovered points give similarity 0);
+- for ``precision="bfloat16"`` a bfloat16 copy (CPUs with native bf16 matmul run it at memory speed,
+  while torch's CPU float16 matmul does not).
+A query is then one [N, D] x [D, P] matmul on un-normalised rows, scaled by the cached inverse norms.
+
+Text embeddings are cached per (encoder id, prompt) for the life of the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.field import FeatureField
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+SOURCES_WITH_AUTO = ("auto", "fused", "distilled", "ensemble")
+_CHUNK_ROWS = 65536
+_AUTO_BF16_MIN_ELEMENTS = 1 << 23  # N*D above which "auto" uses the bf16 path (below, float32 is fast enough)
+
+
+# ---- text --------------------------------------------------------------------------------------------
+_TEXT_CACHE: dict[tuple[str, str], torch.Tensor] = {}
+_TEXT_CACHE_MAX = 20000
+
+
+def load_encoder(field_: FeatureField, encoder: Any | None = None) -> Any:
+    """The field's text encoder: ``encoder`` if given (its id must equal the field's), else rebuilt from the
+    field's ``text_encoder`` id. Raises RunStateError on a mismatch of id or dimension."""
+    if encoder is None:
+        from scene_kd.teachers.text import load_text_encoder
+
+        encoder = load_text_encoder(field_.text_encoder)
+    if encoder.id != field_.text_encoder:
+        raise RunStateError(
+            f"field was made with text encoder {field_.text_encoder!r}; cannot query it with {encoder.id!r}"
+        )
+    if int(encoder.dim) != int(field_.dim):
+        raise RunStateError(f"text encoder {encoder.id!r} gives {encoder.dim}-d vectors; the field has {field_.dim}-d features")
+    return encoder
+
+
+def check_prompt(text: Any, what: str = "query") -> str:
+    """A stripped, non-empty prompt string or a SceneKDError."""
+    if not isinstance(text, str):
+        raise SceneKDError(f"{what} must be a string, got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise SceneKDError(f"empty {what}: type some words, e.g. \"building\"")
+    return text
+
+
+def embed_prompts(encoder: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """[P, D] float32 unit rows for ``prompts``; each (encoder.id, prompt) is encoded once per process."""
+    prompts = [check_prompt(p, "prompt") for p in prompts]
+    missing = list(dict.fromkeys(p for p in prompts if (encoder.id, p) not in _TEXT_CACHE))
+    if missing:
+        vecs = torch.as_tensor(encoder.encode_text(missing)).detach().to("cpu", torch.float32)
+        if vecs.ndim != 2 or vecs.shape != (len(missing), int(encoder.dim)):
+            raise SceneKDError(f"text encoder {encoder.id!r} returned shape {tuple(vecs.shape)}, expected ({len(missing)}, {encoder.dim})")
+        if not torch.isfinite(vecs).all():
+            raise SceneKDError(f"text encoder {encoder.id!r} returned NaN/Inf embeddings")
+        vecs = vecs / vecs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        if len(_TEXT_CACHE) + len(missing) > _TEXT_CACHE_MAX:
+            _TEXT_CACHE.clear()
+        for p, v in zip(missing, vecs, strict=True):
+            _TEXT_CACHE[(encoder.id, p)] = v.clone()
+    return torch.stack([_TEXT_CACHE[(encoder.id, p)] for p in prompts])
+
+
+# ---- prepared features -------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    features: torch.Tensor  # the field's tensor this was made from (identity check)
+    inv_norm: torch.Tensor  # [N] float32
+    copies: dict[str, torch.Tensor] = field(default_factory=dict)  # precision -> [N, D] tensor
+
+
+_PREPARED: dict[tuple[int, str], _Prepared] = {}
+
+
+def _forget_field(key: int) -> None:
+    for k in [k for k in _PREPARED if k[0] == key]:
+        _PREPARED.pop(k, None)
+
+
+def _prepared(field_: FeatureField, source: str) -> _Prepared:
+    feats = field_.features_for(source)  # raises RunStateError for a missing source
+    key = (id(field_), source)
+    prep = _PREPARED.get(key)
+    if prep is not None and prep.features is feats:
+        return prep
+    if not any(k[0] == id(field_) for k in _PREPARED):
+        weakref.finalize(field_, _forget_field, id(field_))
+    if feats.ndim != 2 or feats.shape[1] != field_.dim:
+        raise RunStateError(f"{source} features have shape {tuple(feats.shape)}; the field says dim {field_.dim}")
+    inv = torch.empty(feats.shape[0], dtype=torch.float32)
+    bad = 0
+    with torch.no_grad():
+        for s in range(0, feats.shape[0], _CHUNK_ROWS):
+            n = feats[s : s + _CHUNK_ROWS].to(torch.float32).norm(dim=1)
+            finite = torch.isfinite(n)
+            bad += int((~finite).sum())
+            inv[s : s + _CHUNK_ROWS] = torch.where(finite & (n > 0), 1.0 / n.clamp_min(1e-30), torch.zeros_like(n))
+    if bad:
+        raise RunStateError(f"{source} features have {bad} row(s) with NaN/Inf values")
+    prep = _Prepared(features=feats, inv_norm=inv)
+    _PREPARED[key] = prep
+    return prep
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU has native bfloat16 dot products (AVX512-BF16 or AMX), where torch's bf16 matmul
+    runs at memory speed."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, n: int, dim: int, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise SceneKDError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type != "cpu":
+        return "float16"
+    if n * dim >= _AUTO_BF16_MIN_ELEMENTS and cpu_has_fast_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+def resolve_source(field_: FeatureField, source: str) -> str:
+    """``auto`` -> the field's default (ensemble when both fused and distilled exist); others checked."""
+    if source not in SOURCES_WITH_AUTO:
+        raise SceneKDError(f"unknown feature source {source!r}; choose one of {', '.join(SOURCES_WITH_AUTO)}")
+    have = field_.sources
+    if not have:
+        raise RunStateError("this field has no features")
+    if source == "auto":
+        return field_.default_source()
+    if source not in have:
+        raise RunStateError(f"this field has no {source} features (has: {', '.join(have)})")
+    return source
+
+
+def raw_dots(field_: FeatureField, source: str, text: torch.Tensor, *, precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """(dots [P, N] float32 = text @ features.T on un-normalised rows, inv_norm [N] float32) for a stored
+    source ("fused" or "distilled"). ``text``: [P, D] float32 unit rows. Prompt-major, so reductions over
+    prompts run along contiguous memory."""
+    prep = _prepared(field_, source)
+    feats = prep.features
+    n, d = feats.shape
+    if text.ndim != 2 or text.shape[1] != d:
+        raise SceneKDError(f"text embeddings have shape {tuple(text.shape)}; the field has {d}-d features")
+    prec = resolve_precision(precision, n, d, feats.device)
+    t = text.to(feats.device, torch.float32)
+    out = torch.empty((t.shape[0], n), dtype=torch.float32, device=feats.device)
+    with torch.no_grad():
+        if prec == "float32":
+            for s in range(0, n, _CHUNK_ROWS):
+                out[:, s : s + _CHUNK_ROWS] = t @ feats[s : s + _CHUNK_ROWS].to(torch.float32).T
+        else:
+            dtype = torch.float16 if prec == "float16" else torch.bfloat16
+            mat = feats if feats.dtype == dtype else prep.copies.get(prec)
+            if mat is None:
+                mat = torch.empty((n, d), dtype=dtype, device=feats.device)
+                for s in range(0, n, _CHUNK_ROWS):
+                    mat[s : s + _CHUNK_ROWS] = feats[s : s + _CHUNK_ROWS].to(torch.float32).to(dtype)
+                prep.copies[prec] = mat
+            out.copy_((mat @ t.T.to(dtype)).T)  # [N, P] matmul (the fast kernel), stored [P, N]
+    return out, prep.inv_norm.to(out.device)
+
+
+def similarities(field_: FeatureField, text: torch.Tensor, *, source: str = "auto", precision: str = "auto") -> torch.Tensor:
+    """[N, P] cosine similarity of each point's features to each text row ([P, D] unit rows); a transposed view
+    of prompt-major storage.
+
+    ``ensemble``: per point, the fused or the distilled row, whichever has the higher max similarity over
+    these P prompts (OpenScene's 2D-3D ensemble, as :meth:`FeatureField.features_for`)."""
+    source = resolve_source(field_, source)
+    if source != "ensemble":
+        dots, inv = raw_dots(field_, source, text, precision=precision)
+        return dots.mul_(inv).T
+    fused, inv_f = raw_dots(field_, "fused", text, precision=precision)
+    dist, inv_d = raw_dots(field_, "distilled", text, precision=precision)
+    fused.mul_(inv_f)
+    dist.mul_(inv_d)
+    take_fused = fused.amax(dim=0) > dist.amax(dim=0)
+    return torch.where(take_fused, fused, dist).T

@@ -1,0 +1,138 @@
+"""The viewer in a real browser: headless Chromium (Playwright) on a small synthetic run made by the pipeline
+with the oracle teacher. Type a query, take screenshots, check the pixels and the server-side selection."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--disable-quic",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+HIGHLIGHT_THRESHOLD = 0.9
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def urban_run(tmp_path_factory) -> Path:
+    """A 20k-point synthetic urban scene through the whole pipeline (oracle teacher, small renders)."""
+    from scene_kd.config import load_config
+    from scene_kd.pipeline import run_pipeline
+    from scene_kd.scene.io import save_scene
+    from scene_kd.scene.synthetic import make_urban
+
+    base = tmp_path_factory.getbasetemp() / "query_urban_run"
+    scene = base / "urban.ply"
+    if not scene.exists():
+        base.mkdir(parents=True, exist_ok=True)
+        save_scene(make_urban(points=20000, seed=0), scene)
+    cfg = load_config(None, overrides={"teacher": {"name": "oracle-labels"},
+                                       "render": {"width": 128, "height": 128, "levels": 2},
+                                       "distill": {"epochs": 2}})
+    run_pipeline(scene, base / "run", cfg)
+    return base / "run"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def highlight_pixels(png: bytes, colour: np.ndarray, tol: float = 40.0) -> int:
+    """Pixels of a screenshot within ``tol`` (RGB distance) of ``colour``."""
+    import io
+
+    from PIL import Image
+
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float32)
+    return int((np.linalg.norm(img - colour[None, None, :], axis=2) < tol).sum())
+
+
+def gui_input(page, label: str):
+    """The <input> in the viser GUI row labelled ``label``."""
+    row = page.locator("div.mantine-Flex-root", has=page.locator("label", has_text=re.compile(f"^{label}$")))
+    return row.locator("input:visible").first
+
+
+def test_viewer_query_in_chromium(urban_run):
+    pytest.importorskip("playwright")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (make setup installs it)")
+    from playwright.sync_api import sync_playwright
+
+    from apps.viewer.app import TURBO_HIGH, ViewerApp, turbo
+    from scene_kd.field import FeatureField
+
+    field = FeatureField.load(urban_run)
+    building = next(k for k, v in field.label_names.items() if v == "building")
+    gt = field.labels == building
+    red = turbo(np.array([TURBO_HIGH]))[0].astype(np.float32)  # colour of relevancy ~1
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    app = ViewerApp(urban_run, port=free_port()).start(background_load=True)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(app.url)
+            page.get_by_text("Loaded 20,000 points").wait_for(timeout=60_000)
+            close = page.locator("button.mantine-Notification-closeButton")  # "software WebGL" notice
+            if close.count():
+                close.first.click(timeout=5000)
+            page.wait_for_timeout(1500)
+            before = page.screenshot(path=str(ARTIFACTS / "viewer-true-colour.png"))
+
+            threshold = gui_input(page, "Threshold")
+            threshold.fill(str(HIGHLIGHT_THRESHOLD))
+            threshold.press("Enter")
+            box = gui_input(page, "Query")
+            box.fill("building")
+            box.press("Enter")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (
+                app.state.query == "building" and app.state.threshold == pytest.approx(HIGHLIGHT_THRESHOLD)
+                and app.wait_updates(1, timeout=0.1)
+            ):
+                time.sleep(0.1)
+            assert app.state.query == "building", app.state.message
+            assert app.state.threshold == pytest.approx(HIGHLIGHT_THRESHOLD)
+            page.get_by_text("'building':").wait_for(timeout=10_000)
+
+            # wait until the browser has drawn the new colours
+            after, lit = before, 0
+            for _ in range(40):
+                page.wait_for_timeout(250)
+                after = page.screenshot()
+                lit = highlight_pixels(after, red)
+                if lit > 2000:
+                    break
+            (ARTIFACTS / "viewer-building.png").write_bytes(after)
+            was_lit = highlight_pixels(before, red)
+            assert lit > 2000 and lit > 5 * was_lit + 500, (lit, was_lit)
+
+            # the server-side selection is the building class (oracle teacher through the real pipeline)
+            sel = app.selection
+            iou = (sel & gt).sum() / (sel | gt).sum()
+            assert iou > 0.5, iou
+
+            # bad input in the GUI: a message, and the server keeps serving
+            box.fill("")
+            box.press("Enter")
+            page.get_by_text("Type a query first").wait_for(timeout=10_000)
+            box.fill("tree")
+            box.press("Enter")
+            page.get_by_text("'tree':").wait_for(timeout=10_000)
+            browser.close()
+    finally:
+        app.stop()
