@@ -70,7 +70,7 @@ def test_four_tiles_one_corrupt_gives_three_outputs_and_one_error(tiles, tmp_pat
     by_name = {Path(r["tile"]).name: r for r in summary["tiles"]}
     assert summary["totals"]["done"] == 3 and summary["totals"]["error"] == 1
     bad = by_name["tile_corrupt.laz"]
-    assert bad["status"] == "error" and "LAS/LAZ" in bad["error"]
+    assert bad["status"] == "error" and "LAZ" in bad["error"] and "tile_corrupt" in bad["error"]
     for _i, t in enumerate(tiles[:3]):
         rec = by_name[t.name]
         las = check_output(t, out / t.name)
