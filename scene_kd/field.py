@@ -25,6 +25,7 @@ from scene_kd.runio import load_tensors, read_json, save_tensors, write_json
 
 FORMAT_VERSION = 1
 SOURCES = ("fused", "distilled", "ensemble")
+ENSEMBLE_TIE_MARGIN = 2e-3  # cosine; float16 rows carry ~1e-3 rounding
 
 
 @dataclass
@@ -77,8 +78,9 @@ class FeatureField:
         best_f = _max_similarity(fused, text)
         best_d = _max_similarity(distilled, text)
         # points no view covered have zero fused features: the distilled ones always win there
+        # a margin of float16 resolution keeps storage rounding from flipping ties towards fused
         covered = fused.abs().amax(dim=1) > 0
-        take_fused = (best_f > best_d) & covered
+        take_fused = (best_f > best_d + ENSEMBLE_TIE_MARGIN) & covered
         return torch.where(take_fused[:, None], fused, distilled)
 
     def world_positions(self) -> np.ndarray:

@@ -84,7 +84,7 @@ def _field(n=50, d=8, with_distilled=True):
         feats["distilled"] = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1).half()
     return FeatureField(
         positions=np.random.default_rng(0).random((n, 3), dtype=np.float32), origin=np.array([870200.01, 6617083.28, 10.0]),
-        features=feats, teacher="oracle-labels", text_encoder="oracle:v1:d8", dim=d,
+        features=feats, teacher="oracle-labels", text_encoder="oracle:v2:d8", dim=d,
         coverage=np.r_[np.zeros(10), np.ones(n - 10)].astype(np.int32), labels=np.zeros(n, dtype=np.int32),
         label_names={0: "road"},
     )
@@ -93,7 +93,7 @@ def _field(n=50, d=8, with_distilled=True):
 def test_feature_field_roundtrip_and_validation(tmp_path):
     f = _field()
     f.save(tmp_path)
-    g = FeatureField.load(tmp_path, expect_text_encoder="oracle:v1:d8")
+    g = FeatureField.load(tmp_path, expect_text_encoder="oracle:v2:d8")
     assert g.sources == ["fused", "distilled", "ensemble"]
     assert np.array_equal(g.origin, f.origin) and g.label_names == {0: "road"}
     assert torch.equal(g.features["fused"], f.features["fused"])

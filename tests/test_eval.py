@@ -145,7 +145,7 @@ def test_uncovered_fused_points_count_as_wrong(tmp_path):
     pc = labelled_scene()
     vec = class_vectors(pc.label_names)
     feats = torch.stack([vec[int(c)] for c in pc.labels]).to(torch.float16)
-    FeatureField(positions=pc.xyz, origin=pc.origin, features={"fused": feats}, teacher="t", text_encoder="oracle:v1:d64",
+    FeatureField(positions=pc.xyz, origin=pc.origin, features={"fused": feats}, teacher="t", text_encoder="oracle:v2:d64",
                  dim=64, coverage=np.zeros(len(pc), np.int32), labels=pc.labels, label_names=pc.label_names).save(tmp_path)
     res = eval_stage(tmp_path)
     assert res["fused"]["miou"] == 0.0 and res["coverage"] == 0.0 and res["fused"]["acc_uncovered"] == 0.0

@@ -144,7 +144,7 @@ def test_empty_scene_and_missing_field_are_clear_errors(tmp_path):
     from scene_kd.field import FeatureField
 
     FeatureField(positions=np.zeros((0, 3), np.float32), origin=np.zeros(3), features={"fused": torch.zeros(0, 64)},
-                 teacher="oracle-labels", text_encoder="oracle:v1:d64", dim=64).save(tmp_path / "empty")
+                 teacher="oracle-labels", text_encoder="oracle:v2:d64", dim=64).save(tmp_path / "empty")
     with pytest.raises(SceneKDError, match="empty"):
         grasp_target(tmp_path / "empty", "mug")
     with pytest.raises(SceneKDError, match="not a run folder"):

@@ -57,7 +57,7 @@ def labelled_scene() -> PointCloud:
 def class_vectors(label_names: dict[int, str]) -> dict[int, torch.Tensor]:
     from scene_kd.teachers.text import load_text_encoder
 
-    enc = load_text_encoder("oracle:v1:d64")
+    enc = load_text_encoder("oracle:v2:d64")
     ids = sorted(label_names)
     vecs = enc.encode_class_names([label_names[i] for i in ids])
     return {i: vecs[k] for k, i in enumerate(ids)}
@@ -91,7 +91,7 @@ def make_run(run: Path, *, empty_masks: bool = False) -> PointCloud:
     save_tensors(run / "features.safetensors",
                  {"embeddings": embeddings, "mask_view": torch.tensor(mask_view + [0] * (m - len(mask_view)), dtype=torch.int32),
                   "mask_level": torch.zeros(m, dtype=torch.int32), "mask_area": torch.ones(m, dtype=torch.int32)},
-                 {"teacher": "oracle-labels", "text_encoder": "oracle:v1:d64", "dim": 64, "config_hash": "test"})
+                 {"teacher": "oracle-labels", "text_encoder": "oracle:v2:d64", "dim": 64, "config_hash": "test"})
     return pc
 
 
@@ -108,11 +108,11 @@ def test_fuse_stage_writes_fused_features_and_the_field(run_dir):
     assert summary["count"] == len(pc) and 0.0 < summary["coverage"] < 1.0
     tensors, meta = load_tensors(run_dir / "fused.safetensors")
     assert tensors["features"].dtype == torch.float16 and tensors["features"].shape == (len(pc), 64)
-    assert meta["granularities"] == ["level0", "level1"] and meta["text_encoder"] == "oracle:v1:d64"
+    assert meta["granularities"] == ["level0", "level1"] and meta["text_encoder"] == "oracle:v2:d64"
     cov = tensors["coverage"]
     assert int((cov > 0).sum()) == summary["covered"]
     assert torch.equal(cov, tensors["coverage.level0"] + tensors["coverage.level1"])
-    field = FeatureField.load(run_dir, expect_text_encoder="oracle:v1:d64")
+    field = FeatureField.load(run_dir, expect_text_encoder="oracle:v2:d64")
     assert field.sources == ["fused"] and field.dim == 64 and field.teacher == "oracle-labels"
     np.testing.assert_array_equal(field.positions, pc.xyz)
     np.testing.assert_array_equal(field.origin, pc.origin)
@@ -158,7 +158,7 @@ def test_fuse_stage_with_no_covered_point_writes_nothing(tmp_path):
 
 def test_fuse_stage_refuses_to_replace_a_field_of_another_dim(run_dir):
     old = FeatureField(positions=np.zeros((3, 3), np.float32), origin=np.zeros(3), features={"fused": torch.zeros(3, 8)},
-                       teacher="other", text_encoder="oracle:v1:d8", dim=8)
+                       teacher="other", text_encoder="oracle:v2:d8", dim=8)
     old.save(run_dir)
     text_before = (run_dir / "field.json").read_text()
     with pytest.raises(RunStateError, match="8-dim.*64-dim.*--force"):
@@ -222,7 +222,7 @@ def test_fuse_stage_lifts_onto_gaussians_through_topk_weights(tmp_path):
     (run / "masks").mkdir()
     np.savez(run / "masks" / "0000.npz", mask_ids=masks)
     save_tensors(run / "features.safetensors", {"embeddings": torch.eye(8)[:2]},
-                 {"teacher": "oracle-labels", "text_encoder": "oracle:v1:d8", "dim": 8})
+                 {"teacher": "oracle-labels", "text_encoder": "oracle:v2:d8", "dim": 8})
     summary = fuse_stage(run, FuseConfig(border_px=0))
     assert summary["kind"] == "gaussians" and summary["covered"] == 3
     field = FeatureField.load(run)

@@ -52,7 +52,7 @@ def test_query_json_top_and_export(urban_run, capsys, tmp_path):
     idx = np.array([i for i, _ in out["top"]])
     scores = np.array([s for _, s in out["top"]])
     assert (field.labels[idx] == building).mean() >= 0.9  # the fused oracle labels hold a few occlusion errors
-    assert (np.diff(scores) <= 0).all() and scores[0] > 0.99
+    assert (np.diff(scores) <= 0).all() and scores[0] > 0.94  # sigmoid(10 * (1 - cos(concept, negative)))
     hits = out["count_above_threshold"]
     gt = int((field.labels == building).sum())
     assert 0.5 * gt < hits < 1.5 * gt

@@ -46,7 +46,7 @@ def test_features_stage_writes_format(tmp_path):
     emb = t["embeddings"]
     assert emb.dtype == torch.float32 and emb.shape == (out["masks"], 64)
     assert torch.allclose(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
-    assert meta["teacher"] == "oracle-labels" and meta["text_encoder"] == "oracle:v1:d64" and meta["dim"] == 64
+    assert meta["teacher"] == "oracle-labels" and meta["text_encoder"] == "oracle:v2:d64" and meta["dim"] == 64
     assert meta["config_hash"]
     enc = load_text_encoder(meta["text_encoder"])
     names = sorted(NAMES)
@@ -107,7 +107,7 @@ def test_preview_png(tmp_path):
 
 
 def test_pca_colours_separate_classes():
-    enc = load_text_encoder("oracle:v1:d64")
+    enc = load_text_encoder("oracle:v2:d64")
     e = enc.encode_text(["car"] * 5 + ["road"] * 5 + ["tree"] * 5)
     c = pca_colours(e)
     assert c.shape == (15, 3) and c.min() >= 0 and c.max() <= 1

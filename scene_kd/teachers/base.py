@@ -43,7 +43,7 @@ class ViewMasks:
 
 @runtime_checkable
 class TextEncoder(Protocol):
-    id: str  # e.g. "open_clip:ViT-B-16/laion2b_s34b_b88k" or "oracle:v1:d64"
+    id: str  # e.g. "open_clip:ViT-B-16/laion2b_s34b_b88k" or "oracle:v2:d64"
     dim: int
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:

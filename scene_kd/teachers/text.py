@@ -1,8 +1,12 @@
 """Text encoders: the oracle's fixed concept vectors and open_clip's text tower, rebuilt from an id.
 
 Ids (stored in features.safetensors and FeatureField.text_encoder):
-- ``oracle:v1:d{D}``: a fixed table of canonical concepts with synonyms, each an orthonormal unit vector in
-  R^D; anything else maps to a deterministic hash-seeded unit vector orthogonal to every concept.
+- ``oracle:v2:d{D}``: a fixed table of canonical concepts with synonyms. Like CLIP's embeddings, the concept
+  vectors share one common direction c: concept_i = (u_i + c) / sqrt(2) with u_i, c orthonormal, so two
+  distinct concepts have cosine 0.5. LERF's generic canonical negatives ("object", "things", "stuff",
+  "texture", ...) embed close to c (cosine ~0.70 with every concept), as generic words do in CLIP, so LERF
+  relevancy is calibrated: a point is relevant (> 0.5) only where the query dominates its feature. Anything
+  else maps to a deterministic hash-seeded unit vector orthogonal to c and to every concept ("far from all").
 - ``open_clip:{model}:{pretrained}``: open_clip's text tower (``pretrained`` = ``random`` for seeded random
   init, tests only).
 
@@ -58,7 +62,9 @@ CONCEPTS: dict[str, tuple[str, ...]] = {
     "can": ("cans", "tin can"),
     "shelf": ("shelves",),
 }
-ORACLE_VERSION = "v1"
+ORACLE_VERSION = "v2"
+# Generic words (LERF canonical negatives and kin): similar to everything, like in CLIP.
+GENERIC_WORDS = ("object", "objects", "thing", "things", "stuff", "texture", "textures", "something")
 _ORACLE_SEED = 20240611
 
 _TEMPLATE = re.compile(
@@ -114,28 +120,40 @@ class OracleTextEncoder:
 
     def __init__(self, dim: int = 64):
         k = len(CONCEPTS)
-        if dim < k + 4:
-            raise SceneKDError(f"oracle dim {dim} too small: needs at least {k + 4} for {k} concepts")
+        if dim < k + 5:
+            raise SceneKDError(f"oracle dim {dim} too small: needs at least {k + 5} for {k} concepts")
         self.dim = int(dim)
         self.id = f"oracle:{ORACLE_VERSION}:d{self.dim}"
         rng = np.random.default_rng(_ORACLE_SEED + self.dim)
         q, _ = np.linalg.qr(rng.standard_normal((self.dim, self.dim)))
         self._basis = q.T.astype(np.float64)  # rows orthonormal
-        self._concepts = self._basis[:k]  # [K, D]
+        self._unique = self._basis[:k]  # [K, D] each concept's own direction u_i
+        self._common = self._basis[k]  # [D] the direction c all concepts share
+        self._concepts = (self._unique + self._common) / np.sqrt(2.0)  # [K, D] unit rows, pairwise cosine 0.5
 
     def concept_vectors(self) -> torch.Tensor:
         return torch.from_numpy(self._concepts.astype(np.float32))
 
     def hashed_vector(self, phrase: str) -> np.ndarray:
-        """A deterministic unit vector for ``phrase``, orthogonal to all concept vectors."""
+        """A deterministic unit vector for ``phrase``, orthogonal to every concept vector and to c."""
         seed = int.from_bytes(hashlib.sha256(normalise_prompt(phrase).encode()).digest()[:8], "little")
         v = np.random.default_rng(seed).standard_normal(self.dim)
-        v -= self._concepts.T @ (self._concepts @ v)
+        shared = self._basis[: len(CONCEPTS) + 1]
+        v -= shared.T @ (shared @ v)
+        return v / np.linalg.norm(v)
+
+    def generic_vector(self, phrase: str) -> np.ndarray:
+        """A generic word: mostly c plus a little of its own hashed direction (cosine ~0.70 to each concept)."""
+        v = self._common + 0.1 * self.hashed_vector(phrase)
         return v / np.linalg.norm(v)
 
     def vector(self, prompt: str) -> np.ndarray:
         k, _ = match_concept(prompt)
-        return self._concepts[k] if k is not None else self.hashed_vector(prompt)
+        if k is not None:
+            return self._concepts[k]
+        if normalise_prompt(prompt) in GENERIC_WORDS:
+            return self.generic_vector(prompt)
+        return self.hashed_vector(prompt)
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         """[P, D] float32 unit rows."""
