@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scene_kd.config import PipelineConfig, dump_config
+from scene_kd.errors import SceneKDError
 from scene_kd.runio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -44,29 +45,37 @@ def run_pipeline(
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(dump_config(cfg))
     if until is not None and until not in STAGES:
-        raise ValueError(f"unknown stage {until!r}")
+        raise SceneKDError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
     last = STAGES.index(until) if until else len(STAGES) - 1
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
 
     from scene_kd.render.stage import render_stage
 
-    results["render"] = render_stage(run_dir, load_scene(scene), cfg.render, force=force, preview=preview)
+    # once a stage really runs, every later stage's inputs are new: they rerun and replace their outputs
+    redo = force
+
+    def ran(summary: dict[str, Any]) -> dict[str, Any]:
+        nonlocal redo
+        redo = redo or not summary.get("skipped", False)
+        return summary
+
+    results["render"] = ran(render_stage(run_dir, load_scene(scene), cfg.render, force=redo, preview=preview))
     if last >= 1:
         from scene_kd.teachers.stage import features_stage
 
-        results["features"] = features_stage(run_dir, cfg.teacher, force=force, preview=preview)
+        results["features"] = ran(features_stage(run_dir, cfg.teacher, force=redo, preview=preview))
     if last >= 2:
         from scene_kd.lift.stage import fuse_stage
 
-        results["fuse"] = fuse_stage(run_dir, cfg.fuse, force=force)
+        results["fuse"] = ran(fuse_stage(run_dir, cfg.fuse, force=redo))
     if last >= 3 and cfg.distill.enabled:
         from scene_kd.distill.stage import distill_stage
 
-        results["distill"] = distill_stage(run_dir, cfg.distill, force=force)
+        results["distill"] = ran(distill_stage(run_dir, cfg.distill, force=redo))
     if last >= 4:
         from scene_kd.eval.stage import eval_stage
 
-        results["eval"] = eval_stage(run_dir, force=force)
+        results["eval"] = ran(eval_stage(run_dir, force=redo))
     results["seconds"] = round(time.perf_counter() - t0, 3)
     return results
