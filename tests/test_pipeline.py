@@ -49,3 +49,13 @@ def test_run_cli_reports_and_rejects_bad_stage(scene_path, tmp_path, capsys):
     assert "fuse" in out and "distill" not in out
     assert main(["run", str(tmp_path / "missing.las"), "--out", str(tmp_path / "r2")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_interrupted_rerun_replaces_its_own_stale_field(scene_path, tmp_path):
+    """Features rerun in one invocation that stopped before fuse; the next run's fuse replaces the old field."""
+    run = tmp_path / "run"
+    run_pipeline(scene_path, run, load_config("ci", {"teacher": {"oracle_dim": 64}}), until="fuse")
+    run_pipeline(scene_path, run, load_config("ci", {"teacher": {"oracle_dim": 48}}), until="features")
+    res = run_pipeline(scene_path, run, load_config("ci", {"teacher": {"oracle_dim": 48}}), until="fuse")
+    assert res["features"]["skipped"] and not res["fuse"]["skipped"]
+    assert json.loads((run / "field.json").read_text())["dim"] == 48

@@ -10,6 +10,8 @@ The field holds the fused features as ``features.fused`` (see scene_kd/field.py)
 
 from __future__ import annotations
 
+import json
+
 import logging
 import sys
 import time
@@ -64,6 +66,21 @@ def load_features(run_dir: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     return emb, meta
 
 
+def _fused_config_hash(run_dir: Path) -> str | None:
+    """The config hash this run's fuse stage last wrote into fused.safetensors (and field.json), if any."""
+    path = run_dir / "fused.safetensors"
+    if not path.exists():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            value = (f.metadata() or {}).get("config_hash")
+        return json.loads(value) if value else None
+    except Exception:  # unreadable: treat as not ours
+        return None
+
+
 def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: bool = False) -> dict[str, Any]:
     """Fuse the run's mask embeddings onto its points (or lift them onto its Gaussians); write fused + field.
 
@@ -99,10 +116,15 @@ def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: boo
         return {**rec.get("summary", {}), "skipped": True}
     teacher, text_encoder = str(fmeta.get("teacher", "")), str(fmeta.get("text_encoder", ""))
     field_json = run_dir / "field.json"
+    own_hash = _fused_config_hash(run_dir)
     if field_json.exists() and not force:
         old = read_json(field_json)
-        if int(old.get("dim", dim)) != dim or (old.get("text_encoder") and text_encoder
-                                                and old["text_encoder"] != text_encoder):
+        # a field this run's own fuse stage wrote earlier is stale output, replaced as its inputs changed;
+        # a field from elsewhere (another teacher or text encoder, copied in) is refused unless forced
+        stale_own = bool(own_hash) and old.get("config_hash") == own_hash
+        mismatch = int(old.get("dim", dim)) != dim or bool(
+            old.get("text_encoder") and text_encoder and old["text_encoder"] != text_encoder)
+        if mismatch and not stale_own:
             raise RunStateError(
                 f"field.safetensors holds {old.get('dim')}-dim features of text encoder {old.get('text_encoder')!r} "
                 f"but features.safetensors has {dim}-dim features of {text_encoder!r}; rerun with --force to "
