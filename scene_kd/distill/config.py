@@ -12,7 +12,7 @@ class DistillConfig:
     """Voxel edge in scene units; 0 picks one giving about ``points_per_voxel`` points per occupied voxel."""
     points_per_voxel: float = 4.0
     """Target mean points per occupied voxel when ``voxel_size`` is 0."""
-    epochs: int = 20
+    epochs: int = 40
     steps_per_epoch: int = 0
     """Optimiser steps per epoch; 0: one crop per region (xy block holding covered points) per epoch."""
     crops_per_step: int = 2
