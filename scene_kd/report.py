@@ -39,7 +39,10 @@ def relevancy_render(run_dir: str | Path, query: str, out_png: str | Path, *, si
         low = rel < 0.5
         colours[low] = grey[low].astype(np.uint8).repeat(3, axis=1)
     cam = top_down_camera(field.positions, size=size)
-    r = render_points(torch.from_numpy(field.positions), cam, rgb=torch.from_numpy(colours))
+    from scene_kd.render.points import estimate_point_radius
+
+    radius = estimate_point_radius(field.positions)  # hole-free surfaces, as in the renders
+    r = render_points(torch.from_numpy(field.positions), cam, rgb=torch.from_numpy(colours), point_radius=radius)
     with atomic_path(out_png) as tmp:
         Image.fromarray(r.rgb).save(tmp, format="PNG")
     return {"query": query, "hits": int((rel > 0.5).sum()), "max": float(rel.max()) if len(rel) else 0.0}

@@ -14,7 +14,10 @@ class DistillConfig:
     """Target mean points per occupied voxel when ``voxel_size`` is 0."""
     epochs: int = 40
     steps_per_epoch: int = 0
-    """Optimiser steps per epoch; 0: one crop per region (xy block holding covered points) per epoch."""
+    """Optimiser steps per epoch; 0: one crop per region (xy block holding covered points) per epoch, at least
+    ``min_steps_per_epoch``."""
+    min_steps_per_epoch: int = 6
+    """Floor for the automatic step count, so small scenes (a few regions) still get enough updates."""
     crops_per_step: int = 2
     """Crops (xy windows of ``crop_voxels`` voxels, all heights) batched per optimiser step."""
     crop_voxels: int = 64

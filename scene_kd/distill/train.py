@@ -322,7 +322,8 @@ def _train_student(
     crop = cfg.crop_voxels * spec.voxel_size
     blocks = _Blocks.build(xyz, covered, crop)
     blocks.clusters = clusters
-    steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(blocks.covered_blocks) / cfg.crops_per_step))
+    steps_per_epoch = cfg.steps_per_epoch or max(cfg.min_steps_per_epoch, 1,
+                                                 math.ceil(len(blocks.covered_blocks) / cfg.crops_per_step))
     total_steps = steps_per_epoch * cfg.epochs
 
     with torch.random.fork_rng(devices=[]):

@@ -101,5 +101,20 @@ def create_teacher(name: str, **config: Any) -> Teacher:
     return _REGISTRY[name](**config)
 
 
+def encode_by_image_size(
+    renders: Sequence[Render], encode_group: Callable[[list[Render]], list[ViewMasks]]
+) -> list[ViewMasks]:
+    """Run ``encode_group`` once per batch of same-sized renders (models batch only equal sizes); keep the order."""
+    renders = list(renders)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, r in enumerate(renders):
+        groups.setdefault(r.rgb.shape[:2], []).append(i)
+    results: dict[int, ViewMasks] = {}
+    for idx in groups.values():
+        for i, vm in zip(idx, encode_group([renders[i] for i in idx]), strict=True):
+            results[i] = vm
+    return [results[i] for i in range(len(renders))]
+
+
 def l2_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)

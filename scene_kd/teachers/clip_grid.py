@@ -22,7 +22,7 @@ import torch
 from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
-from scene_kd.teachers.base import ViewMasks, l2_normalise, register_teacher
+from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise, register_teacher
 from scene_kd.teachers.clip import embed_crops, normalised_images
 from scene_kd.teachers.clip_sam import ClipTeacherBase
 
@@ -114,15 +114,7 @@ class ClipGridTeacher(ClipTeacherBase):
         return out
 
     def encode_views(self, renders: Sequence[Render]) -> list[ViewMasks]:
-        renders = list(renders)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, r in enumerate(renders):
-            groups.setdefault(r.rgb.shape[:2], []).append(i)
-        results: dict[int, ViewMasks] = {}
-        for idx in groups.values():
-            for i, vm in zip(idx, self._encode_group([renders[i] for i in idx]), strict=True):
-                results[i] = vm
-        return [results[i] for i in range(len(renders))]
+        return encode_by_image_size(renders, self._encode_group)
 
     def _encode_group(self, renders: list[Render]) -> list[ViewMasks]:
         h, w = renders[0].rgb.shape[:2]

@@ -15,7 +15,7 @@ import torch
 
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
-from scene_kd.teachers.base import ViewMasks, l2_normalise, register_teacher
+from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise, register_teacher
 from scene_kd.teachers.clip import (
     clip_embed_dim,
     embed_crops,
@@ -145,15 +145,7 @@ class ClipSamTeacher(ClipTeacherBase):
         return self._sam
 
     def encode_views(self, renders: Sequence[Render]) -> list[ViewMasks]:
-        renders = list(renders)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, r in enumerate(renders):
-            groups.setdefault(r.rgb.shape[:2], []).append(i)
-        results: dict[int, ViewMasks] = {}
-        for idx in groups.values():
-            for i, vm in zip(idx, self._encode_group([renders[i] for i in idx]), strict=True):
-                results[i] = vm
-        return [results[i] for i in range(len(renders))]
+        return encode_by_image_size(renders, self._encode_group)
 
     def _encode_group(self, renders: list[Render]) -> list[ViewMasks]:
         """Views of one image size: SAM masks, then every mask's masked + context crop through CLIP together."""
