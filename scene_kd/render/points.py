@@ -205,8 +205,7 @@ def zbuffer_points(
     for start in range(0, len(xyz), chunk):
         stop = min(start + chunk, len(xyz))
         if fixed_r is None and not world_radius or fixed_r is not None and fixed_r < 1.0:
-            pix, key = _pixel_keys_fn(stop - start, compile)(xyz[start:stop], P, W, H, start)
-            zbuf.scatter_reduce_(0, pix, key, reduce="amin")
+            _splat_single_fn(stop - start, compile)(xyz[start:stop], P, W, H, start, zbuf)
             continue
         u, v, z = _project_rows(xyz[start:stop], P)
         ids = torch.arange(start, stop, device=xyz.device)
@@ -254,18 +253,25 @@ def _pixel_keys(xyz: Tensor, P: Tensor, W: int, H: int, start: int) -> tuple[Ten
     return torch.where(inside, flat, H * W), key
 
 
+def _splat_single(xyz: Tensor, P: Tensor, W: int, H: int, start: int, zbuf: Tensor) -> None:
+    """Single-pixel splats of ``xyz`` into the packed z-buffer ``zbuf`` [H * W + 1] in place (nearest wins)."""
+    pix, key = _pixel_keys(xyz, P, W, H, start)
+    zbuf.scatter_reduce_(0, pix, key, reduce="amin")
+
+
 _COMPILED: dict[str, Any] = {}
 COMPILE_MIN_POINTS = 1_000_000
 
 
-def _pixel_keys_fn(n: int, compile: bool | None):
-    """The eager or the torch.compile'd (one fused loop instead of ~15 passes) :func:`_pixel_keys`."""
+def _splat_single_fn(n: int, compile: bool | None):
+    """The eager or the torch.compile'd :func:`_splat_single`: compiled, projection, key packing and the
+    scatter-min fuse into one loop over the points (atomic min into the z-buffer) instead of ~15 passes."""
     want = (n >= COMPILE_MIN_POINTS) if compile is None else compile
     if not want or os.environ.get("SCENE_KD_NO_COMPILE") == "1" or _COMPILED.get("failed"):
-        return _pixel_keys
+        return _splat_single
     fn = _COMPILED.get("fn")
     if fn is None:
-        fn = _COMPILED["fn"] = torch.compile(_pixel_keys, dynamic=True)
+        fn = _COMPILED["fn"] = torch.compile(_splat_single, dynamic=True)
 
     def guarded(*args):
         try:
@@ -276,7 +282,7 @@ def _pixel_keys_fn(n: int, compile: bool | None):
             logging.getLogger(__name__).warning("torch.compile unavailable (%s); using eager point projection",
                                                 type(e).__name__)
             _COMPILED["failed"] = True
-            return _pixel_keys(*args)
+            return _splat_single(*args)
 
     return guarded
 
