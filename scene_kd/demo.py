@@ -67,8 +67,8 @@ def main() -> int:
         cfg = load_config("urban", overrides)
         res = run_pipeline(path, run_dir, cfg, preview=True)
         ev = res.get("eval") or {}
-        cell = lambda s: f"{ev[s]['miou']:.3f} / {ev[s]['macc']:.3f}" if s in ev else "-"  # noqa: E731
-        table.add_row(name, cell("fused"), cell("distilled"), cell("ensemble"),
+        cells = [f"{ev[s]['miou']:.3f} / {ev[s]['macc']:.3f}" if s in ev else "-" for s in ("fused", "distilled", "ensemble")]
+        table.add_row(name, *cells,
                       f"{ev.get('coverage', 0):.1%}", f"{time.perf_counter() - t0:.0f}")
         queries = []
         for q in QUERIES[name]:

@@ -11,7 +11,6 @@ The field holds the fused features as ``features.fused`` (see scene_kd/field.py)
 from __future__ import annotations
 
 import json
-
 import logging
 import sys
 import time
