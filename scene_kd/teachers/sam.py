@@ -90,6 +90,9 @@ class SamParams:
     stability_offset: float = 1.0
     nms_iou: float = 0.7
     min_area: int = 16
+    image_batch: int = 2
+    """Images per SAM image-encoder call: its global-attention blocks hold a [heads, 4096, 4096] attention map
+    per 1024-px image (~0.8 GB in float32), so 16 views at once exhausted 24 GB of RAM."""
 
 
 def sam_masks(bundle: SamBundle, rgbs: list[np.ndarray], params: SamParams) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -104,8 +107,9 @@ def sam_masks(bundle: SamBundle, rgbs: list[np.ndarray], params: SamParams) -> l
         sizes.append(tuple(x.shape[-2:]))
         inputs.append(sam.preprocess(x[None].float()))
     t0 = time.perf_counter()
+    step = max(1, params.image_batch)
     with torch.inference_mode():
-        embeddings = sam.image_encoder(torch.cat(inputs))
+        embeddings = torch.cat([sam.image_encoder(torch.cat(inputs[i : i + step])) for i in range(0, len(inputs), step)])
     bundle.stats["seconds"] += time.perf_counter() - t0
     bundle.stats["calls"] += 1
     return [_masks_for_image(bundle, embeddings[i : i + 1], rgb.shape[:2], sizes[i], transform, params)
