@@ -34,3 +34,22 @@ def real_data() -> Path:
     if not REAL_DATA.exists():
         pytest.skip(f"real data folder not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def urban_run(tmp_path_factory) -> Path:
+    """A 20k-point synthetic urban scene through the whole pipeline (oracle teacher, small renders), made once
+    per test session and shared by the query CLI and browser tests (read-only for them)."""
+    from scene_kd.config import load_config
+    from scene_kd.pipeline import run_pipeline
+    from scene_kd.scene.io import save_scene
+    from scene_kd.scene.synthetic import make_urban
+
+    base = tmp_path_factory.mktemp("query_urban_run")
+    scene = base / "urban.ply"
+    save_scene(make_urban(points=20000, seed=0), scene)
+    cfg = load_config(None, overrides={"teacher": {"name": "oracle-labels"},
+                                       "render": {"width": 128, "height": 128, "levels": 2},
+                                       "distill": {"epochs": 2}})
+    run_pipeline(scene, base / "run", cfg)
+    return base / "run"

@@ -3,33 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from scene_kd.cli import main
-
-
-@pytest.fixture(scope="module")
-def urban_run(tmp_path_factory) -> Path:
-    """A 20k-point synthetic urban scene through the whole pipeline (oracle teacher, small renders).
-    Same folder and config as tests/test_viewer_browser.py, so the second module finds every stage current."""
-    from scene_kd.config import load_config
-    from scene_kd.pipeline import run_pipeline
-    from scene_kd.scene.io import save_scene
-    from scene_kd.scene.synthetic import make_urban
-
-    base = tmp_path_factory.getbasetemp() / "query_urban_run"
-    scene = base / "urban.ply"
-    if not scene.exists():
-        base.mkdir(parents=True, exist_ok=True)
-        save_scene(make_urban(points=20000, seed=0), scene)
-    cfg = load_config(None, overrides={"teacher": {"name": "oracle-labels"},
-                                       "render": {"width": 128, "height": 128, "levels": 2},
-                                       "distill": {"epochs": 2}})
-    run_pipeline(scene, base / "run", cfg)
-    return base / "run"
 
 
 def run_json(capsys, *argv: str) -> tuple[int, dict | None, str]:

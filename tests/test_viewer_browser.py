@@ -23,26 +23,6 @@ HIGHLIGHT_THRESHOLD = 0.9
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def urban_run(tmp_path_factory) -> Path:
-    """A 20k-point synthetic urban scene through the whole pipeline (oracle teacher, small renders)."""
-    from scene_kd.config import load_config
-    from scene_kd.pipeline import run_pipeline
-    from scene_kd.scene.io import save_scene
-    from scene_kd.scene.synthetic import make_urban
-
-    base = tmp_path_factory.getbasetemp() / "query_urban_run"
-    scene = base / "urban.ply"
-    if not scene.exists():
-        base.mkdir(parents=True, exist_ok=True)
-        save_scene(make_urban(points=20000, seed=0), scene)
-    cfg = load_config(None, overrides={"teacher": {"name": "oracle-labels"},
-                                       "render": {"width": 128, "height": 128, "levels": 2},
-                                       "distill": {"epochs": 2}})
-    run_pipeline(scene, base / "run", cfg)
-    return base / "run"
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
