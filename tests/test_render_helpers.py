@@ -68,7 +68,7 @@ def brute_force_gaussians(means, quats, log_scales, opacity_logits, colours, cam
         J = torch.stack([torch.stack([fx / z, zero, -fx * tx / z**2]), torch.stack([zero, fy / z, -fy * ty / z**2])])
         cov2 = J @ cov @ J.T + 0.3 * torch.eye(2, dtype=dt)
         det = cov2[0, 0] * cov2[1, 1] - cov2[0, 1] ** 2
-        if float(det) <= 0 or float(opac[i]) < 1 / 255:
+        if float(det.detach()) <= 0 or float(opac[i].detach()) < 1 / 255:
             continue
         conic = torch.linalg.inv(cov2)
         mx, my = fx * x / z + cx, fy * y / z + cy
