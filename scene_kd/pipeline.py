@@ -10,7 +10,6 @@ Stage functions (one per stage, each ``(run_dir, cfg, *, force) -> dict`` summar
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from typing import Any
 from scene_kd.config import PipelineConfig, dump_config
 from scene_kd.errors import SceneKDError
 from scene_kd.runio import atomic_path
-
-log = logging.getLogger(__name__)
 
 STAGES = ("render", "features", "fuse", "distill", "eval")
 
@@ -39,13 +36,13 @@ def run_pipeline(
     """
     from scene_kd.scene.io import load_scene
 
+    if until is not None and until not in STAGES:
+        raise SceneKDError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
     cfg = cfg or PipelineConfig()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(dump_config(cfg))
-    if until is not None and until not in STAGES:
-        raise SceneKDError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
     last = STAGES.index(until) if until else len(STAGES) - 1
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
