@@ -72,7 +72,7 @@ def brute_force_gaussians(means, quats, log_scales, opacity_logits, colours, cam
             continue
         conic = torch.linalg.inv(cov2)
         mx, my = fx * x / z + cx, fy * y / z + cy
-        extend = min(3.33, math.sqrt(2 * math.log(float(opac[i]) * 255)))
+        extend = min(3.33, math.sqrt(2 * math.log(float(opac[i].detach()) * 255)))
         rx, ry = math.ceil(extend * math.sqrt(float(cov2[0, 0]))), math.ceil(extend * math.sqrt(float(cov2[1, 1])))
         if float(mx) + rx <= 0 or float(mx) - rx >= W or float(my) + ry <= 0 or float(my) - ry >= H:
             continue

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from scene_kd.errors import SceneKDError
+from scene_kd.render import native
 from scene_kd.render.points import (
     decode_zbuffer,
     estimate_point_radii,
@@ -74,33 +75,117 @@ def test_unoccluded_point_has_its_id_at_its_projected_pixel():
     assert vis.numpy()[np.flatnonzero(inside)[own]].all()
 
 
-def test_zbuffer_nearest_wins_and_ties_take_smaller_id():
+@pytest.fixture(params=["torch", "native"])
+def backend(request) -> str:
+    """Both z-buffer implementations: the torch reference and the C loop (skipped where it cannot be built)."""
+    if request.param == "native" and not native.available():
+        pytest.skip("native z-buffer unavailable (no C compiler)")
+    return request.param
+
+
+def test_zbuffer_nearest_wins_and_ties_take_smaller_id(backend):
     cam = nadir_camera(32, 32, altitude=10.0)
     # three points on the same ray at different heights, plus a duplicate of the nearest
     xyz = torch.tensor([[5.0, 5.0, 0.0], [5.0, 5.0, 3.0], [5.0, 5.0, 1.0], [5.0, 5.0, 3.0]])
-    r = render_points(xyz, cam)
-    (row, col), = np.argwhere(r.ids >= 0)
-    assert r.ids[row, col] == 1
-    assert r.depth[row, col] == pytest.approx(7.0, abs=1e-5)
-    assert np.isinf(r.depth[r.ids < 0]).all()
+    depth, ids = decode_zbuffer(zbuffer_points(xyz, cam, backend=backend), cam.height, cam.width)
+    (row, col), = np.argwhere(ids.numpy() >= 0)
+    assert ids[row, col] == 1
+    assert float(depth[row, col]) == pytest.approx(7.0, abs=1e-5)
+    assert torch.isinf(depth[ids < 0]).all()
 
 
-def test_chunked_equals_unchunked_with_footprints():
+def test_chunked_equals_unchunked_with_footprints(backend):
+    """Chunks (torch) and thread slices (native) reduce into one buffer: identical to one pass."""
     cam = nadir_camera(64, 48)
     xyz = sparse_points(2000, seed=2)
     radii = torch.from_numpy(np.random.default_rng(0).uniform(0.05, 0.4, 2000).astype(np.float32))
     for kwargs in ({}, {"point_size_px": 3.0}, {"point_radius": 0.3}, {"point_radius": radii}):
-        whole = zbuffer_points(xyz, cam, **kwargs)
-        parts = zbuffer_points(xyz, cam, chunk=333, **kwargs)
+        whole = zbuffer_points(xyz, cam, backend=backend, threads=1, **kwargs)
+        parts = zbuffer_points(xyz, cam, backend=backend, chunk=333, threads=3, **kwargs)
         assert torch.equal(whole, parts), kwargs
 
 
-def test_footprint_brute_force():
-    """The sorted-prefix disc splatting equals a per-point test of every pixel centre against the disc."""
+def test_native_threads_split_the_points(monkeypatch):
+    """With more than one thread the native path splats slices into separate buffers and merges them."""
+    if not native.available():
+        pytest.skip("native z-buffer unavailable (no C compiler)")
+    monkeypatch.setattr(native, "MIN_POINTS_PER_THREAD", 100)
+    cam = nadir_camera(64, 48)
+    xyz = sparse_points(5000, seed=5)
+    xyz[::3, 2] += 1.0
+    one = zbuffer_points(xyz, cam, backend="native", threads=1)
+    for threads in (2, 3, 4):
+        assert torch.equal(one, zbuffer_points(xyz, cam, backend="native", threads=threads)), threads
+    assert torch.equal(one, zbuffer_points(xyz, cam, backend="torch"))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"point_size_px": 0.5}, {"point_size_px": 3.0}, {"point_size_px": 40.0},
+                                    {"point_radius": 0.2}, {"point_radius": "per-point"}, {"point_radius": 5.0}])
+def test_native_equals_torch_reference(kwargs):
+    """The C loop and the torch reference pick the same point for (nearly) every pixel; depths agree to float
+    rounding (the torch projection is a BLAS GEMM, the C one a plain sum: the last bit may differ)."""
+    if not native.available():
+        pytest.skip("native z-buffer unavailable (no C compiler)")
+    rng = np.random.default_rng(6)
+    n = 60_000
+    xyz = np.c_[rng.uniform(0, 10, (n, 2)), rng.uniform(0, 0.3, n)].astype(np.float32)
+    xyz[rng.random(n) < 0.3, 2] += 2.0  # a second layer: occlusion everywhere
+    xyz = torch.from_numpy(xyz)
+    if kwargs.get("point_radius") == "per-point":
+        kwargs = {"point_radius": torch.from_numpy(rng.uniform(0.02, 0.3, n).astype(np.float32))}
+    oblique = Camera(K=intrinsics(160, 120, 60.0), world_to_cam=look_at(np.array([-6.0, 5.0, 9.0]), np.array([5.0, 5.0, 0.0])),
+                     width=160, height=120)
+    for cam in (nadir_camera(160, 120, altitude=9.0), oblique):
+        ours = zbuffer_points(xyz, cam, backend="native", **kwargs)
+        ref = zbuffer_points(xyz, cam, backend="torch", **kwargs)
+        d_ours, id_ours = decode_zbuffer(ours, cam.height, cam.width)
+        d_ref, id_ref = decode_zbuffer(ref, cam.height, cam.width)
+        same = id_ours == id_ref
+        assert same.float().mean() > 0.999, (kwargs, same.float().mean())
+        hit = same & (id_ref >= 0)
+        assert hit.sum() > 0.5 * cam.width * cam.height
+        torch.testing.assert_close(d_ours[hit], d_ref[hit], rtol=1e-6, atol=0)
+
+
+def test_native_unavailable_falls_back_to_torch(monkeypatch, tmp_path, caplog):
+    """No C compiler: a warning, then the torch path; asking for backend='native' is a clear error."""
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("SCENE_KD_CACHE", str(tmp_path / "cache"))
+    cam = nadir_camera()
+    xyz = sparse_points(500)
+    with caplog.at_level("WARNING"):
+        auto = zbuffer_points(xyz, cam)
+    assert "native z-buffer unavailable" in caplog.text
+    assert torch.equal(auto, zbuffer_points(xyz, cam, backend="torch"))
+    with pytest.raises(SceneKDError, match="native z-buffer is unavailable"):
+        zbuffer_points(xyz, cam, backend="native")
+    with pytest.raises(SceneKDError, match="unknown z-buffer backend"):
+        zbuffer_points(xyz, cam, backend="opengl")
+
+
+def test_native_build_is_cached_per_source(monkeypatch, tmp_path):
+    """The library is built once into the cache and reused by a fresh process state (no rebuild)."""
+    if not native.available():
+        pytest.skip("native z-buffer unavailable (no C compiler)")
+    monkeypatch.setenv("SCENE_KD_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {})
+    assert native.available()
+    built = list((tmp_path / "native").glob("zbuffer-*.so"))
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_state", {})
+    assert native.available()
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "native").glob("zbuffer-*.so")] == [mtime]
+    assert not [p for p in (tmp_path / "native").iterdir() if p.is_dir()]  # no temporary build folder left
+
+
+def test_footprint_brute_force(backend):
+    """The disc splatting (sorted-prefix torch, per-point C loop) equals a per-point test of every pixel centre."""
     cam = nadir_camera(40, 30)
     xyz = sparse_points(120, seed=3)
     radii = torch.from_numpy(np.random.default_rng(1).uniform(0.05, 0.6, 120).astype(np.float32))
-    zbuf = zbuffer_points(xyz, cam, point_radius=radii)
+    zbuf = zbuffer_points(xyz, cam, point_radius=radii, backend=backend)
     depth, ids = decode_zbuffer(zbuf, cam.height, cam.width)
     uv, z = project_points(xyz, cam)
     best = np.full((cam.height, cam.width), np.inf)
@@ -120,7 +205,10 @@ def test_footprint_brute_force():
     assert np.array_equal(ids.numpy(), best_id)
 
 
-def test_world_radius_renders_surfaces_hole_free():
+def test_world_radius_renders_surfaces_hole_free(backend, monkeypatch):
+    if backend == "torch":
+        monkeypatch.setenv("SCENE_KD_NO_NATIVE", "1")
+        monkeypatch.setattr(native, "_state", {})
     rng = np.random.default_rng(4)
     xyz = torch.from_numpy(np.c_[rng.uniform(0, 10, (20000, 2)), np.zeros(20000)].astype(np.float32))
     cam = nadir_camera(64, 64, altitude=6.0)
@@ -181,7 +269,10 @@ def test_bad_inputs():
     assert (r.ids < 0).all()
 
 
-def test_golden_point_render():
+def test_golden_point_render(backend, monkeypatch):
+    if backend == "torch":
+        monkeypatch.setenv("SCENE_KD_NO_NATIVE", "1")
+        monkeypatch.setattr(native, "_state", {})
     cam = nadir_camera(32, 24, altitude=15.0)
     xyz = sparse_points(800, seed=7)
     r = render_points(xyz, cam, point_radius=0.25, labels=np.arange(800, dtype=np.int32) % 5)
@@ -201,7 +292,7 @@ def test_compiled_single_pixel_zbuffer_equals_eager():
     cam = nadir_camera(128, 96)
     xyz = sparse_points(30_000, seed=4)
     xyz[::7, 2] += 5.0  # many points per pixel at different depths, some far from the rest
-    eager = zbuffer_points(xyz, cam, compile=False, chunk=10_000)
-    fused = zbuffer_points(xyz, cam, compile=True, chunk=10_000)
+    eager = zbuffer_points(xyz, cam, compile=False, chunk=10_000, backend="torch")
+    fused = zbuffer_points(xyz, cam, compile=True, chunk=10_000, backend="torch")
     assert torch.equal(eager, fused)
     assert (eager != eager.max()).sum() > 1000  # the test scene does fill the image

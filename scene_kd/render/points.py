@@ -180,6 +180,8 @@ def zbuffer_points(
     chunk: int = 2_000_000,
     max_footprint_px: float = MAX_FOOTPRINT_PX,
     compile: bool | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
 ) -> Tensor:
     """The packed z-buffer [H * W] int64 (``depth_bits << 32 | id``, EMPTY_KEY where empty).
 
@@ -189,6 +191,10 @@ def zbuffer_points(
     ``max_footprint_px``; a point always covers its own pixel.
     ``compile``: fuse the single-pixel projection + key packing with ``torch.compile`` (None: when a chunk has
     >= 1M points; falls back to eager if compilation fails; SCENE_KD_NO_COMPILE=1 disables it).
+    ``backend``: ``"native"`` (the C loop in zbuffer.c, CPU only, one pass per point, threads on slices of the
+    points), ``"torch"`` (this module's vectorised reference, any device), ``"auto"`` (native for CPU tensors when
+    it builds, else torch). Both give the same buffer up to float rounding at pixel edges.
+    ``threads``: native threads (default ``torch.get_num_threads()``).
     """
     _check_camera(camera)
     xyz = _as_xyz(xyz)
@@ -197,11 +203,28 @@ def zbuffer_points(
     W, H = camera.width, camera.height
     P = projection_matrix(camera, xyz.device)
     fx = float(camera.K[0, 0])
-    zbuf = torch.full((H * W + 1,), EMPTY_KEY, dtype=torch.int64, device=xyz.device)  # last slot: discard
     dump = H * W
     per_point_radius = isinstance(point_radius, Tensor) and point_radius.ndim == 1
     world_radius = per_point_radius or float(point_radius) > 0
     fixed_r = min(point_size_px / 2.0, max_footprint_px) if point_size_px > 0 else None
+    if backend not in ("auto", "native", "torch"):
+        raise SceneKDError(f"unknown z-buffer backend {backend!r} (auto, native or torch)")
+    if backend != "torch" and xyz.device.type == "cpu":
+        from scene_kd.render import native
+
+        if native.available():
+            single = fixed_r is None and not world_radius or fixed_r is not None and fixed_r < 1.0
+            mode = native.MODE_SINGLE if single else native.MODE_FIXED_DISC if fixed_r is not None else native.MODE_WORLD_RADIUS
+            zbuf = native.zbuffer(xyz, P, W, H, near=NEAR, mode=mode, fixed_radius_px=fixed_r or 0.0,
+                                  radii=point_radius if per_point_radius else None,
+                                  radius=0.0 if per_point_radius else float(point_radius), fx=fx,
+                                  max_footprint_px=max_footprint_px, threads=threads)
+            return zbuf[: H * W]
+        if backend == "native":
+            raise SceneKDError("the native z-buffer is unavailable (no C compiler?); use backend='torch'")
+    elif backend == "native":
+        raise SceneKDError("the native z-buffer runs on CPU tensors only")
+    zbuf = torch.full((H * W + 1,), EMPTY_KEY, dtype=torch.int64, device=xyz.device)  # last slot: discard
     for start in range(0, len(xyz), chunk):
         stop = min(start + chunk, len(xyz))
         if fixed_r is None and not world_radius or fixed_r is not None and fixed_r < 1.0:
