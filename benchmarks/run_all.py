@@ -2,6 +2,8 @@
 
 Each benchmarks/<name>.py exposes ``run(full: bool = False) -> dict``. Usage:
     python benchmarks/run_all.py [--full] [--only name,name]
+With --only, the named benchmarks replace their entries in the existing results file and the others are kept
+(each entry records its own date and machine).
 """
 
 from __future__ import annotations
@@ -74,7 +76,15 @@ def main() -> int:
     names = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in ("run_all",) and not p.stem.startswith("_"))
     if args.only:
         names = [n for n in names if n in args.only.split(",")]
+    suffix = "_full" if args.full else ""
     results = {"machine": machine(), "full": args.full, "date": time.strftime("%Y-%m-%d %H:%M"), "benchmarks": {}}
+    previous = HERE / f"results{suffix}.json"
+    if args.only and previous.exists():
+        old = json.loads(previous.read_text())
+        for res in old["benchmarks"].values():  # entries from before per-entry stamps carry the file's
+            res.setdefault("date", old["date"])
+            res.setdefault("machine", old["machine"])
+        results["benchmarks"] = old["benchmarks"]
     for name in names:
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
@@ -84,9 +94,11 @@ def main() -> int:
             traceback.print_exc()
             res = {"error": f"{type(e).__name__}: {e}"}
         res["wall_s"] = round(time.perf_counter() - t0, 2)
+        res["date"] = time.strftime("%Y-%m-%d %H:%M")
+        res["machine"] = results["machine"]
         results["benchmarks"][name] = res
         print(json.dumps(res), flush=True)
-    suffix = "_full" if args.full else ""
+    results["benchmarks"] = dict(sorted(results["benchmarks"].items()))
     (HERE / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     (HERE / f"results{suffix}.md").write_text(to_markdown(results))
     print(to_markdown(results))
