@@ -14,7 +14,8 @@ from scene_kd.commands._common import emit
 
 @dataclass
 class Args:
-    """Distil the run's fused features into a sparse-conv student and add its features to RUN/field.*."""
+    """Distil the run's fused features into a student (sparse-conv network on points, or a Gaussian feature
+    field on splats) and add its features to RUN/field.*."""
 
     run: Annotated[str, tyro.conf.Positional]
     """Run folder (after `scene-kd fuse`)."""
@@ -22,6 +23,8 @@ class Args:
     """Training epochs (default: the run's config, else 20)."""
     config: str | None = None
     """Config preset or YAML file (default: RUN/config.yaml when present)."""
+    student: str | None = None
+    """sparseconv or gaussian-field (Gaussian scenes) (default: the config's, sparseconv)."""
     force: bool = False
     """Retrain even when the student is current."""
     resume: bool = False
@@ -44,11 +47,17 @@ def main(args: Args) -> int:
         if args.epochs < 1:
             raise SceneKDError("--epochs must be at least 1")
         cfg = dataclasses.replace(cfg, epochs=args.epochs)
+    if args.student is not None:
+        cfg = dataclasses.replace(cfg, student=args.student)
     summary = distill_stage(run, cfg, force=args.force, resume=args.resume, progress=not args.json)
     human = None
     if not args.json:
         if summary["skipped"]:
             human = f"{run}: student is current (use --force to retrain)"
+        elif summary.get("student") == "gaussian-field":
+            human = (f"{run}: Gaussian feature field for {summary['points']:,} Gaussians "
+                     f"({summary['covered_points']:,} covered), {summary['steps']} steps on {summary['backend']}, "
+                     f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {summary['seconds']:.1f} s")
         else:
             human = (f"{run}: distilled {summary['points']:,} points ({summary['covered_points']:,} covered), "
                      f"voxel {summary['voxel_size']}, {summary['epochs']} epochs, loss {summary['final_loss']:.4f}, "

@@ -28,6 +28,8 @@ class Args:
     """oracle-labels: fraction of masks given a wrong class."""
     epochs: int | None = None
     """Override distillation epochs (0 skips distillation)."""
+    student: str | None = None
+    """Override the student: sparseconv or gaussian-field (Gaussian scenes); enables distillation."""
     until: str | None = None
     """Stop after this stage (render, features, fuse, distill, eval)."""
     force: bool = False
@@ -49,6 +51,8 @@ def main(args: Args) -> int:
         overrides.setdefault("render", {})["preset"] = args.views
     if args.epochs is not None:
         overrides["distill"] = {"epochs": args.epochs, "enabled": args.epochs > 0}
+    if args.student:
+        overrides.setdefault("distill", {}).update({"student": args.student, "enabled": True})
     cfg = load_config(args.config, overrides)
     result = run_pipeline(args.scene, args.out, cfg, force=args.force, until=args.until)
     human = None

@@ -1,5 +1,6 @@
-"""The distill stage: RUN/field.* (fused) -> student -> RUN/student.safetensors + student.json, and the field
-re-saved with ``features["distilled"]`` beside the fused ones."""
+"""The distill stage: RUN/field.* (fused) -> student -> RUN/student.safetensors + student.json (sparse-conv
+point student) or RUN/gaussian_field.safetensors (Gaussian feature field), and the field re-saved with
+``features["distilled"]`` beside the fused ones."""
 
 from __future__ import annotations
 
@@ -12,18 +13,32 @@ from typing import Any
 import numpy as np
 
 from scene_kd.distill.config import DistillConfig
-from scene_kd.errors import RunStateError
+from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.runio import Stages, config_hash, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ["student.safetensors", "student.json", "field.safetensors", "field.json"]
+GAUSSIAN_FIELD_OUTPUTS = ["gaussian_field.safetensors", "field.safetensors", "field.json"]
 CHECKPOINT = "student.ckpt.pt"
+STUDENTS = ("sparseconv", "gaussian-field")
 
 
-def distill_hash(cfg: DistillConfig, run_dir: Path, field_config_hash: str) -> str:
+def student_kind(cfg: DistillConfig, scene_kind: str) -> str:
+    """The student this config trains on a scene of ``scene_kind`` ("points" or "gaussians")."""
+    if cfg.student not in STUDENTS:
+        raise SceneKDError(f"unknown student {cfg.student!r} (one of {', '.join(STUDENTS)})")
+    if cfg.student == "gaussian-field" and scene_kind != "gaussians":
+        raise SceneKDError("the gaussian-field student needs a Gaussian-splat scene; this run's scene is "
+                           f"{scene_kind} (use student: sparseconv)")
+    return cfg.student
+
+
+def distill_hash(cfg: DistillConfig, run_dir: Path, field_config_hash: str, kind: str = "sparseconv") -> str:
     """Config hash of this stage: its settings (less those that do not change the result) + its input's identity."""
-    settings = dataclasses.replace(cfg, enabled=True, predict_points=0, device="-", cpu_threads=0)
+    settings = dataclasses.replace(cfg, enabled=True, predict_points=0, device="-", cpu_threads=0, student=kind)
+    if kind == "sparseconv":  # the other student's settings do not change this one
+        settings = dataclasses.replace(settings, gaussian_field=type(cfg.gaussian_field)())
     fuse_rec = Stages(run_dir)._read().get("fuse", {})
     return config_hash(settings, field_config_hash, fuse_rec.get("config_hash", ""))
 
@@ -45,9 +60,16 @@ def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = Fals
     if "fused" not in field.features:
         raise RunStateError("field has no fused features; run `scene-kd fuse` first", path=run_dir)
     stages = Stages(run_dir)
-    chash = distill_hash(cfg, run_dir, field.config_hash)
-    if not force and "distilled" in field.features and stages.is_current("distill", chash, OUTPUTS):
-        return {"skipped": True, "config_hash": chash}
+    try:
+        kind = student_kind(cfg, field.kind)
+    except SceneKDError as e:
+        raise RunStateError(str(e), path=run_dir) from None
+    chash = distill_hash(cfg, run_dir, field.config_hash, kind)
+    outputs = GAUSSIAN_FIELD_OUTPUTS if kind == "gaussian-field" else OUTPUTS
+    if not force and "distilled" in field.features and stages.is_current("distill", chash, outputs):
+        return {"skipped": True, "config_hash": chash, "student": kind}
+    if kind == "gaussian-field":
+        return _distill_gaussian_field(run_dir, field, cfg, chash, stages, progress)
 
     t0 = time.perf_counter()
     rgb, intensity = field.rgb, _run_scene_intensity(run_dir, len(field))
@@ -61,7 +83,8 @@ def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = Fals
         raise RunStateError(f"student predicted {tuple(distilled.shape)}, field needs ({len(field)}, {field.dim})")
     seconds = time.perf_counter() - t0
     summary = {
-        "skipped": False, "config_hash": chash, "points": len(field), "covered_points": history["covered_points"],
+        "skipped": False, "student": kind, "config_hash": chash, "points": len(field),
+        "covered_points": history["covered_points"],
         "voxel_size": history["spec"]["voxel_size"], "epochs": len(history["loss"]),
         "final_loss": history["loss"][-1] if history["loss"] else None, "steps": history["steps"],
         "points_per_second": history["points_per_second"], "seconds": round(seconds, 3),
@@ -75,6 +98,72 @@ def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = Fals
     field.save(run_dir)
     stages.record("distill", chash, seconds, peak_rss_mb(), voxel_size=summary["voxel_size"],
                   final_loss=summary["final_loss"])
+    from scene_kd.pipeline import STAGES
+
+    stages.invalidate_after("distill", list(STAGES))
+    return summary
+
+
+def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, stages: Stages,
+                            progress: bool) -> dict[str, Any]:
+    """Train the Gaussian feature field on the run's views and masks; write gaussian_field.safetensors and the
+    field's distilled features (every Gaussian's decoded feature)."""
+    import torch
+
+    from scene_kd.distill.gaussian_field import (
+        MaskTargets,
+        downsample_view,
+        save_gaussian_field,
+        train_gaussian_field,
+    )
+    from scene_kd.lift.stage import _npz_array, load_features
+    from scene_kd.render.types import load_cameras
+    from scene_kd.scene.runscene import load_run_scene
+
+    t0 = time.perf_counter()
+    gcfg = cfg.gaussian_field
+    splats = load_run_scene(run_dir)
+    if splats.kind != "gaussians" or len(splats) != len(field):
+        raise RunStateError(f"the run's scene ({splats.kind}, {len(splats):,}) does not match its field "
+                            f"({field.kind}, {len(field):,}); rerun the pipeline", path=run_dir)
+    embeddings, _ = load_features(run_dir)
+    if embeddings.shape[1] != field.dim:
+        raise RunStateError(f"features.safetensors is {embeddings.shape[1]}-dim, the field {field.dim}-dim; "
+                            "rerun `scene-kd fuse`", path=run_dir)
+    shared = torch.from_numpy(embeddings)
+    cameras, targets = [], []
+    for i, cam in enumerate(load_cameras(run_dir)):
+        small_cam, ids = downsample_view(cam, _npz_array(run_dir / "masks" / f"{i:04d}.npz", "mask_ids", "features"),
+                                         gcfg.downsample)
+        cameras.append(small_cam)
+        targets.append(MaskTargets(ids, shared))
+    if not cameras:
+        raise RunStateError("views.json lists no cameras; rerun `scene-kd render`", path=run_dir)
+    model, history = train_gaussian_field(splats, cameras, targets, None, gcfg,
+                                          device="cpu" if cfg.device == "cpu" else "auto", progress=progress,
+                                          init_features=field.features["fused"].float())
+    losses = [x for x in history["loss"] if x == x]  # without the NaNs of steps with no supervised pixel
+    if not losses:
+        raise RunStateError("no view had a pixel with a mask and opaque Gaussians; nothing to train on", path=run_dir)
+    distilled = model.gaussian_features()
+    seconds = time.perf_counter() - t0
+    save_gaussian_field(run_dir / "gaussian_field.safetensors", model, {
+        "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,
+        "distill_config_hash": chash, "config": dataclasses.asdict(gcfg), "backend": history["backend"],
+        "final_loss": losses[-1], "seconds": round(seconds, 3),
+    })
+    field.features["distilled"] = distilled.to(dtype=field.features["fused"].dtype)
+    field.extra_meta["distill_config_hash"] = chash
+    field.save(run_dir)
+    tail = losses[-min(len(losses), 20):]
+    summary = {
+        "skipped": False, "student": "gaussian-field", "config_hash": chash, "points": len(field),
+        "covered_points": int((np.asarray(field.coverage) > 0).sum()), "voxel_size": None,
+        "epochs": gcfg.iterations, "steps": len(history["loss"]), "final_loss": float(np.mean(tail)),
+        "first_loss": float(np.mean(losses[: min(len(losses), 20)])), "backend": history["backend"],
+        "seconds": round(seconds, 3),
+    }
+    stages.record("distill", chash, seconds, peak_rss_mb(), student="gaussian-field", final_loss=summary["final_loss"])
     from scene_kd.pipeline import STAGES
 
     stages.invalidate_after("distill", list(STAGES))
