@@ -73,16 +73,16 @@ def brute_force_gaussians(means, quats, log_scales, opacity_logits, colours, cam
         conic = torch.linalg.inv(cov2)
         mx, my = fx * x / z + cx, fy * y / z + cy
         extend = min(3.33, math.sqrt(2 * math.log(float(opac[i].detach()) * 255)))
-        rx, ry = math.ceil(extend * math.sqrt(float(cov2[0, 0]))), math.ceil(extend * math.sqrt(float(cov2[1, 1])))
-        if float(mx) + rx <= 0 or float(mx) - rx >= W or float(my) + ry <= 0 or float(my) - ry >= H:
+        rx, ry = math.ceil(extend * math.sqrt(float(cov2[0, 0].detach()))), math.ceil(extend * math.sqrt(float(cov2[1, 1].detach())))
+        if float(mx.detach()) + rx <= 0 or float(mx.detach()) - rx >= W or float(my.detach()) + ry <= 0 or float(my.detach()) - ry >= H:
             continue
         twn, thn = math.ceil(W / 16), math.ceil(H / 16)
-        t0x = min(max(0, math.floor((float(mx) - rx) / 16)), twn)
-        t1x = min(max(0, math.ceil((float(mx) + rx) / 16)), twn)
-        t0y = min(max(0, math.floor((float(my) - ry) / 16)), thn)
-        t1y = min(max(0, math.ceil((float(my) + ry) / 16)), thn)
+        t0x = min(max(0, math.floor((float(mx.detach()) - rx) / 16)), twn)
+        t1x = min(max(0, math.ceil((float(mx.detach()) + rx) / 16)), twn)
+        t0y = min(max(0, math.floor((float(my.detach()) - ry) / 16)), thn)
+        t1y = min(max(0, math.ceil((float(my.detach()) + ry) / 16)), thn)
         in_box = (tile_x >= t0x) & (tile_x < t1x) & (tile_y >= t0y) & (tile_y < t1y)
-        entries.append((float(z), i, mx, my, conic, z, in_box))
+        entries.append((float(z.detach()), i, mx, my, conic, z, in_box))
     entries.sort(key=lambda e: (e[0], e[1]))
     C = colours.shape[1]
     rgb = torch.zeros(H, W, C, dtype=dt)
