@@ -212,7 +212,7 @@ def zbuffer_points(
     if backend != "torch" and xyz.device.type == "cpu":
         from scene_kd.render import native
 
-        if native.available():
+        if native.available() and H * W < 2**31:  # the C loop indexes pixels with int32
             single = fixed_r is None and not world_radius or fixed_r is not None and fixed_r < 1.0
             mode = native.MODE_SINGLE if single else native.MODE_FIXED_DISC if fixed_r is not None else native.MODE_WORLD_RADIUS
             zbuf = native.zbuffer(xyz, P, W, H, near=NEAR, mode=mode, fixed_radius_px=fixed_r or 0.0,
