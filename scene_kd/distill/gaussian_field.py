@@ -55,25 +55,20 @@ def pixel_targets(mask_ids: np.ndarray, embeddings: Tensor) -> tuple[Tensor, Ten
     pixel counts equally (granularity-balanced, as in fusion); returns (targets [H, W, D] unit vectors,
     valid [H, W] bool).
     """
-    ids = torch.as_tensor(np.asarray(mask_ids), dtype=torch.int64)
-    if ids.ndim == 2:
-        ids = ids[None]
     emb = torch.as_tensor(embeddings).to(torch.float32)
-    emb = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-8)
-    padded = torch.cat([emb, torch.zeros(1, emb.shape[1])])
-    ids = torch.where(ids < 0, emb.shape[0], ids)
-    total = padded[ids].sum(0)  # [H, W, D]
+    view = MaskTargets(mask_ids, emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-8))
+    h, w, d = view.shape
+    total = view.level_sum(torch.arange(h * w))
     norm = total.norm(dim=-1)
-    valid = norm > 1e-6
-    return total / norm.clamp_min(1e-8)[..., None], valid
+    return (total / norm.clamp_min(1e-8)[:, None]).reshape(h, w, d), (norm > 1e-6).reshape(h, w)
 
 
 class MaskTargets:
     """A view's teacher targets kept as mask ids (built per step for the sampled pixels only): a dense
     [H, W, D] map per view would take H * W * D * 4 bytes, 128 MB for one 256 x 256 view at D = 512.
 
-    mask_ids [L, H, W] int (index into embeddings, -1 none); embeddings [M, D] (shared by all views).
-    Each level's embedding counts equally at a pixel, as in :func:`pixel_targets`.
+    mask_ids [L, H, W] int (index into embeddings, -1 none); embeddings [M, D] unit rows, one tensor shared by
+    all views. Each level's embedding counts equally at a pixel, as in :func:`pixel_targets`.
     """
 
     def __init__(self, mask_ids: np.ndarray, embeddings: Tensor):
@@ -89,14 +84,19 @@ class MaskTargets:
         """[H, W] bool: pixels with a mask in some level."""
         return (self.ids >= 0).any(0)
 
-    def at(self, flat_pixels: Tensor) -> Tensor:
-        """Unit target features [P, D] at flat pixel indices [P] (row * W + col) of valid pixels."""
+    def level_sum(self, flat_pixels: Tensor) -> Tensor:
+        """Sum over levels of the embeddings [P, D] at flat pixel indices [P] (row * W + col); 0 without masks."""
         ids = self.ids.reshape(self.ids.shape[0], -1)[:, flat_pixels.cpu()]  # [L, P]
         emb = self.embeddings
         total = torch.zeros(ids.shape[1], emb.shape[1], dtype=emb.dtype, device=emb.device)
         for level in ids:
             ok = level >= 0
             total[ok] += emb[level[ok].to(emb.device)]
+        return total
+
+    def at(self, flat_pixels: Tensor) -> Tensor:
+        """Unit target features [P, D] at flat pixel indices [P] of valid pixels."""
+        total = self.level_sum(flat_pixels)
         return total / total.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
@@ -159,11 +159,12 @@ def train_gaussian_field(
     geometry = [torch.as_tensor(a, dtype=torch.float32, device=dev)
                 for a in (splats.means, splats.quats, splats.log_scales, splats.opacity_logits)]
     tgt: list[Any] = []
+    on_device: dict[int, Tensor] = {}  # the views' shared embeddings, moved once
     for t in targets:
         if isinstance(t, MaskTargets):
-            t.embeddings = t.embeddings.to(dev, torch.float32)
-            t.embeddings = t.embeddings / t.embeddings.norm(dim=1, keepdim=True).clamp_min(1e-8)
-            tgt.append(t)
+            if id(t.embeddings) not in on_device:
+                on_device[id(t.embeddings)] = t.embeddings.to(dev, torch.float32)
+            tgt.append(MaskTargets(t.ids, on_device[id(t.embeddings)]))
         else:
             tgt.append(t.to(dev, torch.float32))
     ok = [(v if v is not None else (t.valid() if isinstance(t, MaskTargets) else t.norm(dim=-1) > 1e-6)).to(dev)

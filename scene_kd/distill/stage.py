@@ -131,6 +131,7 @@ def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash
         raise RunStateError(f"features.safetensors is {embeddings.shape[1]}-dim, the field {field.dim}-dim; "
                             "rerun `scene-kd fuse`", path=run_dir)
     shared = torch.from_numpy(embeddings)
+    shared = shared / shared.norm(dim=1, keepdim=True).clamp_min(1e-8)  # unit rows, once for all views
     cameras, targets = [], []
     for i, cam in enumerate(load_cameras(run_dir)):
         small_cam, ids = downsample_view(cam, _npz_array(run_dir / "masks" / f"{i:04d}.npz", "mask_ids", "features"),
