@@ -322,14 +322,18 @@ class SubmanifoldConv3d(nn.Module):
         return x.replace(out + self.bias if self.bias is not None else out)
 
 
-class SparseConv3d(nn.Module):
-    """Strided (down-sampling) sparse conv: outputs at unique(coords // stride). Weight [k^3, Cin, Cout]."""
+class _StridedSparseConv(nn.Module):
+    """Parameters shared by the strided conv and its transpose: weight [k^3, Cin, Cout], optional bias."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 2, stride: int = 2, bias: bool = False):
         super().__init__()
         self.kernel_size, self.stride = kernel_size, stride
         self.weight = _init_weight(kernel_size**3, c_in, c_out)
         self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
+
+
+class SparseConv3d(_StridedSparseConv):
+    """Strided (down-sampling) sparse conv: outputs at unique(coords // stride). Weight [k^3, Cin, Cout]."""
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         kmap = x.kernel_map(self.kernel_size, self.stride)
@@ -340,18 +344,12 @@ class SparseConv3d(nn.Module):
         return SparseTensor(x.coords_at(new_stride), out, new_stride, x.cache)
 
 
-class SparseConvTranspose3d(nn.Module):
+class SparseConvTranspose3d(_StridedSparseConv):
     """Up-sampling: the transpose of :class:`SparseConv3d` onto the finer tensor's sites, reusing its map.
 
     ``forward(x, target_stride)``: x at stride s -> sites of stride s / ``stride``. Weight [k^3, Cin, Cout]
     (= ``conv_transpose3d`` weight [Cin, Cout, k, k, k] permuted).
     """
-
-    def __init__(self, c_in: int, c_out: int, kernel_size: int = 2, stride: int = 2, bias: bool = False):
-        super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
-        self.weight = _init_weight(kernel_size**3, c_in, c_out)
-        self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         fine_stride = x.stride // self.stride
