@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -175,3 +177,5 @@ def test_distill_stage_trains_a_gaussian_field_on_a_splat_run(tmp_path):
     run_pipeline(tmp_path / "pts.ply", points, cfg, until="fuse")
     with pytest.raises(RunStateError, match="needs a Gaussian-splat scene"):
         distill_stage(points, cfg.distill, progress=False)
+    with pytest.raises(RunStateError, match="unknown student 'voxels'"):
+        distill_stage(points, dataclasses.replace(cfg.distill, student="voxels"), progress=False)

@@ -105,6 +105,25 @@ def test_chunked_equals_unchunked_with_footprints(backend):
         assert torch.equal(whole, parts), kwargs
 
 
+def test_non_finite_points_draw_nothing(backend):
+    """NaN / inf rows (a caller that skipped load_scene's cleaning) draw nothing in any footprint mode and leave
+    the other points' pixels as they are."""
+    cam = nadir_camera(64, 48)
+    xyz = sparse_points(400, seed=8)
+    bad = xyz.clone()
+    bad[::5] = torch.tensor([float("nan"), 1.0, 1.0])
+    bad[1::5] = torch.tensor([1.0, float("inf"), 1.0])
+    bad[2::5, 2] = float("-inf")
+    keep = torch.isfinite(bad).all(1)
+    for kwargs in ({}, {"point_size_px": 3.0}, {"point_radius": 0.3}):
+        depth, ids = decode_zbuffer(zbuffer_points(bad, cam, backend=backend, **kwargs), cam.height, cam.width)
+        assert keep[ids[ids >= 0]].all(), kwargs
+        clean_depth, clean_ids = decode_zbuffer(zbuffer_points(xyz[keep], cam, backend=backend, **kwargs),
+                                                cam.height, cam.width)
+        assert torch.equal(ids >= 0, clean_ids >= 0), kwargs
+        assert torch.equal(depth, clean_depth), kwargs
+
+
 def test_native_threads_split_the_points(monkeypatch):
     """With more than one thread the native path splats slices into separate buffers and merges them."""
     if not native.available():
