@@ -42,7 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: setup
-	$(BIN)/ruff check scene_kd apps tests benchmarks
+	$(BIN)/ruff check scene_kd tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts

@@ -45,8 +45,8 @@ def _student(root: Path) -> Path:
 
 
 def _run(tiles: list[str], student: Path, out: Path, workers: int) -> dict:
-    from apps.batch.run import run_batch
-    from apps.batch.tiles import BatchJob
+    from scene_kd.apps.batch.run import run_batch
+    from scene_kd.apps.batch.tiles import BatchJob
 
     job = BatchJob(out_dir=str(out), labels=("road", "building", "tree", "car", "grass"), mode="student",
                    student=str(student))

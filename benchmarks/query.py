@@ -118,7 +118,7 @@ def run(full: bool = False) -> dict:
     # the viewer's update for one query (relevancy + colours for up to 500k displayed points)
     import socket
 
-    from apps.viewer.app import ViewerApp
+    from scene_kd.apps.viewer.app import ViewerApp
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

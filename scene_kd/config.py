@@ -31,7 +31,7 @@ class PipelineConfig:
     query: QueryConfig = field(default_factory=QueryConfig)
 
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def merge_into(obj: Any, updates: dict[str, Any], where: str = "") -> Any:

@@ -1,4 +1,4 @@
-"""Batch segmentation of tiles (apps/batch, `scene-kd batch`): outputs, summary, errors, resume, chunks, Ray."""
+"""Batch segmentation of tiles (scene_kd/apps/batch, `scene-kd batch`): outputs, summary, errors, resume, chunks, Ray."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import laspy
 import numpy as np
 import pytest
 
-from apps.batch.run import expand_tiles, run_batch
-from apps.batch.tiles import BatchJob, class_codes, label_in_chunks, plan_chunks
+from scene_kd.apps.batch.run import expand_tiles, run_batch
+from scene_kd.apps.batch.tiles import BatchJob, class_codes, label_in_chunks, plan_chunks
 from scene_kd.cli import main as cli
 from scene_kd.errors import SceneKDError
 from tests.test_batch_helpers import CRS_LAS, knn_labeller, make_crs_tiles

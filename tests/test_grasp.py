@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.grasp.api import GraspLookup, grasp_target
+from scene_kd.apps.grasp.api import GraspLookup, grasp_target
 from scene_kd.cli import main as cli
 from scene_kd.errors import SceneKDError
 from scene_kd.query.grasp import GraspConfig
@@ -154,7 +154,7 @@ def test_empty_scene_and_missing_field_are_clear_errors(tmp_path):
 def test_http_service_schemas_errors_and_keeps_serving(run):
     from fastapi.testclient import TestClient
 
-    from apps.grasp.service import create_app
+    from scene_kd.apps.grasp.service import create_app
 
     run_dir, side = run
     client = TestClient(create_app(GraspLookup(run_dir, GraspConfig())))

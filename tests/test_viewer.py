@@ -1,4 +1,4 @@
-"""The viewer's server side (apps/viewer/app.py) without a browser: state, GUI messages for bad input, export."""
+"""The viewer's server side (scene_kd/apps/viewer/app.py) without a browser: state, GUI messages for bad input, export."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from apps.viewer.app import ViewerApp, label_colours, pick_point, relevancy_colours
+from scene_kd.apps.viewer.app import ViewerApp, label_colours, pick_point, relevancy_colours
 from scene_kd.field import FeatureField
 from scene_kd.scene.runscene import save_run_scene
 from scene_kd.scene.synthetic import URBAN_CLASSES, make_urban

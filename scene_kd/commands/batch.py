@@ -52,8 +52,8 @@ class Args:
 
 
 def make_job(args: Args) -> tuple[list[str], object]:
-    from apps.batch.run import expand_tiles
-    from apps.batch.tiles import BatchJob
+    from scene_kd.apps.batch.run import expand_tiles
+    from scene_kd.apps.batch.tiles import BatchJob
     from scene_kd.query.segment import parse_labels
     from scene_kd.runio import config_hash, file_hash
 
@@ -91,7 +91,7 @@ def _terminate(signum, frame):  # noqa: ANN001
 
 
 def main(args: Args) -> int:
-    from apps.batch.run import run_batch
+    from scene_kd.apps.batch.run import run_batch
 
     tiles, job = make_job(args)
     workers = args.workers if args.workers >= 0 else (os.cpu_count() or 1)

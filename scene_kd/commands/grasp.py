@@ -38,7 +38,7 @@ class Args:
 
 
 def main(args: Args) -> int:
-    from apps.grasp.api import grasp_target
+    from scene_kd.apps.grasp.api import grasp_target
     from scene_kd.query.grasp import GraspConfig
 
     cfg = GraspConfig(min_relevancy=args.min_relevancy, margin=args.margin, max_width=args.max_width)

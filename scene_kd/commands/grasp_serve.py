@@ -28,8 +28,8 @@ class Args:
 
 
 def main(args: Args) -> int:
-    from apps.grasp.api import GraspLookup
-    from apps.grasp.service import create_app
+    from scene_kd.apps.grasp.api import GraspLookup
+    from scene_kd.apps.grasp.service import create_app
     from scene_kd.query.grasp import GraspConfig
 
     try:

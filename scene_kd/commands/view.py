@@ -27,7 +27,7 @@ class Args:
 def main(args: Args) -> int:
     from pathlib import Path
 
-    from apps.viewer.app import serve
+    from scene_kd.apps.viewer.app import serve
     from scene_kd.errors import RunStateError, SceneKDError
 
     run = Path(args.run)

@@ -1,7 +1,7 @@
 """Grasp-target lookup: relevancy -> confident points -> largest connected cluster -> box, pose, width.
 
 Pure functions on numpy arrays (local float32 coordinates + a float64 origin). The run-folder / text
-side lives in ``apps/grasp/api.py``.
+side lives in ``scene_kd/apps/grasp/api.py``.
 
 Method (DESIGN.md §4):
 1. Refuse when the scene's peak relevancy is below ``min_relevancy`` ("no confident target", not a guess).

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from apps.batch.tiles import BatchJob, process_tile, tile_name
+from scene_kd.apps.batch.tiles import BatchJob, process_tile, tile_name
 from scene_kd.errors import SceneKDError
 
 RAY_MISSING = ("Ray is not installed; install the batch extra (pip install 'scene-kd[batch]') "

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from apps.grasp.api import GraspLookup
+from scene_kd.apps.grasp.api import GraspLookup
 
 
 class GraspRequest(BaseModel):
