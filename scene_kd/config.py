@@ -1,6 +1,10 @@
-"""Pipeline config: the stage configs together, YAML presets in configs/, and their loading.
+"""Pipeline config: the stage configs together, YAML presets, validation, and the one resolution rule.
 
-Stage configs live beside their stages (render/config.py, ...); this module composes them.
+Stage configs live beside their stages (render/config.py, ...); this module composes them. Every verb resolves
+its config with :func:`resolve_config`: built-in defaults, then the run folder's saved ``config.yaml`` (when
+the verb works on an existing run), then a preset (``--config``: a name shipped in ``scene_kd/configs/`` or a
+YAML path), then the command line. YAML is validated on load: an unknown key or a value of the wrong type is
+a one-line ``ConfigError`` naming the key.
 """
 
 from __future__ import annotations
@@ -9,75 +13,185 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from scene_kd.distill.config import DistillConfig
-from scene_kd.errors import SceneKDError
+from scene_kd.errors import ConfigError
 from scene_kd.lift.config import FuseConfig
 from scene_kd.query.config import QueryConfig
 from scene_kd.render.config import RenderConfig
-from scene_kd.teachers.config import TeacherConfig
+from scene_kd.teachers.config import TEACHER_CONFIGS, ClipSamConfig, TeacherConfig
 
 
 @dataclass
 class PipelineConfig:
     render: RenderConfig = field(default_factory=RenderConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher: TeacherConfig = field(default_factory=ClipSamConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
 
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+SECTIONS = tuple(f.name for f in dataclasses.fields(PipelineConfig))
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped as package data (scene_kd/configs/*.yaml)."""
+    return sorted(p.name[:-5] for p in resources.files("scene_kd").joinpath("configs").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def read_preset(preset: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML file, or of a shipped preset by name. ConfigError when missing or invalid."""
+    p = Path(preset)
+    if p.is_file():
+        text, where = p.read_text(), str(p)
+    elif str(preset) in preset_names():
+        text, where = resources.files("scene_kd").joinpath("configs", f"{preset}.yaml").read_text(), str(preset)
+    else:
+        raise ConfigError(f"config not found: {preset} (a YAML path, or one of the presets "
+                          f"{', '.join(preset_names())})")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a config must be a mapping of sections ({', '.join(SECTIONS)})")
+    return data
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the type ``hint`` (tuples from YAML lists, ints accepted as floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _coerce(value, args[0], where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key {where}: {value!r} is none of {_type_name(hint)}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"config key {where}: expected null, got {value!r}")
+        return None
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"config key {where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"config key {where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {where}: expected true/false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {where}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    return " | ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args) or str(hint)
 
 
 def merge_into(obj: Any, updates: dict[str, Any], where: str = "") -> Any:
-    """Return a copy of dataclass ``obj`` with ``updates`` (nested dicts) applied; unknown keys are errors."""
-    names = {f.name: f for f in dataclasses.fields(obj)}
+    """A copy of dataclass ``obj`` with ``updates`` (nested mappings) applied, each value type-checked.
+
+    A ``teacher`` mapping whose ``name`` names another teacher starts from that teacher's defaults (keeping the
+    common ``seed`` and ``batch_size``). Raises ConfigError naming the key for an unknown key or a wrong type.
+    """
+    if not isinstance(updates, dict):
+        raise ConfigError(f"config key {where.rstrip('.') or '(top)'} must be a mapping, got {updates!r}")
+    names = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj), include_extras=True)
     changes = {}
-    hints = typing.get_type_hints(type(obj))
-    for k, v in (updates or {}).items():
-        if k not in names:
-            raise SceneKDError(f"unknown config key {where}{k!r}; known: {', '.join(names)}")
+    for k, v in updates.items():
+        if k not in names or k == "STAGE_FIELDS":
+            kind = getattr(obj, "name", None)
+            what = f" of teacher {kind!r}" if where == "teacher." and kind else ""
+            raise ConfigError(f"unknown config key {where}{k!r}{what}; known: {', '.join(sorted(names))}")
         cur = getattr(obj, k)
-        if dataclasses.is_dataclass(cur):
-            if not isinstance(v, dict):
-                raise SceneKDError(f"config key {where}{k} must be a mapping")
+        if k == "teacher" and where == "":
+            changes[k] = _merge_teacher(cur, v)
+        elif dataclasses.is_dataclass(cur):
             changes[k] = merge_into(cur, v, f"{where}{k}.")
         else:
-            hint = hints.get(k)
-            origin = typing.get_origin(hint)
-            if isinstance(v, list) and (origin is tuple or isinstance(cur, tuple)):
-                v = tuple(v)
-            elif origin in (typing.Union, types.UnionType) and v is None:
-                pass
-            changes[k] = v
+            changes[k] = _coerce(v, hints[k], f"{where}{k}")
     return dataclasses.replace(obj, **changes)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Defaults, then a YAML preset (a path or a name in configs/), then ``overrides``."""
+def _merge_teacher(cur: Any, updates: Any) -> Any:
+    if not isinstance(updates, dict):
+        raise ConfigError(f"config key teacher must be a mapping, got {updates!r}")
+    name = updates.get("name", cur.name)
+    if name not in TEACHER_CONFIGS:
+        raise ConfigError(f"config key teacher.name: unknown teacher {name!r}; choose one of "
+                          f"{', '.join(TEACHER_CONFIGS)}")
+    if name != cur.name:
+        cur = TEACHER_CONFIGS[name](seed=cur.seed, batch_size=cur.batch_size)
+    return merge_into(cur, {k: v for k, v in updates.items() if k != "name"}, "teacher.")
+
+
+def resolve_config(run_dir: str | Path | None = None, preset: str | Path | None = None,
+                   overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """The one config rule: defaults <- RUN/config.yaml (if ``run_dir`` holds one) <- preset <- ``overrides``.
+
+    ``overrides`` is a nested mapping like the YAML (``{"teacher": {"name": "oracle-labels"}}``).
+    Raises ConfigError (one line, naming the key) for unknown keys, wrong types or a missing preset.
+    """
     cfg = PipelineConfig()
-    if path:
-        p = Path(path)
-        if not p.exists() and (CONFIG_DIR / f"{path}.yaml").exists():
-            p = CONFIG_DIR / f"{path}.yaml"
-        if not p.exists():
-            raise SceneKDError("config file not found", path=path)
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SceneKDError(f"invalid YAML ({e})", path=p) from None
-        cfg = merge_into(cfg, data)
+    if run_dir is not None and (Path(run_dir) / "config.yaml").is_file():
+        cfg = merge_into(cfg, read_preset(Path(run_dir) / "config.yaml"))
+    if preset:
+        cfg = merge_into(cfg, read_preset(preset))
     if overrides:
         cfg = merge_into(cfg, overrides)
     return cfg
 
 
-def dump_config(cfg: Any) -> str:
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Defaults, then a preset (a YAML path or a shipped name), then ``overrides``: ``resolve_config`` without a run."""
+    return resolve_config(None, path, overrides)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
     from scene_kd.runio import to_jsonable
 
-    return yaml.safe_dump(to_jsonable(cfg), sort_keys=False)
+    return to_jsonable(cfg)
+
+
+def dump_config(cfg: Any) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def save_config(run_dir: str | Path, cfg: PipelineConfig) -> Path:
+    """Write the resolved config as RUN/config.yaml (atomically); returns its path."""
+    from scene_kd.runio import atomic_path
+
+    path = Path(run_dir) / "config.yaml"
+    with atomic_path(path) as tmp:
+        tmp.write_text(dump_config(cfg))
+    return path

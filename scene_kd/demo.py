@@ -21,10 +21,10 @@ QUERIES = {"sample_c": ["building", "ground", "tree"], "urban": ["parked car", "
 
 
 def best_teacher() -> str:
-    from scene_kd.teachers.config import TeacherConfig
+    from scene_kd.teachers.config import ClipSamConfig
     from scene_kd.teachers.weights import find_weights, open_clip_spec, sam_spec
 
-    cfg = TeacherConfig()
+    cfg = ClipSamConfig()
     clip = find_weights(open_clip_spec(cfg.clip_model, cfg.clip_pretrained))
     sam = find_weights(sam_spec(cfg.sam_model))
     if clip and sam:

@@ -25,3 +25,7 @@ class MissingWeightsError(SceneKDError):
 
 class RunStateError(SceneKDError):
     """A run folder lacks a stage's input, or its stages do not agree (dims, text encoder, ...)."""
+
+
+class ConfigError(SceneKDError):
+    """A config (YAML preset, run config or flag) has an unknown key, a value of the wrong type or a conflict."""

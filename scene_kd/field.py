@@ -22,6 +22,7 @@ import torch
 
 from scene_kd.errors import RunStateError
 from scene_kd.runio import load_tensors, read_json, save_tensors, write_json
+from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
 FORMAT_VERSION = 1
 SOURCES = ("fused", "distilled", "ensemble")
@@ -104,6 +105,7 @@ class FeatureField:
             "origin": [float(x) for x in self.origin], "units": self.units, "sources": self.sources,
             "source_hash": self.source_hash, "config_hash": self.config_hash,
             "label_names": {str(k): v for k, v in self.label_names.items()}, **self.extra_meta,
+            **({"teacher_note": ORACLE_NOTE} if self.teacher == ORACLE else {}),
         })
 
     @classmethod
@@ -126,7 +128,7 @@ class FeatureField:
             if v.ndim != 2 or v.shape[0] != len(positions) or v.shape[1] != meta["dim"]:
                 raise RunStateError(f"{k} features have shape {tuple(v.shape)}; field.json says dim {meta['dim']}", path=run_dir)
         known = {"format_version", "kind", "teacher", "text_encoder", "dim", "count", "origin", "units", "sources",
-                 "source_hash", "config_hash", "label_names"}
+                 "source_hash", "config_hash", "label_names", "teacher_note"}
         opt = lambda k: tensors[k].numpy() if k in tensors else None  # noqa: E731
         return cls(
             positions=positions, origin=np.array(meta["origin"], dtype=np.float64), features=features,

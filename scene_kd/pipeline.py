@@ -1,78 +1,108 @@
-"""The whole pipeline: render -> features -> fuse -> distill -> eval, each stage skipping when current.
+"""The whole pipeline: a loop over the stage registry (scene_kd/stages.py), each stage skipping when current.
 
-Stage functions (one per stage, each ``(run_dir, cfg, *, force) -> dict`` summary):
-  scene_kd.render.stage.render_stage(run_dir, scene, cfg: RenderConfig, *, force=False)
-  scene_kd.teachers.stage.features_stage(run_dir, cfg: TeacherConfig, *, force=False)
-  scene_kd.lift.stage.fuse_stage(run_dir, cfg: FuseConfig, *, force=False)
-  scene_kd.distill.stage.distill_stage(run_dir, cfg: DistillConfig, *, force=False)
-  scene_kd.eval.stage.eval_stage(run_dir, *, force=False)
+``run_pipeline`` checks the teacher's requirements (weights, labels) before any stage runs, saves the resolved
+config as RUN/config.yaml, then runs every enabled stage up to ``until``. The per-stage functions below run one
+stage with only its config section (the verbs and tests use them); each returns a ``StageResult``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from scene_kd.config import PipelineConfig, dump_config
-from scene_kd.errors import SceneKDError
-from scene_kd.runio import atomic_path
+from scene_kd.config import PipelineConfig, save_config
+from scene_kd.distill.config import DistillConfig
+from scene_kd.lift.config import FuseConfig
+from scene_kd.render.config import RenderConfig
+from scene_kd.rundir import RunDir, StageContext, StageResult
+from scene_kd.stages import (
+    DISTILL,
+    EVAL,
+    FEATURES,
+    FUSE,
+    RENDER,
+    STAGE_NAMES,
+    STAGES,
+    run_stage,
+    stage_by_name,
+)
+from scene_kd.teachers.config import ORACLE, ORACLE_NOTE, TeacherConfig
+from scene_kd.teachers.stage import check_teacher_requirements
 
-STAGES = ("render", "features", "fuse", "distill", "eval")
+log = logging.getLogger(__name__)
 
 
 def run_pipeline(
-    scene: str | Path,
+    scene: Any,
     run_dir: str | Path,
     cfg: PipelineConfig | None = None,
     *,
     force: bool = False,
     until: str | None = None,
     preview: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every stage on ``scene`` into ``run_dir``; returns {stage: summary}.
+    """Run every enabled stage on ``scene`` (a path or a loaded scene) into ``run_dir``; {stage: result}.
 
-    ``until`` stops after that stage; ``preview`` also writes the contact sheets (plots/views.png, plots/masks.png).
+    Before anything but RUN/config.yaml is written, the teacher's requirements are checked (missing weights
+    raise MissingWeightsError naming the file; the oracle on an unlabelled scene a SceneKDError). ``until``
+    stops after that stage; ``preview`` also writes the contact sheets.
     """
     from scene_kd.scene.io import load_scene
 
-    if until is not None and until not in STAGES:
-        raise SceneKDError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
+    last = STAGE_NAMES.index(stage_by_name(until).name) if until else len(STAGES) - 1
     cfg = cfg or PipelineConfig()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run_dir / "config.yaml") as tmp:
-        tmp.write_text(dump_config(cfg))
-    last = STAGES.index(until) if until else len(STAGES) - 1
+    run = RunDir(Path(run_dir))
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(run.root, cfg)
+    loaded = load_scene(scene) if isinstance(scene, (str, Path)) else scene
+    check_teacher_requirements(cfg.teacher, has_labels=loaded.labels is not None)
+    if cfg.teacher.name == ORACLE:
+        log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
+    ctx = StageContext(scene=loaded, preview=preview, progress=progress)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
-
-    from scene_kd.render.stage import render_stage
-
-    # once a stage really runs, every later stage's inputs are new: they rerun and replace their outputs
-    redo = force
-
-    def ran(summary: dict[str, Any]) -> dict[str, Any]:
-        nonlocal redo
-        redo = redo or not summary.get("skipped", False)
-        return summary
-
-    results["render"] = ran(render_stage(run_dir, load_scene(scene), cfg.render, force=redo, preview=preview))
-    if last >= 1:
-        from scene_kd.teachers.stage import features_stage
-
-        results["features"] = ran(features_stage(run_dir, cfg.teacher, force=redo, preview=preview))
-    if last >= 2:
-        from scene_kd.lift.stage import fuse_stage
-
-        results["fuse"] = ran(fuse_stage(run_dir, cfg.fuse, force=redo))
-    if last >= 3 and cfg.distill.enabled:
-        from scene_kd.distill.stage import distill_stage
-
-        results["distill"] = ran(distill_stage(run_dir, cfg.distill, force=redo))
-    if last >= 4:
-        from scene_kd.eval.stage import eval_stage
-
-        results["eval"] = ran(eval_stage(run_dir, force=redo))
+    for stage in STAGES[: last + 1]:
+        if stage is EVAL and loaded.labels is None:
+            log.info("eval: skipped - the scene has no ground-truth labels to score against")
+        elif stage.enabled(cfg):
+            results[stage.name] = run_stage(stage, run, cfg, ctx, force=force)
     results["seconds"] = round(time.perf_counter() - t0, 3)
     return results
+
+
+def _with(section: str, value: Any) -> PipelineConfig:
+    return dataclasses.replace(PipelineConfig(), **{section: value})
+
+
+def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: bool = False,
+                 preview: bool = False) -> StageResult:
+    """Plan views and render ``scene`` into ``run_dir`` (see scene_kd/render/stage.py)."""
+    return run_stage(RENDER, run_dir, _with("render", cfg), StageContext(scene=scene, preview=preview), force=force)
+
+
+def features_stage(run_dir: str | Path, cfg: TeacherConfig, *, force: bool = False,
+                   preview: bool = False) -> StageResult:
+    """Run the teacher over the run's renders (see scene_kd/teachers/stage.py)."""
+    return run_stage(FEATURES, run_dir, _with("teacher", cfg), StageContext(preview=preview), force=force)
+
+
+def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: bool = False) -> StageResult:
+    """Fuse the run's mask embeddings onto its points / Gaussians (see scene_kd/lift/stage.py)."""
+    return run_stage(FUSE, run_dir, _with("fuse", cfg or FuseConfig()), force=force)
+
+
+def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = False, resume: bool = False,
+                  progress: bool = True) -> StageResult:
+    """Train the student (see scene_kd/distill/stage.py)."""
+    return run_stage(DISTILL, run_dir, _with("distill", cfg), StageContext(resume=resume, progress=progress),
+                     force=force)
+
+
+def eval_stage(run_dir: str | Path, *, force: bool = False, sources: list[str] | None = None) -> StageResult:
+    """Score the run's field against its ground truth (see scene_kd/eval/stage.py)."""
+    return run_stage(EVAL, run_dir, PipelineConfig(), StageContext(sources=tuple(sources) if sources else None),
+                     force=force)

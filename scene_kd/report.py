@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from scene_kd.runio import atomic_path
+from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 from scene_kd.scene.types import Camera
 
 
@@ -76,6 +77,13 @@ def write_report(run_dir: str | Path, queries: list[dict[str, Any]], title: str 
         return f'<figure><img src="{esc(rel)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
     parts = [f"<h1>scene-kd run: {esc(title or run_dir.name)}</h1>"]
+    field_json = run_dir / "field.json"
+    teacher = json.loads(field_json.read_text()).get("teacher") if field_json.exists() else None
+    if teacher:
+        parts.append(f"<p>Teacher: <b>{esc(teacher)}</b></p>")
+    if teacher == ORACLE:
+        parts.append(f'<p style="background:#fff3cd;padding:8px;border:1px solid #e0c36b"><b>Note:</b> '
+                     f"{esc(ORACLE_NOTE)}.</p>")
     ev_path = run_dir / "eval.json"
     if ev_path.exists():
         ev = json.loads(ev_path.read_text())

@@ -1,9 +1,7 @@
-"""Run folders: atomic writes, JSON/safetensors helpers, config hashes and stage bookkeeping.
+"""Run-folder I/O: atomic writes, JSON/safetensors helpers, config and file hashes.
 
-A run folder holds one output per stage (DESIGN.md §1). Every write goes to a temporary file in
-the same folder and is renamed into place, so a crash never leaves a half-written output.
-``RUN/stages.json`` records, per stage, the config hash its output was made with; a stage whose
-output exists with the same hash is skipped unless forced.
+Every write goes to a temporary file in the same folder and is renamed into place, so a crash never leaves a
+half-written output. The run folder's layout and the stage records are in scene_kd/rundir.py.
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,36 +114,6 @@ def load_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     except Exception as e:  # safetensors raises several types for corrupt files
         raise RunStateError(f"cannot read safetensors file ({type(e).__name__}: {e})", path=path) from None
     return tensors, meta
-
-
-class Stages:
-    """Bookkeeping in ``RUN/stages.json``: which stage ran with which config hash, how long it took."""
-
-    def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "stages.json"
-
-    def _read(self) -> dict[str, Any]:
-        return json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def is_current(self, stage: str, chash: str, outputs: list[str | Path]) -> bool:
-        rec = self._read().get(stage)
-        return bool(rec and rec.get("config_hash") == chash and all((self.run_dir / o).exists() for o in outputs))
-
-    def record(self, stage: str, chash: str, seconds: float, peak_mb: float | None = None, **extra: Any) -> None:
-        data = self._read()
-        data[stage] = {"config_hash": chash, "seconds": round(seconds, 3), "peak_rss_mb": peak_mb,
-                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
-        write_json(self.path, data)
-        timings = {k: {"seconds": v.get("seconds"), "peak_rss_mb": v.get("peak_rss_mb")} for k, v in data.items()}
-        write_json(self.run_dir / "timings.json", timings)
-
-    def invalidate_after(self, stage: str, order: list[str]) -> None:
-        """Forget every stage after ``stage`` in ``order`` (their inputs changed)."""
-        data = self._read()
-        later = order[order.index(stage) + 1 :] if stage in order else []
-        if any(s in data for s in later):
-            write_json(self.path, {k: v for k, v in data.items() if k not in later})
 
 
 def peak_rss_mb() -> float:

@@ -12,7 +12,7 @@ from scene_kd.cli import main
 from scene_kd.config import PipelineConfig, dump_config, load_config
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.field import FeatureField
-from scene_kd.runio import Stages, atomic_path, config_hash, load_tensors, save_tensors, write_json
+from scene_kd.runio import atomic_path, load_tensors, save_tensors, write_json
 from scene_kd.scene.types import Camera, PointCloud
 
 
@@ -40,30 +40,6 @@ def test_config_yaml_merge_and_unknown_key(tmp_path):
     # the dumped YAML loads back to the same config
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg
-
-
-def test_config_presets_load():
-    from scene_kd.config import CONFIG_DIR
-
-    presets = sorted(CONFIG_DIR.glob("*.yaml"))
-    assert {p.stem for p in presets} >= {"urban", "indoor", "splat", "ci"}
-    for p in presets:
-        load_config(p.stem)
-
-
-def test_stages_skip_and_invalidate(tmp_path):
-    st = Stages(tmp_path)
-    (tmp_path / "a.txt").write_text("x")
-    h = config_hash({"a": 1})
-    assert not st.is_current("render", h, ["a.txt"])
-    st.record("render", h, 1.5)
-    st.record("features", "f", 2.0)
-    assert st.is_current("render", h, ["a.txt"])
-    assert not st.is_current("render", config_hash({"a": 2}), ["a.txt"])
-    assert not st.is_current("render", h, ["missing.txt"])
-    st.invalidate_after("render", ["render", "features", "fuse"])
-    assert not st.is_current("features", "f", [])
-    assert json.loads((tmp_path / "timings.json").read_text())["render"]["seconds"] == 1.5
 
 
 def test_safetensors_roundtrip_and_corruption(tmp_path):

@@ -20,7 +20,6 @@ from scene_kd.distill.train import (
 )
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.field import FeatureField
-from scene_kd.runio import Stages
 from scene_kd.scene.types import PointCloud
 
 N_CLASSES = 4  # ground, building, tree, car
@@ -220,7 +219,7 @@ STAGE_CFG = dataclasses.replace(FAST, epochs=2, steps_per_epoch=2, channels=(8, 
 
 
 def test_distill_stage_writes_student_and_field_then_skips(tmp_path, scene):
-    from scene_kd.distill.stage import distill_stage
+    from scene_kd.pipeline import distill_stage
 
     run = make_run(tmp_path, scene)
     out = distill_stage(run, STAGE_CFG, progress=False)
@@ -243,7 +242,7 @@ def test_distill_stage_writes_student_and_field_then_skips(tmp_path, scene):
 
 
 def test_distill_stage_bad_runs_leave_files_untouched(tmp_path, scene):
-    from scene_kd.distill.stage import distill_stage
+    from scene_kd.pipeline import distill_stage
 
     run = make_run(tmp_path, scene, coverage=np.zeros(len(scene[0]), np.int32), name="uncovered")
     before = {p.name: p.read_bytes() for p in run.iterdir()}
@@ -282,7 +281,7 @@ def test_distill_cli(tmp_path, scene, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"]
     assert main(["distill", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
-    assert Stages(run).is_current("distill", out["config_hash"], ["student.safetensors"])
+    assert json.loads((run / "stages.json").read_text())["distill"]["summary"]["config_hash"] == out["config_hash"]
 
 
 @pytest.mark.slow

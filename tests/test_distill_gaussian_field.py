@@ -144,11 +144,9 @@ def test_init_from_features_starts_at_them_and_anchor_holds_them():
 def test_distill_stage_trains_a_gaussian_field_on_a_splat_run(tmp_path):
     from scene_kd.config import load_config
     from scene_kd.distill.gaussian_field import load_gaussian_field
-    from scene_kd.distill.stage import distill_stage
     from scene_kd.errors import RunStateError
-    from scene_kd.eval.stage import eval_stage
     from scene_kd.field import FeatureField
-    from scene_kd.pipeline import run_pipeline
+    from scene_kd.pipeline import distill_stage, eval_stage, run_pipeline
     from scene_kd.scene.io import save_scene
     from scene_kd.scene.synthetic import as_splats, make_tabletop
 

@@ -15,7 +15,7 @@ from scene_kd.eval.metrics import confusion_matrix, scores
 from scene_kd.eval.plots import confusion_png
 from scene_kd.field import FeatureField
 from scene_kd.lift.config import FuseConfig
-from scene_kd.lift.stage import fuse_stage
+from scene_kd.pipeline import fuse_stage
 
 
 def test_confusion_and_scores_by_hand():
@@ -65,7 +65,7 @@ def _add_perfect_student(run) -> None:
 
 
 def test_eval_stage_end_to_end(tmp_path, capsys):
-    from scene_kd.eval.stage import eval_stage
+    from scene_kd.pipeline import eval_stage
 
     run = tmp_path / "run"
     make_run(run)
@@ -100,7 +100,7 @@ def test_eval_stage_end_to_end(tmp_path, capsys):
     assert res["best"] in ("distilled", "ensemble")
     assert (run / "plots" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     on_disk = json.loads((run / "eval.json").read_text())
-    assert on_disk == {k: v for k, v in res.items() if k != "skipped"}
+    assert on_disk == res.summary
     assert eval_stage(run)["skipped"]
     assert not eval_stage(run, force=True)["skipped"]
     only = eval_stage(run, sources=["fused"])
@@ -117,7 +117,7 @@ def test_eval_stage_end_to_end(tmp_path, capsys):
 
 
 def test_eval_stage_errors(tmp_path):
-    from scene_kd.eval.stage import eval_stage
+    from scene_kd.pipeline import eval_stage
 
     with pytest.raises(RunStateError, match="field.json"):
         eval_stage(tmp_path)
@@ -140,7 +140,7 @@ def test_eval_stage_errors(tmp_path):
 
 def test_uncovered_fused_points_count_as_wrong(tmp_path):
     """A field where no point is covered scores 0 in fused, however good its (zero) features would look."""
-    from scene_kd.eval.stage import eval_stage
+    from scene_kd.pipeline import eval_stage
 
     pc = labelled_scene()
     vec = class_vectors(pc.label_names)

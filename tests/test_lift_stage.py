@@ -12,7 +12,7 @@ import torch
 from scene_kd.errors import RunStateError
 from scene_kd.field import FeatureField
 from scene_kd.lift.config import FuseConfig
-from scene_kd.lift.stage import fuse_stage
+from scene_kd.pipeline import fuse_stage
 from scene_kd.render.points import render_points
 from scene_kd.render.types import save_render
 from scene_kd.runio import load_tensors, read_json, save_tensors, write_json

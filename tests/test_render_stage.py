@@ -10,8 +10,8 @@ import pytest
 
 from scene_kd.cli import main as cli_main
 from scene_kd.errors import SceneKDError
+from scene_kd.pipeline import render_stage
 from scene_kd.render.config import RenderConfig
-from scene_kd.render.stage import render_stage
 from scene_kd.render.types import iter_renders, load_cameras
 from scene_kd.render.views import coverage_report, look_at, plan_views
 from scene_kd.scene.types import GaussianSplats, PointCloud
@@ -105,7 +105,7 @@ def test_render_stage_outputs_skip_and_force(tmp_path):
         assert np.isfinite(r.depth[hit]).all() and np.isinf(r.depth[~hit]).all()
     assert n == summary["views"]
     stages = json.loads((run / "stages.json").read_text())
-    assert stages["render"]["views"] == n
+    assert stages["render"]["summary"]["views"] == n
     mtime = (run / "renders" / "0000.npz").stat().st_mtime_ns
     again = render_stage(run, scene, SMALL)
     assert again["skipped"] and again["views"] == n

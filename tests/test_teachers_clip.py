@@ -11,10 +11,10 @@ from test_teachers_fixtures import make_render, make_run
 
 from scene_kd.cli import main as cli_main
 from scene_kd.errors import MissingWeightsError, SceneKDError
+from scene_kd.pipeline import features_stage
 from scene_kd.teachers.base import create_teacher
 from scene_kd.teachers.clip import load_open_clip
-from scene_kd.teachers.config import TeacherConfig
-from scene_kd.teachers.stage import features_stage
+from scene_kd.teachers.config import ClipGridConfig
 from scene_kd.teachers.text import load_text_encoder
 from scene_kd.teachers.weights import open_clip_spec, resolve_weights, sam_spec
 
@@ -107,7 +107,7 @@ def test_missing_weights_offline_message(tmp_path):
     run = tmp_path / "run"
     make_run(run, n=1)
     with pytest.raises(MissingWeightsError, match="open_clip_model.safetensors"):
-        features_stage(run, TeacherConfig(name="clip-grid", device="cpu"))
+        features_stage(run, ClipGridConfig(device="cpu"))
     with pytest.raises(MissingWeightsError, match="does not exist"):
         resolve_weights(sam_spec("vit_b"), str(tmp_path / "nope.pth"))
 
@@ -124,7 +124,7 @@ def test_cli_weights_json(tmp_path, capsys):
 def test_stage_cache_means_no_model_calls(tmp_path):
     run = tmp_path / "run"
     make_run(run, n=2)
-    cfg = TeacherConfig(name="clip-grid", grid_scales=(0.5,), **TINY)
+    cfg = ClipGridConfig(grid_scales=(0.5,), **TINY)
     first = features_stage(run, cfg)
     assert first["masks"] > 0 and first["model_seconds"] > 0
     bundle = load_open_clip("ViT-S-32", "random", image_size=32, seed=0, pretrained="laion2b_s34b_b88k")

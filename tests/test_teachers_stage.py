@@ -12,9 +12,10 @@ from test_teachers_fixtures import NAMES, make_run
 import scene_kd.teachers.stage as stage_mod
 from scene_kd.cli import main as cli_main
 from scene_kd.errors import RunStateError
+from scene_kd.pipeline import features_stage
 from scene_kd.runio import load_tensors, read_json
-from scene_kd.teachers.config import TeacherConfig
-from scene_kd.teachers.stage import features_stage, pca_colours, write_preview_from_run
+from scene_kd.teachers.config import OracleConfig
+from scene_kd.teachers.stage import pca_colours, write_preview_from_run
 from scene_kd.teachers.text import load_text_encoder
 
 
@@ -40,7 +41,7 @@ def _count_teacher_calls(monkeypatch):
 def test_features_stage_writes_format(tmp_path):
     run = tmp_path / "run"
     renders = make_run(run, n=5)
-    out = features_stage(run, TeacherConfig(batch_size=2))
+    out = features_stage(run, OracleConfig(batch_size=2))
     assert out["views"] == 5 and out["teacher"] == "oracle-labels" and out["dim"] == 64
     t, meta = load_tensors(run / "features.safetensors")
     emb = t["embeddings"]
@@ -66,36 +67,36 @@ def test_features_stage_writes_format(tmp_path):
         seen_rows.append(rows)
     assert np.array_equal(np.concatenate(seen_rows), np.arange(len(emb)))
     stages = read_json(run / "stages.json")
-    assert stages["features"]["config_hash"] == meta["config_hash"]
+    assert stages["features"]["key"] == meta["config_hash"]
 
 
 def test_skip_cache_and_force(tmp_path, monkeypatch):
     calls = _count_teacher_calls(monkeypatch)
     run = tmp_path / "run"
     make_run(run, n=3)
-    features_stage(run, TeacherConfig())
+    features_stage(run, OracleConfig())
     assert calls["views"] == 3
-    assert features_stage(run, TeacherConfig())["skipped"]
+    assert features_stage(run, OracleConfig())["skipped"]
     assert calls["views"] == 3
     # same renders in another run folder: served from the feature cache, no teacher calls
     run2 = tmp_path / "run2"
     make_run(run2, n=3)
-    out = features_stage(run2, TeacherConfig())
+    out = features_stage(run2, OracleConfig())
     assert calls["views"] == 3 and out["cached_views"] == 3
     a, _ = load_tensors(run / "features.safetensors")
     b, _ = load_tensors(run2 / "features.safetensors")
     assert torch.equal(a["embeddings"], b["embeddings"])
     # a different config is a different cache entry
-    features_stage(run2, TeacherConfig(label_flip=0.2))
+    features_stage(run2, OracleConfig(label_flip=0.2))
     assert calls["views"] == 6
-    out = features_stage(run2, TeacherConfig(label_flip=0.2), force=True)
+    out = features_stage(run2, OracleConfig(label_flip=0.2), force=True)
     assert not out["skipped"] and out["cached_views"] == 3
 
 
 def test_preview_png(tmp_path):
     run = tmp_path / "run"
     make_run(run, n=3, h=60, w=80)
-    features_stage(run, TeacherConfig(), preview=True)
+    features_stage(run, OracleConfig(), preview=True)
     from PIL import Image
 
     img = np.asarray(Image.open(run / "plots" / "masks.png"))
@@ -116,12 +117,12 @@ def test_pca_colours_separate_classes():
 
 def test_missing_inputs(tmp_path):
     with pytest.raises(RunStateError, match="views.json"):
-        features_stage(tmp_path, TeacherConfig())
+        features_stage(tmp_path, OracleConfig())
     run = tmp_path / "run"
     make_run(run, n=2)
     (run / "renders" / "0001.npz").unlink()
     with pytest.raises(RunStateError, match="missing render"):
-        features_stage(run, TeacherConfig())
+        features_stage(run, OracleConfig())
 
 
 def test_cli_features_json(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -16,3 +17,19 @@ def emit(obj: Any, as_json: bool, human: str | None = None) -> None:
     else:
         print(human)
     sys.stdout.flush()
+
+
+def pipeline_config(args: Any, sections: tuple[str, ...], run_dir: str | None = None) -> Any:
+    """The resolved PipelineConfig of a verb: its parsed sections over the run's (or the default) config."""
+    from scene_kd.config import resolve_config
+
+    base = resolve_config(run_dir, getattr(args, "config", None))
+    return dataclasses.replace(base, **{s: getattr(args, s) for s in sections})
+
+
+def oracle_line(teacher: str) -> None:
+    """One line on stderr saying a run uses the oracle test teacher (never silent)."""
+    from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
+
+    if teacher == ORACLE:
+        print(f"scene-kd: note: {ORACLE_NOTE}", file=sys.stderr)

@@ -6,7 +6,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -29,8 +29,9 @@ class Args:
     """Output folder."""
     labels: str
     """Comma-separated class names, e.g. road,building,tree,car."""
-    teacher: str = "oracle-labels"
-    """Teacher for the full pipeline (clip-sam | clip-grid | oracle-labels)."""
+    teacher: Literal["clip-sam", "clip-grid", "oracle-labels"] | None = None
+    """Teacher for the full pipeline (default: the --config preset's, else clip-sam); its weights are checked
+    before any tile is read."""
     config: str | None = None
     """Pipeline preset name or YAML file (full-pipeline mode)."""
     student: str | None = None
@@ -64,6 +65,7 @@ def make_job(args: Args) -> tuple[list[str], object]:
         raise SceneKDError("--chunk-size and --halo must be >= 0")
     tiles = expand_tiles(args.tiles)
     identity = ""
+    teacher = args.teacher or ""
     if args.student:
         sdir = Path(args.student)
         if not (sdir / "field.json").exists():
@@ -74,12 +76,16 @@ def make_job(args: Args) -> tuple[list[str], object]:
     elif args.labeller:
         mode = "custom"
     else:
-        from scene_kd.config import load_config
+        from scene_kd.config import resolve_config
+        from scene_kd.teachers.stage import check_teacher_requirements
 
         mode = "pipeline"
-        identity = config_hash(load_config(args.config, overrides={"teacher": {"name": args.teacher}}))
+        cfg = resolve_config(None, args.config, {"teacher": {"name": args.teacher}} if args.teacher else None)
+        check_teacher_requirements(cfg.teacher, has_labels=True)  # the oracle's labels are checked per tile
+        identity = config_hash(cfg)
+        teacher = cfg.teacher.name
     job = BatchJob(
-        out_dir=str(Path(args.out).resolve()), labels=labels, mode=mode, teacher=args.teacher, config=args.config,
+        out_dir=str(Path(args.out).resolve()), labels=labels, mode=mode, teacher=teacher, config=args.config,
         student=str(Path(args.student).resolve()) if args.student else None, labeller=args.labeller,
         chunk_size=args.chunk_size, halo=args.halo, identity=identity,
     )

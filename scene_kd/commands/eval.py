@@ -26,14 +26,15 @@ class Args:
 
 
 def main(args: Args) -> int:
-    from scene_kd.eval.stage import eval_stage
+    from scene_kd.pipeline import eval_stage
 
-    result = eval_stage(args.run, force=args.force, sources=list(args.sources) or None)
-    result.pop("skipped", None)
+    result = dict(eval_stage(args.run, force=args.force, sources=list(args.sources) or None).summary)
     human = None
     if not args.json:
         lines = [f"{args.run}: {len(result['vocabulary'])} classes, {result['points']:,} points, "
-                 f"coverage {100 * result['coverage']:.1f} %"]
+                 f"coverage {100 * result['coverage']:.1f} % (teacher {result.get('teacher')})"]
+        if result.get("teacher_note"):
+            lines.append(f"  note: {result['teacher_note']}")
         for src in ("fused", "distilled", "ensemble"):
             if src in result:
                 r = result[src]

@@ -1,63 +1,75 @@
-"""`scene-kd features RUN --teacher ...`: masks + one embedding per mask for every render of a run."""
+"""`scene-kd features RUN`: masks + one embedding per mask for every render of a run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated
 
 import tyro
 
 from scene_kd.commands._common import emit
+from scene_kd.teachers.config import ClipSamConfig, TeacherConfig
+
+SECTIONS = ("teacher",)
+RUN_CONFIG_BASE = True
 
 
 @dataclass
 class Args:
-    """Run a 2D teacher over a run's renders: writes RUN/masks/ and RUN/features.safetensors."""
+    """Run a 2D teacher over a run's renders: writes RUN/masks/ and RUN/features.safetensors.
+
+    The teacher is the run's (RUN/config.yaml), else clip-sam; --teacher NAME (clip-sam | clip-grid |
+    oracle-labels) or --config PRESET choose another. Shortcuts: --label-flip F, --weights PATH.
+    """
 
     run: Annotated[str, tyro.conf.Positional]
     """Run folder (made by `scene-kd render`)."""
-    teacher: Literal["clip-sam", "clip-grid", "oracle-labels"] = "oracle-labels"
-    """Teacher: clip-sam (SAM masks + CLIP), clip-grid (multi-scale CLIP crops, no SAM), oracle-labels (ground truth)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    weights: str | None = None
-    """Weights file or folder, `clip=PATH,sam=PATH`, or `random` (tests only); default $SCENE_KD_CACHE then the hub."""
-    label_flip: float = 0.0
-    """oracle-labels: fraction of masks given a wrong class."""
-    embed_noise: float = 0.0
-    """oracle-labels: relative Gaussian noise on mask embeddings."""
     config: str | None = None
-    """YAML preset (path or name in configs/) whose `teacher:` section sets the other options."""
-    batch_size: int | None = None
-    """Views per teacher batch (default from config)."""
+    """Preset (a YAML path or a shipped name) whose `teacher:` section replaces the run's."""
     preview: bool = False
     """Also write RUN/plots/masks.png (mask outlines coloured by a PCA of the embeddings)."""
     force: bool = False
     """Recompute even when the output is current."""
     json: bool = False
     """Print one JSON object."""
+    teacher: TeacherConfig = field(default_factory=ClipSamConfig)
 
 
 def main(args: Args) -> int:
-    import dataclasses
+    from scene_kd.commands._common import oracle_line, pipeline_config
+    from scene_kd.config import save_config
+    from scene_kd.pipeline import features_stage
+    from scene_kd.teachers.stage import check_teacher_requirements
 
-    from scene_kd.config import load_config
-    from scene_kd.teachers.stage import features_stage
+    from scene_kd.errors import RunStateError
+    from scene_kd.rundir import RunDir
 
-    cfg = load_config(args.config).teacher
-    changes = {"name": args.teacher, "device": args.device, "label_flip": args.label_flip,
-               "embed_noise": args.embed_noise}
-    if args.weights is not None:
-        changes["weights"] = args.weights
-    if args.batch_size is not None:
-        changes["batch_size"] = args.batch_size
-    cfg = dataclasses.replace(cfg, **changes)
-    out = features_stage(args.run, cfg, force=args.force, preview=args.preview)
+    if not RunDir(args.run).views.is_file():
+        raise RunStateError("missing views.json; run `scene-kd render` first", path=args.run)
+    cfg = pipeline_config(args, SECTIONS, args.run)
+    check_teacher_requirements(cfg.teacher, has_labels=_run_has_labels(args.run))
+    oracle_line(cfg.teacher.name)
+    save_config(args.run, cfg)
+    out = features_stage(args.run, cfg.teacher, force=args.force, preview=args.preview)
     human = None
     if not args.json:
-        state = "up to date" if out.get("skipped") else f"{out.get('seconds')} s, {out.get('cached_views')} views from cache"
-        human = (f"{args.run}: {out.get('masks')} masks over {out.get('views')} views, {out.get('levels')} level(s), "
-                 f"D={out.get('dim')} ({out.get('teacher')}, text encoder {out.get('text_encoder')}); {state}")
+        state = "up to date" if out.skipped else f"{out.seconds} s, {out['cached_views']} views from cache"
+        human = (f"{args.run}: {out['masks']} masks over {out['views']} views, {out['levels']} level(s), "
+                 f"D={out['dim']} ({out['teacher']}, text encoder {out['text_encoder']}); {state}")
         if args.preview:
             human += f"\n  preview: {args.run}/plots/masks.png"
-    emit(out, args.json, human)
+    emit(dict(out), args.json, human)
     return 0
+
+
+def _run_has_labels(run: str) -> bool:
+    """Whether the run's copy of the scene has ground-truth labels (True when it cannot tell: the stage decides)."""
+    from safetensors import safe_open
+
+    from scene_kd.rundir import RunDir
+
+    path = RunDir(run).scene_tensors
+    if not path.exists():
+        return True
+    with safe_open(str(path), framework="pt") as f:
+        return "labels" in f.keys()

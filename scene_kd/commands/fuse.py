@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import tyro
 
 from scene_kd.commands._common import emit
+from scene_kd.lift.config import FuseConfig
+
+SECTIONS = ("fuse",)
+RUN_CONFIG_BASE = True
 
 
 @dataclass
@@ -18,37 +22,34 @@ class Args:
     run: Annotated[str, tyro.conf.Positional]
     """Run folder (after `scene-kd render` and `scene-kd features`)."""
     config: str | None = None
-    """YAML config (a path or a name in configs/); default: the run's config.yaml, else built-in defaults."""
+    """Preset (a YAML path or a shipped name) whose `fuse:` section replaces the run's."""
     force: bool = False
     """Redo the fusion even when its output is current (also replaces a field of another feature dim)."""
     json: bool = False
     """Print one JSON object."""
-
-
-def fuse_config_for(run: str, config: str | None):
-    """The FuseConfig to use: --config, else RUN/config.yaml, else defaults."""
-    from pathlib import Path
-
-    from scene_kd.config import load_config
-
-    if config:
-        return load_config(config).fuse
-    run_cfg = Path(run) / "config.yaml"
-    return load_config(run_cfg).fuse if run_cfg.exists() else load_config(None).fuse
+    fuse: FuseConfig = field(default_factory=FuseConfig)
 
 
 def main(args: Args) -> int:
-    from scene_kd.lift.stage import fuse_stage
+    from scene_kd.commands._common import pipeline_config
+    from scene_kd.config import save_config
+    from scene_kd.errors import RunStateError
+    from scene_kd.pipeline import fuse_stage
+    from scene_kd.rundir import RunDir
 
-    summary = fuse_stage(args.run, fuse_config_for(args.run, args.config), force=args.force)
+    if not RunDir(args.run).root.is_dir():
+        raise RunStateError("not a run folder", path=args.run)
+    cfg = pipeline_config(args, SECTIONS, args.run)
+    save_config(args.run, cfg)
+    summary = fuse_stage(args.run, cfg.fuse, force=args.force)
     human = None
     if not args.json:
-        state = "up to date (skipped)" if summary.get("skipped") else f"done in {summary.get('seconds', 0):.1f} s"
+        state = "up to date (skipped)" if summary.skipped else f"done in {summary.seconds:.1f} s"
         lines = [f"{args.run}: fuse {state}",
-                 f"  {summary.get('covered', 0):,} of {summary.get('count', 0):,} {summary.get('kind', 'points')} covered "
-                 f"({100 * summary.get('coverage', 0):.1f} %), dim {summary.get('dim')}, teacher {summary.get('teacher')}"]
+                 f"  {summary['covered']:,} of {summary['count']:,} {summary['kind']} covered "
+                 f"({100 * summary['coverage']:.1f} %), dim {summary['dim']}, teacher {summary['teacher']}"]
         for k, v in (summary.get("granularities") or {}).items():
             lines.append(f"  {k:<16} {v:>12,} covered")
         human = "\n".join(lines)
-    emit(summary, args.json, human)
+    emit(dict(summary), args.json, human)
     return 0

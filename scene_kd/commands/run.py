@@ -2,68 +2,73 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import tyro
 
 from scene_kd.commands._common import emit
+from scene_kd.distill.config import DistillConfig
+from scene_kd.lift.config import FuseConfig
+from scene_kd.query.config import QueryConfig
+from scene_kd.render.config import RenderConfig
+from scene_kd.teachers.config import ClipSamConfig, TeacherConfig
+
+SECTIONS = ("render", "teacher", "fuse", "distill", "query")
 
 
 @dataclass
 class Args:
-    """Run the whole pipeline on a scene; each stage skips when its output is current (--force redoes)."""
+    """Run the whole pipeline on a scene; each stage skips when its output is current (--force redoes).
+
+    The teacher is clip-sam unless you choose another (--teacher clip-grid | oracle-labels); its weights are
+    checked before any work. Shortcuts: --teacher NAME, --views PRESET, --width/--height/--levels N,
+    --label-flip F, --weights PATH, --epochs N (0: no student), --student NAME.
+    """
 
     scene: Annotated[str, tyro.conf.Positional]
     """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT, 3DGS PLY, .splat)."""
     out: str
     """Run folder to write."""
     config: str | None = None
-    """YAML preset: a path or a name in configs/ (urban, indoor, splat, ci)."""
-    teacher: str | None = None
-    """Override the teacher (oracle-labels, clip-sam, clip-grid)."""
-    views: str | None = None
-    """Override the view preset (aerial, orbit, street, cameras:FILE)."""
-    label_flip: float | None = None
-    """oracle-labels: fraction of masks given a wrong class."""
-    epochs: int | None = None
-    """Override distillation epochs (0 skips distillation)."""
-    student: str | None = None
-    """Override the student: sparseconv or gaussian-field (Gaussian scenes); enables distillation."""
+    """Preset: a YAML path or a shipped name (urban, indoor, splat, ci); its values are the defaults below."""
     until: str | None = None
     """Stop after this stage (render, features, fuse, distill, eval)."""
+    preview: bool = False
+    """Also write the contact sheets RUN/plots/views.png and masks.png."""
     force: bool = False
     """Redo every stage even when its output is current."""
     json: bool = False
     """Print one JSON object."""
+    render: RenderConfig = field(default_factory=RenderConfig)
+    teacher: TeacherConfig = field(default_factory=ClipSamConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
 
 
 def main(args: Args) -> int:
-    from scene_kd.config import load_config
+    from scene_kd.commands._common import pipeline_config
     from scene_kd.pipeline import run_pipeline
 
-    overrides: dict = {}
-    if args.teacher:
-        overrides.setdefault("teacher", {})["name"] = args.teacher
-    if args.label_flip is not None:
-        overrides.setdefault("teacher", {})["label_flip"] = args.label_flip
-    if args.views:
-        overrides.setdefault("render", {})["preset"] = args.views
-    if args.epochs is not None:
-        overrides["distill"] = {"epochs": args.epochs, "enabled": args.epochs > 0}
-    if args.student:
-        overrides.setdefault("distill", {}).update({"student": args.student, "enabled": True})
-    cfg = load_config(args.config, overrides)
-    result = run_pipeline(args.scene, args.out, cfg, force=args.force, until=args.until)
+    cfg = pipeline_config(args, SECTIONS)
+    result = run_pipeline(args.scene, args.out, cfg, force=args.force, until=args.until, preview=args.preview,
+                          progress=not args.json)
     human = None
     if not args.json:
         ev = result.get("eval") or {}
-        lines = [f"run folder: {args.out}  ({result['seconds']:.1f} s)"]
+        lines = [f"run folder: {args.out}  ({result['seconds']:.1f} s, teacher {cfg.teacher.name})"]
+        rd = result.get("render")
+        if rd is not None and "teacher_work" in rd:
+            tw = rd["teacher_work"]
+            lines.append(f"  teacher work: {tw['views']} views, {tw['megapixels']:.1f} megapixels")
         for src in ("fused", "distilled", "ensemble"):
             if src in ev:
-                lines.append(f"  {src:<10} mIoU {ev[src]['miou']:.3f}  mAcc {ev[src]['macc']:.3f}")
+                lines.append(f"  {src:<10} mIoU {ev[src]['miou'] or 0:.3f}  mAcc {ev[src]['macc'] or 0:.3f}")
         if "coverage" in ev:
             lines.append(f"  coverage   {ev['coverage']:.3f}")
+        if "eval" not in result and "fuse" in result:
+            lines.append("  (no evaluation: the scene has no ground-truth labels)")
         human = "\n".join(lines)
-    emit(result, args.json, human)
+    emit({k: (dict(v) if hasattr(v, "as_dict") else v) for k, v in result.items()}, args.json, human)
     return 0

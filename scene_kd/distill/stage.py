@@ -8,18 +8,19 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scene_kd.distill.config import DistillConfig
 from scene_kd.errors import RunStateError, SceneKDError
-from scene_kd.runio import Stages, config_hash, peak_rss_mb
+from scene_kd.rundir import RunDir, StageContext
+
+if TYPE_CHECKING:
+    from scene_kd.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ["student.safetensors", "student.json", "field.safetensors", "field.json"]
-GAUSSIAN_FIELD_OUTPUTS = ["gaussian_field.safetensors", "field.safetensors", "field.json"]
 CHECKPOINT = "student.ckpt.pt"
 STUDENTS = ("sparseconv", "gaussian-field")
 
@@ -34,48 +35,80 @@ def student_kind(cfg: DistillConfig, scene_kind: str) -> str:
     return cfg.student
 
 
-def distill_hash(cfg: DistillConfig, run_dir: Path, field_config_hash: str, kind: str = "sparseconv") -> str:
-    """Config hash of this stage: its settings (less those that do not change the result) + its input's identity."""
+def distill_settings(cfg: DistillConfig, kind: str) -> DistillConfig:
+    """The settings that change the student: less device, threads and prediction tiling; only this student's."""
     settings = dataclasses.replace(cfg, enabled=True, predict_points=0, device="-", cpu_threads=0, student=kind)
     if kind == "sparseconv":  # the other student's settings do not change this one
         settings = dataclasses.replace(settings, gaussian_field=type(cfg.gaussian_field)())
-    fuse_rec = Stages(run_dir)._read().get("fuse", {})
-    return config_hash(settings, field_config_hash, fuse_rec.get("config_hash", ""))
+    return settings
 
 
-def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = False, resume: bool = False,
-                  progress: bool = True) -> dict[str, Any]:
-    """Train the student on the run's fused field and add its predictions to the field.
+def _scene_kind(run: RunDir) -> str:
+    """"points" or "gaussians": what the run's field holds."""
+    from scene_kd.runio import read_json
 
-    Skips when the outputs are current (same config and same fused input) unless ``force``; ``resume``
-    continues an interrupted training from ``RUN/student.ckpt.pt``. Raises RunStateError for a missing or
-    unusable field (no fused features, no covered points) or a corrupted/mismatched checkpoint; nothing is
-    written before training has succeeded.
+    return str(read_json(run.field_json).get("kind", "points"))
+
+
+class DistillStage:
+    """Train the student on the run's fused field and add its predictions to the field (``features.distilled``).
+
+    ``ctx.resume`` continues an interrupted training from RUN/student.ckpt.pt. Raises RunStateError for a
+    missing or unusable field (no fused features, no covered points) or a corrupted/mismatched checkpoint;
+    nothing is written before training has succeeded.
     """
+
+    name = "distill"
+    section = "distill"
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return cfg.distill.enabled
+
+    def _kind(self, run: RunDir, cfg: PipelineConfig) -> str:
+        try:
+            return student_kind(cfg.distill, _scene_kind(run))
+        except SceneKDError as e:
+            raise RunStateError(str(e), path=run.root) from None
+
+    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+        extra = [run.views, run.masks, run.features] if cfg.distill.student == "gaussian-field" else []
+        return [run.fused, run.scene_tensors, *extra]
+
+    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+        if cfg.distill.student == "gaussian-field":
+            return [run.gaussian_field, run.field_tensors, run.field_json]
+        return [run.student, run.student_json, run.field_tensors, run.field_json]
+
+    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+        return [_VERSION, distill_settings(cfg.distill, cfg.distill.student)]
+
+    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+        from scene_kd.field import FeatureField
+
+        kind = self._kind(run, cfg)
+        field = FeatureField.load(run.root)
+        if "fused" not in field.features:
+            raise RunStateError("field has no fused features; run `scene-kd fuse` first", path=run.root)
+        if kind == "gaussian-field":
+            return _distill_gaussian_field(run.root, field, cfg.distill, ctx.key, ctx.progress)
+        return _distill_points(run.root, field, cfg.distill, ctx.key, resume=ctx.resume and not ctx.force,
+                               progress=ctx.progress)
+
+
+DISTILL = DistillStage()
+_VERSION = "distill-v2"
+
+
+def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *, resume: bool,
+                    progress: bool) -> dict[str, Any]:
     from scene_kd.distill.train import predict, save_student, train_student
-    from scene_kd.field import FeatureField
 
-    run_dir = Path(run_dir)
-    field = FeatureField.load(run_dir)
-    if "fused" not in field.features:
-        raise RunStateError("field has no fused features; run `scene-kd fuse` first", path=run_dir)
-    stages = Stages(run_dir)
-    try:
-        kind = student_kind(cfg, field.kind)
-    except SceneKDError as e:
-        raise RunStateError(str(e), path=run_dir) from None
-    chash = distill_hash(cfg, run_dir, field.config_hash, kind)
-    outputs = GAUSSIAN_FIELD_OUTPUTS if kind == "gaussian-field" else OUTPUTS
-    if not force and "distilled" in field.features and stages.is_current("distill", chash, outputs):
-        return {"skipped": True, "config_hash": chash, "student": kind}
-    if kind == "gaussian-field":
-        return _distill_gaussian_field(run_dir, field, cfg, chash, stages, progress)
-
+    kind = "sparseconv"
     t0 = time.perf_counter()
     rgb, intensity = field.rgb, _run_scene_intensity(run_dir, len(field))
     model, history = train_student(
         field.positions, field.features["fused"], field.coverage, rgb, cfg, intensity=intensity,
-        checkpoint=run_dir / CHECKPOINT, resume=resume and not force, progress=progress,
+        checkpoint=run_dir / CHECKPOINT, resume=resume, progress=progress,
     )
     distilled = predict(model, field.positions, rgb, intensity, max_points=cfg.predict_points, device=cfg.device,
                         progress=progress, threads=cfg.cpu_threads)
@@ -83,11 +116,11 @@ def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = Fals
         raise RunStateError(f"student predicted {tuple(distilled.shape)}, field needs ({len(field)}, {field.dim})")
     seconds = time.perf_counter() - t0
     summary = {
-        "skipped": False, "student": kind, "config_hash": chash, "points": len(field),
+        "student": kind, "config_hash": chash, "points": len(field),
         "covered_points": history["covered_points"],
         "voxel_size": history["spec"]["voxel_size"], "epochs": len(history["loss"]),
         "final_loss": history["loss"][-1] if history["loss"] else None, "steps": history["steps"],
-        "points_per_second": history["points_per_second"], "seconds": round(seconds, 3),
+        "points_per_second": history["points_per_second"], "train_seconds": round(seconds, 3),
     }
     save_student(run_dir, model, config=cfg, extra={
         "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,
@@ -96,15 +129,10 @@ def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = Fals
     field.features["distilled"] = distilled.to(dtype=field.features["fused"].dtype)
     field.extra_meta["distill_config_hash"] = chash
     field.save(run_dir)
-    stages.record("distill", chash, seconds, peak_rss_mb(), voxel_size=summary["voxel_size"],
-                  final_loss=summary["final_loss"])
-    from scene_kd.pipeline import STAGES
-
-    stages.invalidate_after("distill", list(STAGES))
     return summary
 
 
-def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, stages: Stages,
+def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash: str,
                             progress: bool) -> dict[str, Any]:
     """Train the Gaussian feature field on the run's views and masks; write gaussian_field.safetensors and the
     field's distilled features (every Gaussian's decoded feature)."""
@@ -158,16 +186,12 @@ def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash
     field.save(run_dir)
     tail = losses[-min(len(losses), 20):]
     summary = {
-        "skipped": False, "student": "gaussian-field", "config_hash": chash, "points": len(field),
+        "student": "gaussian-field", "config_hash": chash, "points": len(field),
         "covered_points": int((np.asarray(field.coverage) > 0).sum()), "voxel_size": None,
         "epochs": gcfg.iterations, "steps": len(history["loss"]), "final_loss": float(np.mean(tail)),
         "first_loss": float(np.mean(losses[: min(len(losses), 20)])), "backend": history["backend"],
-        "seconds": round(seconds, 3),
+        "train_seconds": round(seconds, 3),
     }
-    stages.record("distill", chash, seconds, peak_rss_mb(), student="gaussian-field", final_loss=summary["final_loss"])
-    from scene_kd.pipeline import STAGES
-
-    stages.invalidate_after("distill", list(STAGES))
     return summary
 
 

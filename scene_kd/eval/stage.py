@@ -19,20 +19,23 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from scene_kd.errors import RunStateError
-from scene_kd.runio import Stages, config_hash, peak_rss_mb, read_json, write_json
+from scene_kd.rundir import RunDir, StageContext
+from scene_kd.runio import write_json
+from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
+
+if TYPE_CHECKING:
+    from scene_kd.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-STAGE = "eval"
 PROMPT_TEMPLATE = "a photo of a {}."
 _VERSION = "eval-v1"
 
@@ -74,15 +77,39 @@ def _finite_or_none(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
-def eval_stage(run_dir: str | Path, *, force: bool = False, sources: Sequence[str] | None = None) -> dict[str, Any]:
-    """Score every feature source of the run's field against its ground-truth labels; write eval.json + plot."""
+class EvalStage:
+    """Score every feature source of the run's field against its ground-truth labels; write eval.json + plot.
+
+    Summary: the contents of eval.json (see the module docstring).
+    """
+
+    name = "eval"
+    section = None
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+        return [run.field_tensors, run.field_json]
+
+    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+        return [run.eval, run.confusion_png]
+
+    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+        return [_VERSION, list(ctx.sources) if ctx.sources else None]
+
+    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+        return _evaluate(run, ctx.sources)
+
+
+EVAL = EvalStage()
+
+
+def check_evaluable(run_dir: Path, sources: Sequence[str] | None = None) -> tuple[Any, list[str], list[str], np.ndarray]:
+    """(field, sources, vocabulary, targets) of a run that can be evaluated; RunStateError saying why not."""
     from scene_kd.eval.labels import evaluation_classes
-    from scene_kd.eval.metrics import confusion_matrix, scores
-    from scene_kd.eval.plots import confusion_png
     from scene_kd.field import FeatureField
 
-    run_dir = Path(run_dir)
-    t0 = time.perf_counter()
     field = FeatureField.load(run_dir)
     if field.labels is None:
         raise RunStateError("the field has no ground-truth labels (an unlabelled scene); nothing to evaluate against",
@@ -97,12 +124,15 @@ def eval_stage(run_dir: str | Path, *, force: bool = False, sources: Sequence[st
     if not vocabulary:
         raise RunStateError("no evaluable classes among the ground-truth labels (all unclassified / noise / "
                             "unnamed)", path=run_dir)
-    st = (run_dir / "field.safetensors").stat()
-    chash = config_hash(_VERSION, read_json(run_dir / "field.json"), st.st_size, st.st_mtime_ns, srcs)
-    stages = Stages(run_dir)
-    if not force and stages.is_current(STAGE, chash, ["eval.json", "plots/confusion.png"]):
-        return {**read_json(run_dir / "eval.json"), "skipped": True}
+    return field, srcs, vocabulary, targets
 
+
+def _evaluate(run: RunDir, sources: Sequence[str] | None) -> dict[str, Any]:
+    from scene_kd.eval.metrics import confusion_matrix, scores
+    from scene_kd.eval.plots import confusion_png
+
+    run_dir = run.root
+    field, srcs, vocabulary, targets = check_evaluable(run_dir, sources)
     from scene_kd.teachers.text import load_text_encoder
 
     encoder = load_text_encoder(field.text_encoder)
@@ -130,10 +160,11 @@ def eval_stage(run_dir: str | Path, *, force: bool = False, sources: Sequence[st
     result.update({"coverage": float(covered.mean()) if len(field) else 0.0, "vocabulary": vocabulary,
                    "best": best, "points": int(evaluated.sum())})
     b = result[best]
-    confusion_png(confusions[best], vocabulary, run_dir / "plots" / "confusion.png",
+    confusion_png(confusions[best], vocabulary, run.confusion_png,
                   title=f"{best}: mIoU {b['miou'] or 0:.3f}, mAcc {b['macc'] or 0:.3f}")
-    write_json(run_dir / "eval.json", result)
-    seconds = time.perf_counter() - t0
-    stages.record(STAGE, chash, seconds, peak_rss_mb())
+    if field.teacher == ORACLE:
+        result["teacher_note"] = ORACLE_NOTE
+    result["teacher"] = field.teacher
+    write_json(run.eval, result)
     log.info("eval: %s", ", ".join(f"{s} mIoU {result[s]['miou']:.3f}" for s in srcs if result[s]["miou"] is not None))
-    return {**result, "skipped": False}
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -23,7 +24,7 @@ class FuseConfig:
     """Floor of the view-angle weight, so a surface only ever seen at grazing angles still gets features."""
     footprint_weight: bool = True
     """Weight each sample by the view's resolution at the point (focal / depth, pixels per scene unit)."""
-    granularity: str = "camera"
+    granularity: Literal["camera", "camera+mask"] = "camera"
     """What one granularity is: "camera" (the view's level: altitude / orbit radius; the teacher's mask levels
     are samples within it) or "camera+mask" (each (view level, mask level) pair is its own granularity)."""
     min_blend_weight: float = 0.0

@@ -16,18 +16,20 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.lift.config import FuseConfig
-from scene_kd.runio import Stages, config_hash, load_tensors, peak_rss_mb, read_json, save_tensors
+from scene_kd.rundir import RunDir, StageContext
+from scene_kd.runio import load_tensors, read_json, save_tensors
+
+if TYPE_CHECKING:
+    from scene_kd.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-STAGE = "fuse"
-OUTPUTS = ["fused.safetensors", "field.safetensors", "field.json"]
 _VERSION = "fuse-v1"
 
 
@@ -80,13 +82,36 @@ def _fused_config_hash(run_dir: Path) -> str | None:
         return None
 
 
-def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: bool = False) -> dict[str, Any]:
+class FuseStage:
     """Fuse the run's mask embeddings onto its points (or lift them onto its Gaussians); write fused + field.
 
-    Skips when fused.safetensors and the field exist and were made with the same config and inputs.
-    Raises RunStateError, writing nothing, when an input is missing or inconsistent, no point is covered, or an
-    existing field has another feature dim / text encoder than features.safetensors (unless ``force``).
+    Raises RunStateError, writing nothing, when an input is missing or inconsistent or no point is covered.
+    Summary: {"kind", "count", "covered", "coverage", "dim", "teacher", "text_encoder", "views", "granularities"}.
     """
+
+    name = "fuse"
+    section = "fuse"
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+        return [run.scene_tensors, run.scene_json, run.views, run.renders, run.masks, run.features]
+
+    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+        return [run.fused, run.field_tensors, run.field_json]
+
+    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+        return [_VERSION, cfg.fuse]
+
+    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+        return _fuse(run, cfg.fuse, key=ctx.key, force=ctx.force)
+
+
+FUSE = FuseStage()
+
+
+def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, Any]:
     import torch
 
     from scene_kd.field import FeatureField
@@ -95,8 +120,7 @@ def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: boo
     from scene_kd.render.types import load_cameras
     from scene_kd.scene.runscene import load_run_scene, run_scene_meta
 
-    cfg = cfg or FuseConfig()
-    run_dir = Path(run_dir)
+    run_dir = run.root
     if not run_dir.is_dir():
         raise RunStateError("not a run folder", path=run_dir)
     t0 = time.perf_counter()
@@ -106,15 +130,9 @@ def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: boo
         raise RunStateError("views.json lists no cameras; rerun `scene-kd render`", path=run_dir)
     embeddings, fmeta = load_features(run_dir)
     dim = int(embeddings.shape[1])
-    stages = Stages(run_dir)
-    upstream = read_json(stages.path) if stages.path.exists() else {}
-    chash = config_hash(cfg, _VERSION, fmeta.get("config_hash"), scene_meta.get("source_hash"), scene_meta.get("count"),
-                        {s: (upstream.get(s) or {}).get("config_hash") for s in ("render", "features")})
-    if not force and stages.is_current(STAGE, chash, OUTPUTS):
-        rec = upstream.get(STAGE, {})
-        return {**rec.get("summary", {}), "skipped": True}
     teacher, text_encoder = str(fmeta.get("teacher", "")), str(fmeta.get("text_encoder", ""))
-    field_json = run_dir / "field.json"
+    chash = key
+    field_json = run.field_json
     own_hash = _fused_config_hash(run_dir)
     if field_json.exists() and not force:
         old = read_json(field_json)
@@ -128,7 +146,6 @@ def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: boo
                 f"field.safetensors holds {old.get('dim')}-dim features of text encoder {old.get('text_encoder')!r} "
                 f"but features.safetensors has {dim}-dim features of {text_encoder!r}; rerun with --force to "
                 "replace the field (its distilled features too)", path=run_dir)
-
     scene = load_run_scene(run_dir)
     order = sorted(range(len(cameras)), key=lambda i: (cameras[i].level, i))  # one granularity live at a time
     cams = [cameras[i] for i in order]
@@ -155,7 +172,7 @@ def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: boo
 
     feats16 = feats.to(torch.float16)
     per_gran_points = {k: int((v > 0).sum()) for k, v in per_gran.items()}
-    save_tensors(run_dir / "fused.safetensors",
+    save_tensors(run.fused,
                  {"features": feats16, "coverage": coverage, **{f"coverage.{k}": v for k, v in per_gran.items()}},
                  {"teacher": teacher, "text_encoder": text_encoder, "dim": dim, "kind": scene.kind,
                   "granularities": sorted(per_gran), "config_hash": chash})
@@ -170,15 +187,11 @@ def fuse_stage(run_dir: str | Path, cfg: FuseConfig | None = None, *, force: boo
     seconds = time.perf_counter() - t0
     summary = {
         "kind": scene.kind, "count": len(scene), "covered": covered, "coverage": covered / max(len(scene), 1),
-        "dim": dim, "teacher": teacher, "views": len(cams), "granularities": per_gran_points,
-        "seconds": round(seconds, 3),
+        "dim": dim, "teacher": teacher, "text_encoder": text_encoder, "views": len(cams),
+        "granularities": per_gran_points,
     }
-    stages.record(STAGE, chash, seconds, peak_rss_mb(), summary=summary)
-    from scene_kd.pipeline import STAGES
-
-    stages.invalidate_after(STAGE, list(STAGES))
     log.info("fused %s of %s %s (%.1f s)", f"{covered:,}", f"{len(scene):,}", scene.kind, seconds)
-    return {**summary, "skipped": False}
+    return summary
 
 
 class _progress:

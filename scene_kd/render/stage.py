@@ -12,20 +12,23 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from scene_kd.errors import SceneKDError
 from scene_kd.render.config import RenderConfig
-from scene_kd.render.types import Render, render_paths, save_render
-from scene_kd.runio import Stages, config_hash, peak_rss_mb, write_json
+from scene_kd.render.types import Render, save_render
+from scene_kd.rundir import RunDir, StageContext
+from scene_kd.runio import write_json
 from scene_kd.scene.types import Camera
+
+if TYPE_CHECKING:
+    from scene_kd.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-STAGE = "render"
 GAUSSIAN_TOPK = 4
 GAUSSIAN_MIN_ALPHA = 0.05
 """Gaussian pixels with less accumulated opacity than this count as empty (depth +inf, id -1)."""
@@ -131,29 +134,56 @@ def contact_sheet(renders: list[tuple[int, np.ndarray, Camera]], path: Path, *, 
         sheet.save(tmp, format="PNG")
 
 
-def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: bool = False,
-                 preview: bool = False) -> dict[str, Any]:
-    """Plan views, render each, write views.json (+ coverage) and renders/; skip when current unless ``force``.
+class RenderStage:
+    """Plan views, render each, write views.json (+ coverage), renders/ and the run's copy of the scene.
 
-    Returns a summary: {"skipped", "views", "levels", "coverage", "seconds", "preset", "scene_kind"}.
+    Summary: {"views", "levels", "coverage", "preset", "scene_kind", "teacher_work": {"views", "megapixels"}}
+    (what the teacher will have to look at).
     """
+
+    name = "render"
+    section = "render"
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+        return []  # the scene is part of the key (its fingerprint)
+
+    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+        return [run.views, run.scene_tensors, run.scene_json, run.renders] + ([run.views_png] if ctx.preview else [])
+
+    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+        return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx))]
+
+    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+        return _render(run, _scene(ctx), cfg.render, preview=ctx.preview)
+
+
+RENDER = RenderStage()
+_VERSION = "render-v2"
+
+
+def _scene(ctx: StageContext) -> Any:
+    """The context's scene, loaded once when it is a path."""
+    if isinstance(ctx.scene, (str, Path)):
+        from scene_kd.scene.io import load_scene
+
+        ctx.scene = load_scene(ctx.scene)
+    if ctx.scene is None:
+        raise SceneKDError("the render stage needs a scene")
+    _check_scene(ctx.scene)
+    return ctx.scene
+
+
+def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool) -> dict[str, Any]:
     from rich.progress import Progress
 
     from scene_kd.render.points import estimate_point_radii, visible_in_view
     from scene_kd.render.views import COVERAGE_TOLERANCE, coverage_from_counts, plan_views
-    from scene_kd.runio import read_json
     from scene_kd.scene.runscene import save_run_scene
 
-    run_dir = Path(run_dir)
-    _check_scene(scene)
-    chash = config_hash(cfg, scene_fingerprint(scene))
-    stages = Stages(run_dir)
-    outputs = ["views.json", "scene.safetensors"] + (["plots/views.png"] if preview else [])
-    if not force and stages.is_current(STAGE, chash, outputs):
-        views = read_json(run_dir / "views.json")
-        if all(all(p.exists() for p in render_paths(run_dir, i)) for i in range(len(views["cameras"]))):
-            return {"skipped": True, "views": len(views["cameras"]), "levels": views["levels"],
-                    "coverage": views["coverage"], "preset": views["preset"], "scene_kind": views["scene_kind"]}
+    run_dir = run.root
     t0 = time.perf_counter()
     cameras = plan_views(scene, cfg)
     if not cameras:
@@ -189,22 +219,22 @@ def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: b
                 thumbs.append((i, render.rgb, cam))
             progress.advance(task)
     # drop renders left over from an earlier run with more views
-    renders_dir = run_dir / "renders"
+    renders_dir = run.renders
     for p in renders_dir.glob("*"):
         stem = p.name.split(".")[0]
         if stem.isdigit() and int(stem) >= len(cameras):
             p.unlink()
     coverage = coverage_from_counts(per_level.sum(0), per_level, cameras, cfg.min_views)
     levels = sorted({c.level for c in cameras})
-    write_json(run_dir / "views.json", {
+    write_json(run.views, {
         "scene_kind": scene.kind, "preset": cfg.preset, "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
     })
     if preview:
-        contact_sheet(thumbs, run_dir / "plots" / "views.png")
+        contact_sheet(thumbs, run.views_png)
     seconds = time.perf_counter() - t0
-    stages.record(STAGE, chash, seconds, peak_rss_mb(), views=len(cameras))
     log.info("rendered %d views in %.1f s; %.1f%% of points seen >= 1x, %.1f%% >= 3x", len(cameras), seconds,
              100 * coverage["seen_1"], 100 * coverage["seen_3"])
-    return {"skipped": False, "views": len(cameras), "levels": levels, "coverage": coverage,
-            "seconds": round(seconds, 3), "preset": cfg.preset, "scene_kind": scene.kind}
+    megapixels = sum(c.width * c.height for c in cameras) / 1e6
+    return {"views": len(cameras), "levels": levels, "coverage": coverage, "preset": cfg.preset,
+            "scene_kind": scene.kind, "teacher_work": {"views": len(cameras), "megapixels": round(megapixels, 3)}}

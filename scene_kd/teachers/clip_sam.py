@@ -36,7 +36,7 @@ class ClipTeacherBase:
 
     def __init__(self, *, clip_model: str = "ViT-B-16", clip_pretrained: str = "laion2b_s34b_b88k",
                  clip_image_size: int | None = None, weights: str | None = None, download: bool = True,
-                 device: str = "auto", seed: int = 0, crop_batch_size: int = 64, **_ignored):
+                 device: str = "auto", seed: int = 0, crop_batch_size: int = 64):
         self.clip_model, self.clip_pretrained, self.clip_image_size = clip_model, clip_pretrained, clip_image_size
         self.weights, self.download, self.seed = weights, download, int(seed)
         self.device = resolve_device(device)

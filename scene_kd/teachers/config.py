@@ -1,47 +1,84 @@
-"""Teacher stage config (owned by scene_kd/teachers)."""
+"""Teacher configs (owned by scene_kd/teachers): one dataclass per teacher, a tagged union on ``name``.
+
+Like open_clip's model registry, each teacher is registered by one name with its config class
+(``TEACHER_CONFIGS``); the YAML ``teacher:`` section picks the class by its ``name`` key and may hold only that
+class's fields. ``ClipSamConfig`` is the default: the real teacher. ``OracleConfig`` (the ground-truth test
+teacher) is opt-in and everything made with it says so.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal, Union
+
+import tyro
+
+Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass
-class TeacherConfig:
-    name: str = "oracle-labels"
-    """Registry name: clip-sam | clip-grid | oracle-labels."""
-    device: str = "auto"
-    """cpu | cuda | auto."""
+class _TeacherCommon:
+    """Settings every teacher has."""
+
+    seed: int = 0
+    """Seed of every random choice the teacher makes."""
+    batch_size: int = 16
+    """Views per teacher batch."""
+
+    STAGE_FIELDS: ClassVar[tuple[str, ...]] = ("name", "batch_size")
+    """Fields the features stage uses itself; the rest are the teacher constructor's keyword arguments."""
+
+
+@dataclass
+class OracleConfig(_TeacherCommon):
+    """``oracle-labels``: masks = connected regions of each ground-truth class in a render, embedding = the class's
+    text vector. A test teacher: it needs a labelled scene, and its numbers measure lifting and distillation,
+    not CLIP."""
+
+    name: tyro.conf.Suppress[Literal["oracle-labels"]] = "oracle-labels"
+    label_flip: float = 0.0
+    """Fraction of masks whose class is replaced by another class."""
+    embed_noise: float = 0.0
+    """Relative size of Gaussian noise added to mask embeddings before re-normalising (per-component std-dev
+    embed_noise / sqrt(D), so E|noise| ~ embed_noise)."""
+    oracle_dim: int = 64
+    """Embedding dimension."""
+    oracle_levels: Literal[1, 2] = 1
+    """1 = connected regions per class and instance; 2 = also a coarse level ignoring instances."""
+
+
+@dataclass
+class _ClipCommon(_TeacherCommon):
+    """Settings of the open_clip teachers."""
+
+    device: Device = "auto"
     weights: str | None = None
     """Explicit weights: a file, a folder holding the expected files, ``clip=PATH,sam=PATH``, or ``random``
     (seeded random init, for plumbing tests and benchmarks only); otherwise $SCENE_KD_CACHE, then the hub."""
     download: bool = True
     """Try the hub/URL when weights are not found locally (skipped when $SCENE_KD_OFFLINE=1 or no network)."""
-    seed: int = 0
-    batch_size: int = 16
-    """Views per teacher batch."""
     crop_batch_size: int = 64
     """Image crops per CLIP forward pass."""
-    label_flip: float = 0.0
-    """oracle-labels: fraction of masks whose class is replaced by another class."""
-    embed_noise: float = 0.0
-    """oracle-labels: relative size of Gaussian noise added to mask embeddings before re-normalising
-    (per-component std-dev embed_noise / sqrt(D), so E|noise| ~ embed_noise)."""
-    oracle_dim: int = 64
-    """oracle-labels: embedding dimension."""
-    oracle_levels: int = 1
-    """oracle-labels: 1 = connected regions per class and instance; 2 = also a coarse level ignoring instances."""
     clip_model: str = "ViT-B-16"
     clip_pretrained: str = "laion2b_s34b_b88k"
     clip_image_size: int | None = None
     """Override CLIP's input size (None: the model's own, 224); small sizes only for fast tests."""
-    crop_padding: float = 0.1
-    """clip-sam: padding around a mask's box, as a fraction of its longer side."""
-    context_scale: float = 2.0
-    """clip-sam: the context crop is this many times the padded mask crop."""
-    context_weight: float = 0.3
-    """clip-sam: weight of the context crop's embedding (masked crop: 1 - this)."""
     min_mask_area: int = 16
-    """clip-sam / clip-grid: masks or regions smaller than this (pixels) are dropped."""
+    """Masks or regions smaller than this (pixels) are dropped."""
+
+
+@dataclass
+class ClipSamConfig(_ClipCommon):
+    """``clip-sam``: SAM automatic masks at several granularities, one open_clip embedding per masked crop with
+    multi-scale context (LangSplat / OpenUrban3D style). The default teacher."""
+
+    name: tyro.conf.Suppress[Literal["clip-sam"]] = "clip-sam"
+    crop_padding: float = 0.1
+    """Padding around a mask's box, as a fraction of its longer side."""
+    context_scale: float = 2.0
+    """The context crop is this many times the padded mask crop."""
+    context_weight: float = 0.3
+    """Weight of the context crop's embedding (masked crop: 1 - this)."""
     sam_model: str = "vit_b"
     sam_image_size: int = 1024
     """SAM's input size; pretrained weights need 1024."""
@@ -52,8 +89,33 @@ class TeacherConfig:
     sam_pred_iou_thresh: float = 0.86
     sam_stability_thresh: float = 0.92
     sam_nms_iou: float = 0.7
+
+
+@dataclass
+class ClipGridConfig(_ClipCommon):
+    """``clip-grid``: open_clip on a multi-scale grid of crops (LERF-style), pooled per region; no SAM."""
+
+    name: tyro.conf.Suppress[Literal["clip-grid"]] = "clip-grid"
     grid_scales: tuple[float, ...] = (0.5, 0.25, 0.125)
-    """clip-grid: crop sizes as fractions of the image's shorter side (LERF-style pyramid), coarse first;
-    crops overlap by half; each scale's stride is also the cell size of one region level."""
+    """Crop sizes as fractions of the image's shorter side (LERF-style pyramid), coarse first; crops overlap by
+    half; each scale's stride is also the cell size of one region level."""
     grid_depth_bin: float = 0.1
-    """clip-grid: regions split by relative depth slabs of this width (0.1 = 10% of depth)."""
+    """Regions split by relative depth slabs of this width (0.1 = 10% of depth)."""
+
+
+TeacherConfig = Union[ClipSamConfig, ClipGridConfig, OracleConfig]  # noqa: UP007 (tyro reads the Union)
+"""Any teacher's config; the ``name`` field tells which."""
+
+TEACHER_CONFIGS: dict[str, type] = {"clip-sam": ClipSamConfig, "clip-grid": ClipGridConfig,
+                                    "oracle-labels": OracleConfig}
+ORACLE = "oracle-labels"
+ORACLE_NOTE = ("made with the oracle-labels test teacher: features are the scene's own ground-truth classes (with "
+               "the configured noise), not CLIP; numbers measure rendering, lifting and distillation only")
+"""Said on the CLI, in field.json, report.html, eval.json and exported files' metadata of oracle runs."""
+
+
+def teacher_kwargs(cfg: TeacherConfig) -> dict:
+    """The teacher constructor's keyword arguments: every field of ``cfg`` but those the stage uses itself."""
+    import dataclasses
+
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in cfg.STAGE_FIELDS}

@@ -65,7 +65,7 @@ class OracleTeacher:
     name = "oracle-labels"
 
     def __init__(self, *, label_names: dict[int, str] | None = None, oracle_dim: int = 64, label_flip: float = 0.0,
-                 embed_noise: float = 0.0, seed: int = 0, oracle_levels: int = 1, **_ignored):
+                 embed_noise: float = 0.0, seed: int = 0, oracle_levels: int = 1):
         if not 0.0 <= label_flip <= 1.0:
             raise SceneKDError(f"label_flip must be in [0, 1], got {label_flip}")
         if not (embed_noise >= 0.0 and np.isfinite(embed_noise)):

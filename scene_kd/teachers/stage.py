@@ -6,43 +6,41 @@ read from it without calling the teacher; the rest go through the teacher ``batc
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.render.types import Render, iter_renders, load_cameras, load_render, render_paths
+from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import (
-    Stages,
     atomic_path,
     config_hash,
     file_hash,
     load_tensors,
-    peak_rss_mb,
-    read_json,
     save_tensors,
 )
 from scene_kd.teachers.base import Teacher, ViewMasks, create_teacher
 from scene_kd.teachers.cache import FeatureCache, render_content_hash
-from scene_kd.teachers.config import TeacherConfig
+from scene_kd.teachers.config import ORACLE, TeacherConfig, teacher_kwargs
+
+if TYPE_CHECKING:
+    from scene_kd.config import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-STAGE = "features"
-PIPELINE_ORDER = ["render", "features", "fuse", "distill", "eval"]
 PREVIEW_VIEWS = 8
 
 
 def make_teacher(run_dir: str | Path, cfg: TeacherConfig) -> Teacher:
     """The teacher named by ``cfg`` with its config; the oracle also gets the run's class names."""
-    kwargs = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "name"}
-    if cfg.name == "oracle-labels":
+    kwargs = teacher_kwargs(cfg)
+    if cfg.name == ORACLE:
         from scene_kd.scene.runscene import run_scene_meta
 
         try:
@@ -51,6 +49,25 @@ def make_teacher(run_dir: str | Path, cfg: TeacherConfig) -> Teacher:
             names = {}
         kwargs["label_names"] = {int(k): v for k, v in names.items()}
     return create_teacher(cfg.name, **kwargs)
+
+
+def check_teacher_requirements(cfg: TeacherConfig, *, has_labels: bool) -> None:
+    """Raise, before any work, when the teacher cannot run: missing weights (MissingWeightsError naming the
+    file and where to put it) or, for the oracle, a scene without ground-truth labels."""
+    if cfg.name == ORACLE:
+        if not has_labels:
+            raise SceneKDError("the oracle-labels teacher needs a labelled scene (ground-truth classes) and this "
+                               "scene has none; use --teacher clip-sam (real weights) instead")
+        return
+    from scene_kd.teachers.clip import resolve_clip_weights
+
+    resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
+    if cfg.name == "clip-sam":
+        from scene_kd.teachers.weights import RANDOM, parse_explicit, resolve_weights, sam_spec
+
+        mine = parse_explicit(cfg.weights, "sam")
+        if mine != RANDOM:
+            resolve_weights(sam_spec(cfg.sam_model), mine, download=cfg.download)
 
 
 def validate_view_masks(vm: ViewMasks, render: Render, dim: int, where: str) -> None:
@@ -77,27 +94,46 @@ def _render_files_hash(run_dir: Path, n: int) -> list[str]:
     return out
 
 
-def features_stage(run_dir: str | Path, cfg: TeacherConfig, *, force: bool = False, preview: bool = False) -> dict[str, Any]:
-    """Run the teacher over every render of ``run_dir``; returns a summary dict (see module docstring)."""
+class FeaturesStage:
+    """Run the teacher over every render: RUN/masks/NNNN.npz + RUN/features.safetensors.
+
+    Summary: {"teacher", "text_encoder", "dim", "views", "masks", "levels", "cached_views", "teacher_seconds",
+    "masks_per_s"[, "model_seconds"]}.
+    """
+
+    name = "features"
+    section = "teacher"
+
+    def enabled(self, cfg: PipelineConfig) -> bool:
+        return True
+
+    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+        return [run.views, run.renders, run.scene_json]
+
+    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+        return [run.features, run.masks] + ([run.masks_png] if ctx.preview else [])
+
+    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+        teacher = make_teacher(run.root, cfg.teacher)
+        return [_VERSION, getattr(teacher, "cache_key", None) or teacher_kwargs(cfg.teacher), cfg.teacher.name]
+
+    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+        return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key)
+
+
+FEATURES = FeaturesStage()
+_VERSION = "features-v2"
+
+
+def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    run_dir = Path(run_dir)
+    run_dir = run.root
     cameras = load_cameras(run_dir)
     n = len(cameras)
     if n == 0:
         raise RunStateError("views.json lists no views; nothing for the teacher to see", path=run_dir)
     teacher = make_teacher(run_dir, cfg)
-    key = getattr(teacher, "cache_key", None) or config_hash(teacher.name, dataclasses.asdict(cfg))
-    chash = config_hash(STAGE, key, _render_files_hash(run_dir, n))
-    stages = Stages(run_dir)
-    outputs = ["features.safetensors"] + [f"masks/{i:04d}.npz" for i in range(n)]
-    if not force and stages.is_current(STAGE, chash, outputs):
-        rec = read_json(stages.path).get(STAGE, {})
-        if preview:
-            write_preview_from_run(run_dir)
-        log.info("features: up to date (%s masks, %s views); --force reruns", rec.get("masks"), n)
-        return {"skipped": True, **{k: rec.get(k) for k in ("teacher", "text_encoder", "dim", "views", "masks", "levels")}}
-
-    cache = FeatureCache(key)
+    cache = FeatureCache(getattr(teacher, "cache_key", None) or config_hash(teacher.name, teacher_kwargs(cfg)))
     dim = int(teacher.dim)
     results: list[ViewMasks | None] = [None] * n
     preview_idx = set(np.linspace(0, n - 1, min(n, PREVIEW_VIEWS)).round().astype(int).tolist()) if preview else set()
@@ -144,21 +180,19 @@ def features_stage(run_dir: str | Path, cfg: TeacherConfig, *, force: bool = Fal
                 flush(progress, task)
         flush(progress, task)
 
-    summary = write_outputs(run_dir, results, teacher, chash)
+    summary = write_outputs(run_dir, results, teacher, key)
     if preview:
-        write_preview(run_dir / "plots" / "masks.png", [preview_rgb[i] for i in sorted(preview_rgb)],
+        write_preview(run.masks_png, [preview_rgb[i] for i in sorted(preview_rgb)],
                       [np.asarray(results[i].mask_ids) for i in sorted(preview_rgb)],  # type: ignore[union-attr]
                       [results[i].embeddings for i in sorted(preview_rgb)])  # type: ignore[union-attr]
     seconds = time.perf_counter() - t0
     model_seconds = teacher.model_seconds() if hasattr(teacher, "model_seconds") else None
-    summary.update(skipped=False, cached_views=cached, seconds=round(seconds, 3),
+    summary.update(cached_views=cached,
                    teacher_seconds=round(teacher_seconds, 3),
                    masks_per_s=round(summary["masks"] / teacher_seconds, 2) if teacher_seconds > 0 else None)
     if model_seconds is not None:
         summary["model_seconds"] = round(model_seconds, 3)
-    stages.record(STAGE, chash, seconds, peak_rss_mb(), **{k: summary[k] for k in
-                  ("teacher", "text_encoder", "dim", "views", "masks", "levels", "cached_views")})
-    stages.invalidate_after(STAGE, PIPELINE_ORDER)
+    log.info("features: %d masks over %d views (%s) in %.1f s", summary["masks"], n, teacher.name, seconds)
     return summary
 
 

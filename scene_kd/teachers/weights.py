@@ -206,9 +206,9 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 
 def known_specs() -> list[WeightsSpec]:
     """The weights the built-in teachers can use (defaults first)."""
-    from scene_kd.teachers.config import TeacherConfig
+    from scene_kd.teachers.config import ClipSamConfig
 
-    cfg = TeacherConfig()
+    cfg = ClipSamConfig()
     specs = [open_clip_spec(cfg.clip_model, cfg.clip_pretrained)]
     specs += [sam_spec(m) for m in SAM_FILES]
     return specs

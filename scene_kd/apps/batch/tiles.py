@@ -45,7 +45,7 @@ class BatchJob:
     labels: tuple[str, ...]
     mode: str = "pipeline"
     """pipeline (full pipeline per tile) | student (apply a trained student) | custom (``labeller``)."""
-    teacher: str = "oracle-labels"
+    teacher: str = "clip-sam"
     config: str | None = None
     """Pipeline preset name or YAML path (pipeline mode)."""
     student: str | None = None
