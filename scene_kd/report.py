@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from scene_kd.runio import atomic_path
-from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 from scene_kd.scene.types import Camera
+from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
 
 def relevancy_render(run_dir: str | Path, query: str, out_png: str | Path, *, size: int = 512) -> dict[str, Any]:

@@ -19,10 +19,10 @@ from typing import Any, Protocol
 
 from scene_kd.config import PipelineConfig
 from scene_kd.distill.stage import DISTILL
+from scene_kd.errors import RunStateError
 from scene_kd.eval.stage import EVAL
 from scene_kd.lift.stage import FUSE
 from scene_kd.render.stage import RENDER
-from scene_kd.errors import RunStateError
 from scene_kd.rundir import RunDir, StageContext, StageRecords, StageResult
 from scene_kd.runio import config_hash, peak_rss_mb
 from scene_kd.teachers.stage import FEATURES

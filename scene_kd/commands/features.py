@@ -38,11 +38,10 @@ class Args:
 def main(args: Args) -> int:
     from scene_kd.commands._common import oracle_line, pipeline_config
     from scene_kd.config import save_config
-    from scene_kd.pipeline import features_stage
-    from scene_kd.teachers.stage import check_teacher_requirements
-
     from scene_kd.errors import RunStateError
+    from scene_kd.pipeline import features_stage
     from scene_kd.rundir import RunDir
+    from scene_kd.teachers.stage import check_teacher_requirements
 
     if not RunDir(args.run).views.is_file():
         raise RunStateError("missing views.json; run `scene-kd render` first", path=args.run)
