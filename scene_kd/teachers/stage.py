@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from scene_kd.errors import RunStateError, SceneKDError
-from scene_kd.render.types import Render, iter_renders, load_cameras, load_render, render_paths
+from scene_kd.render.types import Render, iter_renders, load_cameras, load_render
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import (
     atomic_path,
     config_hash,
-    file_hash,
     load_tensors,
     save_tensors,
 )
@@ -82,16 +81,6 @@ def validate_view_masks(vm: ViewMasks, render: Render, dim: int, where: str) -> 
         raise SceneKDError(f"{where}: teacher mask ids / levels do not match its {m} embeddings")
     if m and not torch.isfinite(vm.embeddings).all():
         raise SceneKDError(f"{where}: teacher returned non-finite embeddings")
-
-
-def _render_files_hash(run_dir: Path, n: int) -> list[str]:
-    out = []
-    for i in range(n):
-        png, npz = render_paths(run_dir, i)
-        if not png.exists() or not npz.exists():
-            raise RunStateError(f"missing render {i:04d}; run `scene-kd render` first", path=run_dir)
-        out.append(file_hash(png) + file_hash(npz))
-    return out
 
 
 class FeaturesStage:
