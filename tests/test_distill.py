@@ -21,7 +21,8 @@ from scene_kd.distill.train import (
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.field import FeatureField
 from scene_kd.runio import Stages
-from scene_kd.scene.types import PointCloud
+from scene_kd.scene.sh import SH_C0, dc_from_rgb
+from scene_kd.scene.types import GaussianSplats, PointCloud
 
 N_CLASSES = 4  # ground, building, tree, car
 
@@ -121,7 +122,7 @@ def test_tiled_prediction_matches_whole_scene(scene, trained):
     model, _ = trained
     whole = predict(model, xyz, rgb)
     tiled = predict(model, xyz, rgb, max_points=4000)
-    from scene_kd.distill.train import _tiles
+    from scene_kd.distill.predict import _tiles
 
     assert len(list(_tiles(torch.from_numpy(xyz), 4000, model.spec))) >= 4
     cos = (whole * tiled).sum(1)
@@ -202,6 +203,22 @@ def test_save_load_apply_student_on_new_scene(scene, trained, tmp_path):
     (tmp_path / "student.safetensors").write_bytes(b"garbage")
     with pytest.raises(RunStateError):
         apply_student(tmp_path, cloud)
+
+
+def test_apply_student_on_splats_uses_the_colour_rounding_it_trained_on(scene, trained, tmp_path):
+    """A Gaussian scene's field rgb (what the student trains on) is ``rgb_from_dc``, rounded; ``apply_student``
+    must feed the student those same colours (it used to truncate: 1/255 darker on fractional colours)."""
+    xyz, rgb, *_ = scene
+    model, _ = trained
+    save_student(tmp_path, model, config=FAST)
+    dc = dc_from_rgb(np.minimum(rgb.astype(np.float64) + 0.7, 255.0) / 255.0)  # fraction .7: round != truncate
+    n = len(xyz)
+    splats = GaussianSplats(means=xyz, quats=np.tile([1.0, 0, 0, 0], (n, 1)), log_scales=np.zeros((n, 3)),
+                            opacity_logits=np.zeros(n), sh=dc[:, None, :])
+    truncated = np.clip((0.5 + SH_C0 * splats.sh[:, 0]) * 255, 0, 255).astype(np.uint8)
+    assert (splats.rgb_from_dc() != truncated).mean() > 0.5
+    expected = predict(load_student(tmp_path), xyz, splats.rgb_from_dc())
+    assert torch.equal(apply_student(tmp_path, splats), expected)
 
 
 # ---- the stage and its CLI --------------------------------------------------------------------------------

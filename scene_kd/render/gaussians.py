@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 from scene_kd.errors import SceneKDError
+from scene_kd.geometry import quat_to_rotmat
+from scene_kd.scene.sh import SH_C0
 from scene_kd.scene.types import Camera
 
 TILE = 16
@@ -38,7 +40,6 @@ T_MIN = 1e-4
 EPS2D = 0.3
 NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
-SH_C0 = 0.28209479177387814
 
 
 def sh_basis(dirs: Tensor, degree: int) -> Tensor:
@@ -74,16 +75,6 @@ def sh_to_rgb(sh: Tensor, means: Tensor, camera_center: Tensor, degree: int) -> 
     basis = sh_basis(dirs, degree)  # [N, n_basis]
     rgb = (basis[..., None] * sh[:, :n_basis]).sum(1)
     return torch.clamp_min(rgb + 0.5, 0.0)
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """[N, 4] (w, x, y, z), any norm -> [N, 3, 3]."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
 
 
 def project_gaussians(
