@@ -161,6 +161,59 @@ def test_training_is_deterministic_and_resumes_exactly(scene, tmp_path):
         train_student(xyz, fused, cov, rgb, cfg, checkpoint=ckpt, resume=True, progress=False)
 
 
+def test_early_stopping_on_a_plateau_keeps_the_best_weights(scene, tmp_path):
+    """With a learning rate too small to learn, the held-out loss plateaus at once: training stops after
+    ``patience`` epochs without improvement, far before the maximum, with the best epoch's weights."""
+    xyz, rgb, lab, fused, cov, _ = scene
+    cfg = dataclasses.replace(FAST, epochs=30, steps_per_epoch=2, channels=(8, 16), lr=1e-9, patience=2,
+                              holdout_fraction=0.2)
+    model, h = train_student(xyz, fused, cov, rgb, cfg, progress=False)
+    ran = len(h["train_loss"])
+    assert h["stopped_early"] and ran == h["best_epoch"] + cfg.patience < cfg.epochs
+    assert len(h["holdout_loss"]) == ran and h["loss"] == h["train_loss"] and h["holdout_points"] > 0
+    # the returned weights are the best epoch's: the same run (without stopping) checkpointed at that epoch
+    ckpt = tmp_path / "best.pt"
+    with pytest.raises(_Stop):
+        train_student(xyz, fused, cov, rgb, dataclasses.replace(cfg, patience=0), checkpoint=ckpt, progress=False,
+                      on_epoch_end=_stop_after(h["best_epoch"]))
+    at_best = torch.load(ckpt, weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, at_best[f"model.{k}"]), k
+
+
+def _stop_after(epoch):
+    def stop(e, history):
+        if e == epoch:
+            raise _Stop
+
+    return stop
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(scene, tmp_path):
+    xyz, rgb, lab, fused, cov, _ = scene
+    cfg = dataclasses.replace(FAST, epochs=12, steps_per_epoch=2, channels=(8, 16), patience=1, min_delta=0.05,
+                              holdout_fraction=0.2)
+    m1, h1 = train_student(xyz, fused, cov, rgb, cfg, progress=False)
+    assert h1["stopped_early"] and 2 < len(h1["train_loss"]) < cfg.epochs  # stopped after the interruption below
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(_Stop):
+        train_student(xyz, fused, cov, rgb, cfg, checkpoint=ckpt, progress=False, on_epoch_end=_stop_after(2))
+    m2, h2 = train_student(xyz, fused, cov, rgb, cfg, checkpoint=ckpt, resume=True, progress=False)
+    assert h2["train_loss"] == h1["train_loss"] and h2["holdout_loss"] == h1["holdout_loss"]
+    assert (h2["best_epoch"], h2["stopped_early"]) == (h1["best_epoch"], True)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    # resuming a finished (stopped) run trains no further and returns the same best weights
+    m3, h3 = train_student(xyz, fused, cov, rgb, cfg, checkpoint=ckpt, resume=True, progress=False)
+    assert h3["train_loss"] == h1["train_loss"] and h3["steps"] == h1["steps"]
+    for (k, a), b in zip(m1.state_dict().items(), m3.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
 def test_bad_inputs(scene):
     xyz, rgb, lab, fused, cov, _ = scene
     with pytest.raises(RunStateError, match="no covered points"):
