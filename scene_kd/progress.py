@@ -1,46 +1,53 @@
-"""Progress bars: one look for every long loop (rich, on stderr, transient, off when disabled).
+"""Progress bars: one look for every long loop (rich, on stderr).
 
-``progress_bar`` gives a rich ``Progress`` (description, bar, done/total, optional loss, time left);
-``track`` iterates with a bar; ``counter`` yields an ``advance(*_)`` callable for code that reports per item.
+``progress_bar`` gives a rich ``Progress`` (description, bar, done/total, extra text columns, elapsed and
+remaining time); ``track`` iterates with a bar; ``counter`` yields an ``advance(*_)`` callable for code that
+reports per item (e.g. per view).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def progress_bar(enabled: bool = True, *, loss: bool = False) -> Any:
-    """A rich ``Progress`` on stderr, transient; ``loss``: a column showing ``task.fields["loss"]``."""
+def progress_bar(enabled: bool | None = True, *, columns: Sequence[str] = (), transient: bool = True) -> Any:
+    """A rich ``Progress`` on stderr. ``enabled`` None: only when stderr is a terminal. ``columns``: extra text
+    column templates after the count, e.g. ``"loss {task.fields[loss]:.4f}"`` (the task then needs that field)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    columns: list[Any] = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-    if loss:
-        columns.append(TextColumn("loss {task.fields[loss]:.4f}"))
-    columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=Console(stderr=True), disable=not enabled, transient=True)
+    on = sys.stderr.isatty() if enabled is None else enabled
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    *(TextColumn(c) for c in columns), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not on, transient=transient)
 
 
-def track(items: Iterable[T], description: str, enabled: bool = True, total: int | None = None) -> Iterator[T]:
-    """Yield ``items`` while advancing a bar (none when disabled or when there is a single item)."""
-    items = list(items) if total is None else items
-    n = len(items) if total is None else total  # type: ignore[arg-type]
-    if not enabled or n < 2:
+def track(items: Sequence[T], description: str, enabled: bool | None = True) -> Iterator[T]:
+    """Yield ``items`` while advancing a bar (none when disabled or for fewer than two items)."""
+    if not enabled or len(items) < 2:
         yield from items
         return
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=n)
+    with progress_bar(enabled) as bar:
+        task = bar.add_task(description, total=len(items))
         for item in items:
             yield item
             bar.advance(task)
 
 
 @contextlib.contextmanager
-def counter(total: int, description: str, enabled: bool = True) -> Iterator[Callable[..., None]]:
+def counter(total: int, description: str, enabled: bool | None = None) -> Iterator[Callable[..., None]]:
     """A bar of ``total`` steps; yields ``advance(*_)`` (arguments ignored, e.g. a view index)."""
     with progress_bar(enabled) as bar:
         task = bar.add_task(description, total=total)

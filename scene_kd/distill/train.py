@@ -121,7 +121,7 @@ def train_student(
         state = _start(data, cfg, device, Path(checkpoint) if checkpoint else None, resume)
         points_seen, train_seconds = 0, 0.0
         total_steps = data.steps_per_epoch * cfg.epochs
-        with progress_bar(progress, loss=True) as bar:
+        with progress_bar(progress, columns=["loss {task.fields[loss]:.4f}"]) as bar:
             task = bar.add_task("distil", total=total_steps, completed=state.step, loss=float("nan"))
             while state.epoch < cfg.epochs and not state.stopped:
                 t0 = time.perf_counter()

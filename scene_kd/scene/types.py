@@ -66,16 +66,6 @@ class PointCloud:
         """[N, 3] float64 coordinates in the file's own frame."""
         return self.xyz.astype(np.float64) + self.origin
 
-    def per_point_fields(self) -> dict[str, np.ndarray]:
-        """All [N, ...] arrays by name (xyz, rgb, ..., extra.*)."""
-        out = {"xyz": self.xyz}
-        for name in ("rgb", "intensity", "normals", "labels", "instances"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        out.update({f"extra.{k}": v for k, v in self.extra.items()})
-        return out
-
     def subset(self, index: np.ndarray) -> PointCloud:
         """A new cloud with the points selected by a boolean mask or an index array."""
 
@@ -98,10 +88,6 @@ class PointCloud:
     def attributes(self) -> list[str]:
         names = [n for n in ("rgb", "intensity", "normals", "labels", "instances") if getattr(self, n) is not None]
         return names + list(self.extra)
-
-
-def sh_coeff_count(degree: int) -> int:
-    return (degree + 1) ** 2
 
 
 @dataclass

@@ -271,7 +271,6 @@ def make_tabletop(seed: int = 0, points: int = 60_000, origin: tuple[float, floa
     pieces = [(i, pc) for i, ob in enumerate(objs) for pc in ob["pieces"]]
     counts = _split(n_obj_total, [pc.area for _, pc in pieces])
     xyz, nrm, lab, ins, col = [], [], [], [], []
-    n_handle = 0
     for (i, pc), k in zip(pieces, counts, strict=True):
         if k == 0:
             continue
@@ -281,7 +280,6 @@ def make_tabletop(seed: int = 0, points: int = 60_000, origin: tuple[float, floa
         nrm.append(n @ R.T)
         lab.append(np.full(k, pc.label, np.int32))
         inst = 6 if pc.part == "handle" else i + 1
-        n_handle += k if pc.part == "handle" else 0
         ins.append(np.full(k, inst, np.int32))
         col.append(np.tile(np.asarray(pc.colour, float), (k, 1)))
     # ---- table: top (minus what the objects cover), edges, underside, legs ----

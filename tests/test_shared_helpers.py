@@ -1,4 +1,4 @@
-"""The shared geometry and colour helpers: scipy-backed rotations (w >= 0), PCA normals, SH DC colour."""
+"""The shared helpers: scipy-backed rotations (w >= 0), PCA normals, SH DC colour, progress bars."""
 
 from __future__ import annotations
 
@@ -64,3 +64,26 @@ def test_sh_dc_colour_round_trips_and_rounds_to_nearest():
     dc = dc_from_rgb(np.array([[10.49, 10.51, 300.0]]) / 255)
     assert rgb_from_dc(dc).tolist() == [[10, 11, 255]]
     assert SH_C0 == pytest.approx(0.5 / np.sqrt(np.pi))
+
+
+def test_progress_helpers_yield_everything_and_render_extra_columns():
+    import io
+
+    from rich.console import Console
+
+    from scene_kd.progress import counter, progress_bar, track
+
+    assert list(track([1, 2, 3], "x")) == [1, 2, 3] and list(track([4], "x", enabled=False)) == [4]
+    seen = []
+    with counter(3, "views", enabled=False) as advance:
+        for v in range(3):
+            advance(v)
+            seen.append(v)
+    assert seen == [0, 1, 2]
+    bar = progress_bar(True, columns=["loss {task.fields[loss]:.3f}"], transient=False)
+    bar.live.console = Console(file=io.StringIO(), width=120, force_terminal=False)
+    with bar:
+        task = bar.add_task("distil", total=4, loss=0.5)
+        bar.update(task, advance=2, loss=0.25)
+    out = bar.console.file.getvalue()
+    assert "distil" in out and "2/4" in out and "loss 0.250" in out
