@@ -42,7 +42,7 @@ class DistillConfig:
     """The most epochs; training stops earlier when the held-out loss stops improving (``patience``)."""
     patience: int = 5
     """Stop after this many epochs without a new best held-out loss and keep the best epoch's weights;
-    0: run all ``epochs`` (the held-out loss is still reported when there is a held-out set)."""
+    0: run all ``epochs`` (with a held-out set its loss is still reported and the best epoch's weights kept)."""
     holdout_fraction: float = 0.1
     """Fraction of the covered xy cells (``crop_voxels / 4`` voxels wide, seeded) whose points are left out of
     the loss and measure it each epoch; 0 disables the held-out set (and early stopping). Scenes with fewer
