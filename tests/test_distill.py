@@ -20,7 +20,8 @@ from scene_kd.distill.train import (
 )
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.field import FeatureField
-from scene_kd.scene.types import PointCloud
+from scene_kd.scene.sh import SH_C0, dc_from_rgb
+from scene_kd.scene.types import GaussianSplats, PointCloud
 
 N_CLASSES = 4  # ground, building, tree, car
 
@@ -120,7 +121,7 @@ def test_tiled_prediction_matches_whole_scene(scene, trained):
     model, _ = trained
     whole = predict(model, xyz, rgb)
     tiled = predict(model, xyz, rgb, max_points=4000)
-    from scene_kd.distill.train import _tiles
+    from scene_kd.distill.predict import _tiles
 
     assert len(list(_tiles(torch.from_numpy(xyz), 4000, model.spec))) >= 4
     cos = (whole * tiled).sum(1)
@@ -157,6 +158,59 @@ def test_training_is_deterministic_and_resumes_exactly(scene, tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:200])
     with pytest.raises(RunStateError, match="corrupted"):
         train_student(xyz, fused, cov, rgb, cfg, checkpoint=ckpt, resume=True, progress=False)
+
+
+def test_early_stopping_on_a_plateau_keeps_the_best_weights(scene, tmp_path):
+    """With a learning rate too small to learn, the held-out loss plateaus at once: training stops after
+    ``patience`` epochs without improvement, far before the maximum, with the best epoch's weights."""
+    xyz, rgb, lab, fused, cov, _ = scene
+    cfg = dataclasses.replace(FAST, epochs=30, steps_per_epoch=2, channels=(8, 16), lr=1e-9, patience=2,
+                              holdout_fraction=0.2)
+    model, h = train_student(xyz, fused, cov, rgb, cfg, progress=False)
+    ran = len(h["train_loss"])
+    assert h["stopped_early"] and ran == h["best_epoch"] + cfg.patience < cfg.epochs
+    assert len(h["holdout_loss"]) == ran and h["loss"] == h["train_loss"] and h["holdout_points"] > 0
+    # the returned weights are the best epoch's: the same run (without stopping) checkpointed at that epoch
+    ckpt = tmp_path / "best.pt"
+    with pytest.raises(_Stop):
+        train_student(xyz, fused, cov, rgb, dataclasses.replace(cfg, patience=0), checkpoint=ckpt, progress=False,
+                      on_epoch_end=_stop_after(h["best_epoch"]))
+    at_best = torch.load(ckpt, weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, at_best[f"model.{k}"]), k
+
+
+def _stop_after(epoch):
+    def stop(e, history):
+        if e == epoch:
+            raise _Stop
+
+    return stop
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_early_stopping_resumes_exactly_and_a_stopped_run_stays_stopped(scene, tmp_path):
+    xyz, rgb, lab, fused, cov, _ = scene
+    cfg = dataclasses.replace(FAST, epochs=12, steps_per_epoch=2, channels=(8, 16), patience=1, min_delta=0.05,
+                              holdout_fraction=0.2)
+    m1, h1 = train_student(xyz, fused, cov, rgb, cfg, progress=False)
+    assert h1["stopped_early"] and 2 < len(h1["train_loss"]) < cfg.epochs  # stopped after the interruption below
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(_Stop):
+        train_student(xyz, fused, cov, rgb, cfg, checkpoint=ckpt, progress=False, on_epoch_end=_stop_after(2))
+    m2, h2 = train_student(xyz, fused, cov, rgb, cfg, checkpoint=ckpt, resume=True, progress=False)
+    assert h2["train_loss"] == h1["train_loss"] and h2["holdout_loss"] == h1["holdout_loss"]
+    assert (h2["best_epoch"], h2["stopped_early"]) == (h1["best_epoch"], True)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    # resuming a finished (stopped) run trains no further and returns the same best weights
+    m3, h3 = train_student(xyz, fused, cov, rgb, cfg, checkpoint=ckpt, resume=True, progress=False)
+    assert h3["train_loss"] == h1["train_loss"] and h3["steps"] == h1["steps"]
+    for (k, a), b in zip(m1.state_dict().items(), m3.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
 
 
 def test_bad_inputs(scene):
@@ -201,6 +255,22 @@ def test_save_load_apply_student_on_new_scene(scene, trained, tmp_path):
     (tmp_path / "student.safetensors").write_bytes(b"garbage")
     with pytest.raises(RunStateError):
         apply_student(tmp_path, cloud)
+
+
+def test_apply_student_on_splats_uses_the_colour_rounding_it_trained_on(scene, trained, tmp_path):
+    """A Gaussian scene's field rgb (what the student trains on) is ``rgb_from_dc``, rounded; ``apply_student``
+    must feed the student those same colours (it used to truncate: 1/255 darker on fractional colours)."""
+    xyz, rgb, *_ = scene
+    model, _ = trained
+    save_student(tmp_path, model, config=FAST)
+    dc = dc_from_rgb(np.minimum(rgb.astype(np.float64) + 0.7, 255.0) / 255.0)  # fraction .7: round != truncate
+    n = len(xyz)
+    splats = GaussianSplats(means=xyz, quats=np.tile([1.0, 0, 0, 0], (n, 1)), log_scales=np.zeros((n, 3)),
+                            opacity_logits=np.zeros(n), sh=dc[:, None, :])
+    truncated = np.clip((0.5 + SH_C0 * splats.sh[:, 0]) * 255, 0, 255).astype(np.uint8)
+    assert (splats.rgb_from_dc() != truncated).mean() > 0.5
+    expected = predict(load_student(tmp_path), xyz, splats.rgb_from_dc())
+    assert torch.equal(apply_student(tmp_path, splats), expected)
 
 
 # ---- the stage and its CLI --------------------------------------------------------------------------------

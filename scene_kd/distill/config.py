@@ -39,6 +39,18 @@ class DistillConfig:
     points_per_voxel: float = 4.0
     """Target mean points per occupied voxel when ``voxel_size`` is 0."""
     epochs: int = 40
+    """The most epochs; training stops earlier when the held-out loss stops improving (``patience``)."""
+    patience: int = 5
+    """Stop after this many epochs without a new best held-out loss and keep the best epoch's weights;
+    0: run all ``epochs`` (with a held-out set its loss is still reported and the best epoch's weights kept)."""
+    holdout_fraction: float = 0.1
+    """Fraction of the covered xy cells (``crop_voxels / 4`` voxels wide, seeded) whose points are left out of
+    the loss and measure it each epoch; 0 disables the held-out set (and early stopping). Scenes with fewer
+    than 10 covered cells get none."""
+    holdout_crops: int = 4
+    """At most this many evaluation crops (each centred on a held-out cell) per epoch."""
+    min_delta: float = 1e-3
+    """A held-out loss (1 - cosine) must beat the best so far by more than this to count as an improvement."""
     steps_per_epoch: int = 0
     """Optimiser steps per epoch; 0: one crop per region (xy block holding covered points) per epoch, at least
     ``min_steps_per_epoch``."""

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from scene_kd.distill.config import GaussianFieldConfig
 from scene_kd.errors import SceneKDError
+from scene_kd.progress import progress_bar
 from scene_kd.scene.types import Camera, GaussianSplats
 
 log = logging.getLogger(__name__)
@@ -172,9 +173,7 @@ def train_gaussian_field(
     history: dict[str, Any] = {"loss": []}
     order: list[int] = []
     t0 = time.perf_counter()
-    from rich.progress import Progress
-
-    with Progress(disable=not progress, transient=True) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("gaussian feature field", total=cfg.iterations)
         for _ in range(cfg.iterations):
             if not order:

@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-NO_PREDICTION = -1
-
 
 def confusion_matrix(gt: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """[C, C + 1] int64 counts: rows = true class, columns = predicted class, last column = no prediction.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.lift.config import FuseConfig
+from scene_kd.progress import counter
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import load_tensors, read_json, save_tensors
 
@@ -150,7 +150,7 @@ def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, A
     order = sorted(range(len(cameras)), key=lambda i: (cameras[i].level, i))  # one granularity live at a time
     cams = [cameras[i] for i in order]
     masks = _stream(run_dir, order, "masks", "mask_ids", "features")
-    with _progress(len(cams), "fuse" if scene.kind == "points" else "lift") as advance:
+    with counter(len(cams), f"{'fuse' if scene.kind == 'points' else 'lift'} views") as advance:
         try:
             if scene.kind == "points":
                 depths = _stream(run_dir, order, "renders", "depth", "render")
@@ -192,25 +192,3 @@ def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, A
     }
     log.info("fused %s of %s %s (%.1f s)", f"{covered:,}", f"{len(scene):,}", scene.kind, seconds)
     return summary
-
-
-class _progress:
-    """A rich progress bar over views (stderr, transient); yields ``advance(view_index)``."""
-
-    def __init__(self, total: int, label: str):
-        self.total, self.label = total, label
-
-    def __enter__(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        console = Console(stderr=True)
-        self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, transient=True,
-                            disable=not sys.stderr.isatty())
-        self.bar.__enter__()
-        task = self.bar.add_task(f"{self.label} views", total=self.total)
-        return lambda _v: self.bar.advance(task)
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)

@@ -23,12 +23,15 @@ batched tensor ops per chunk and differentiable w.r.t. means, quats, scales, opa
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from scene_kd.errors import SceneKDError
+from scene_kd.geometry import quat_to_rotmat
+from scene_kd.scene.sh import SH_C0
 from scene_kd.scene.types import Camera
 
 TILE = 16
@@ -38,7 +41,6 @@ T_MIN = 1e-4
 EPS2D = 0.3
 NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
-SH_C0 = 0.28209479177387814
 
 
 def sh_basis(dirs: Tensor, degree: int) -> Tensor:
@@ -74,16 +76,6 @@ def sh_to_rgb(sh: Tensor, means: Tensor, camera_center: Tensor, degree: int) -> 
     basis = sh_basis(dirs, degree)  # [N, n_basis]
     rgb = (basis[..., None] * sh[:, :n_basis]).sum(1)
     return torch.clamp_min(rgb + 0.5, 0.0)
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """[N, 4] (w, x, y, z), any norm -> [N, 3, 3]."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
 
 
 def project_gaussians(
@@ -203,9 +195,38 @@ def rasterize_gaussians(
     expected depth (accumulated z / alpha, 0 where empty, as gsplat's "ED"), "alpha" [H, W],
     "topk_ids" [H, W, K] long (-1 pad), "topk_weights" [H, W, K] (0 pad, no gradient), "radii" [N, 2]}.
     ``background`` [C] is added to the colour channels as T_final * background.
+    Raises SceneKDError for a zero-size camera or inputs of mismatched shapes.
+
+    Steps: :func:`_prepare_inputs` -> :func:`project_gaussians` -> :func:`_tile_pairs` -> :func:`_composite`
+    (per batch of tiles :func:`_composite_batch`) -> :func:`_to_images`.
     """
     if camera.width <= 0 or camera.height <= 0:
         raise SceneKDError(f"zero-size image {camera.width}x{camera.height}")
+    inp = _prepare_inputs(means, quats, log_scales, opacity_logits, colors_or_sh, camera, sh_degree, features)
+    proj = project_gaussians(inp.means, inp.quats, inp.log_scales, inp.opacities, camera)
+    values = torch.cat(inp.channels + [proj["depths"][:, None]], dim=1)  # [N, D]
+    frags = _composite(proj, inp.opacities, values, camera.width, camera.height, tile=tile, chunk=chunk,
+                       pixels_per_batch=pixels_per_batch, k=int(topk))
+    return _to_images(frags, proj, inp, values.shape[1], camera.width, camera.height, int(topk), background)
+
+
+@dataclass
+class _Inputs:
+    """Rasterizer inputs on one device and dtype: means [N, 3], quats [N, 4], log_scales [N, 3], opacities [N]
+    (sigmoid of the logits), the composited channels ([N, C] colours, [N, F] features) and their widths."""
+
+    means: Tensor
+    quats: Tensor
+    log_scales: Tensor
+    opacities: Tensor
+    channels: list[Tensor]
+    n_color: int
+    n_feat: int
+
+
+def _prepare_inputs(means, quats, log_scales, opacity_logits, colors_or_sh, camera: Camera, sh_degree: int | None,
+                    features) -> _Inputs:
+    """Check shapes, convert to one device/dtype, evaluate SH colours for this camera."""
     dev = means.device if isinstance(means, Tensor) else None
     dtype = means.dtype if isinstance(means, Tensor) and means.dtype == torch.float64 else torch.float32
     means = _as_tensor(means, dev, dtype)
@@ -216,8 +237,6 @@ def rasterize_gaussians(
     opacities = torch.sigmoid(_as_tensor(opacity_logits, dev, dtype).reshape(-1))
     if quats.shape != (n, 4) or log_scales.shape != (n, 3) or opacities.shape != (n,):
         raise SceneKDError("quats [N, 4], log_scales [N, 3] and opacity_logits [N] must match means [N, 3]")
-    W, H = camera.width, camera.height
-
     channels: list[Tensor] = []
     n_color = 0
     if colors_or_sh is not None:
@@ -237,119 +256,163 @@ def rasterize_gaussians(
             raise SceneKDError(f"features must be [N, F] with N = {n}, got {tuple(feats.shape)}")
         channels.append(feats)
         n_feat = feats.shape[1]
+    return _Inputs(means, quats, log_scales, opacities, channels, n_color, n_feat)
 
-    proj = project_gaussians(means, quats, log_scales, opacities, camera)
-    channels.append(proj["depths"][:, None])
-    values = torch.cat(channels, dim=1)  # [N, D]
-    D = values.shape[1]
 
+@dataclass
+class _Fragments:
+    """Composited pixels of finished tiles: flat pixel index (H * W for pixels past the image edge), values
+    [., D], final transmittance, top-K ids and weights (lists of per-batch tensors)."""
+
+    pix: list[Tensor] = field(default_factory=list)
+    vals: list[Tensor] = field(default_factory=list)
+    T: list[Tensor] = field(default_factory=list)
+    ids: list[Tensor] = field(default_factory=list)
+    w: list[Tensor] = field(default_factory=list)
+
+    def emit(self, sel, pix_xy, acc, T, top_i, top_w, W: int, H: int, k: int) -> None:
+        """Store the selected tiles' pixels."""
+        flat = pix_xy[sel][..., 1] * W + pix_xy[sel][..., 0]
+        inside = (pix_xy[sel][..., 0] < W) & (pix_xy[sel][..., 1] < H)
+        self.pix.append(torch.where(inside, flat, H * W).reshape(-1))
+        self.vals.append(acc[sel].reshape(-1, acc.shape[-1]))
+        self.T.append(T[sel].reshape(-1))
+        if k:
+            self.ids.append(top_i[sel].reshape(-1, k))
+            self.w.append(top_w[sel].reshape(-1, k))
+
+
+@dataclass
+class _TileJob:
+    """What every batch of tiles reads: the depth-sorted (tile, Gaussian) lists, projected Gaussians, channel
+    values, and the per-pixel quadratic features of a tile."""
+
+    offsets: Tensor
+    gid: Tensor
+    counts: Tensor
+    means2d: Tensor
+    conics: Tensor
+    log_opacity: Tensor
+    values: Tensor
+    local_xy: Tensor  # [P, 2] tile-local pixel coordinates
+    pix_feat: Tensor  # [P, 6]
+    tile: int
+    tw: int
+    chunk: int
+    k: int
+
+
+def _composite(proj: dict[str, Tensor], opacities: Tensor, values: Tensor, W: int, H: int, *, tile: int, chunk: int,
+               pixels_per_batch: int, k: int) -> _Fragments:
+    """Front-to-back alpha compositing of every tile, in batches of tiles with similar list lengths."""
+    dev, dt = values.device, values.dtype
     offsets, gid, counts = _tile_pairs(proj["means2d"], proj["radii"], proj["depths"], proj["visible"], W, H, tile)
-    tw = math.ceil(W / tile)
-    P = tile * tile
-    py, px = torch.meshgrid(torch.arange(tile, device=means.device), torch.arange(tile, device=means.device), indexing="ij")
+    py, px = torch.meshgrid(torch.arange(tile, device=dev), torch.arange(tile, device=dev), indexing="ij")
     local_xy = torch.stack([px.reshape(-1), py.reshape(-1)], -1)  # [P, 2]
-
-    out_vals, out_T, out_pix, out_ids, out_w = [], [], [], [], []
+    # sigma - log(opacity) is a quadratic in the pixel position: pixel features [P, 6] (tile-local coords) times
+    # per-(tile, Gaussian) coefficients [6] -> one batched matmul per chunk.
+    lx, ly = local_xy[:, 0].to(dt) + 0.5, local_xy[:, 1].to(dt) + 0.5
+    pix_feat = torch.stack([lx * lx, ly * ly, lx * ly, lx, ly, torch.ones_like(lx)], -1)  # [P, 6]
+    job = _TileJob(offsets, gid, counts, proj["means2d"], proj["conics"], torch.log(opacities), values, local_xy,
+                   pix_feat, tile, math.ceil(W / tile), chunk, k)
+    frags = _Fragments()
     busy = torch.nonzero(counts).squeeze(1)
     busy = busy[torch.argsort(counts[busy], descending=True)]
     busy_counts = counts[busy].tolist()
-    k = int(topk)
-    means2d, conics = proj["means2d"], proj["conics"]
-    log_opacity = torch.log(opacities)
-    # sigma - log(opacity) is a quadratic in the pixel position: pixel features [P, 6] (tile-local coords) times
-    # per-(tile, Gaussian) coefficients [6] -> one batched matmul per chunk.
-    lx, ly = local_xy[:, 0].to(means.dtype) + 0.5, local_xy[:, 1].to(means.dtype) + 0.5
-    pix_feat = torch.stack([lx * lx, ly * ly, lx * ly, lx, ly, torch.ones_like(lx)], -1)  # [P, 6]
-    def emit(sel, pix_xy, acc, T, top_i, top_w):
-        """Store the finished tiles' pixels (flat index, H * W for pixels past the image edge)."""
-        flat = pix_xy[sel][..., 1] * W + pix_xy[sel][..., 0]
-        inside = (pix_xy[sel][..., 0] < W) & (pix_xy[sel][..., 1] < H)
-        out_pix.append(torch.where(inside, flat, H * W).reshape(-1))
-        out_vals.append(acc[sel].reshape(-1, D))
-        out_T.append(T[sel].reshape(-1))
-        if k:
-            out_ids.append(top_i[sel].reshape(-1, k))
-            out_w.append(top_w[sel].reshape(-1, k))
-
+    P = tile * tile
     i = 0
     while i < len(busy):
         L = busy_counts[i]
         B = max(1, min(len(busy) - i, pixels_per_batch // (P * min(max(L, 1), chunk))))
-        tiles = busy[i:i + B]
+        _composite_batch(job, busy[i:i + B], L, frags, W, H)
         i += B
-        txy = torch.stack([tiles % tw, tiles // tw], -1)  # [B, 2]
-        pix_xy = txy[:, None, :] * tile + local_xy[None]  # [B, P, 2]
-        origin = (txy * tile).to(means.dtype)  # [B, 2]
-        T = torch.ones(B, P, dtype=means.dtype, device=means.device)
-        alive = torch.ones(B, P, dtype=torch.bool, device=means.device)
-        acc = torch.zeros(B, P, D, dtype=means.dtype, device=means.device)
-        top_w = torch.zeros(B, P, k, dtype=means.dtype, device=means.device)
-        top_i = torch.full((B, P, k), -1, dtype=torch.int64, device=means.device)
-        start = offsets[tiles]
-        cnt = counts[tiles]
+    return frags
 
-        for c0 in range(0, L, chunk):
-            c1 = min(c0 + chunk, L)
-            slot = c0 + torch.arange(c1 - c0, device=means.device)
-            valid = slot[None, :] < cnt[:, None]  # [B, C]
-            g = gid[(start[:, None] + slot[None, :]).clamp(max=len(gid) - 1)]
-            g = torch.where(valid, g, 0)
-            m = means2d[g] - origin[:, None, :]  # [B, C, 2] tile-local
-            mx, my = m[..., 0], m[..., 1]
-            con = conics[g]
-            ca, cb, cc = con[..., 0], con[..., 1], con[..., 2]
-            const = 0.5 * ca * mx * mx + 0.5 * cc * my * my + cb * mx * my - log_opacity[g]
-            const = torch.where(valid, const, 1e4)  # padding: alpha = 0
-            coef = torch.stack([0.5 * ca, 0.5 * cc, cb, -(ca * mx + cb * my), -(cc * my + cb * mx), const], 1)
-            expo = torch.matmul(pix_feat, coef)  # [B, P, C] = sigma - log(opacity)
-            # clamp: exp of large negatives hits the slow denormal path; alpha there is cut anyway
-            alpha = torch.exp(-torch.clamp(expo, min=-20.0, max=30.0))
-            alpha = torch.where(alpha >= ALPHA_MIN, torch.clamp(alpha, max=ALPHA_MAX), 0.0)
-            one_minus = 1.0 - alpha
-            T_incl = T[..., None] * torch.cumprod(one_minus, dim=-1)
-            # exclusive stop at the first Gaussian that brings T to <= 1e-4; earlier ones' T_before is unaffected
-            use = alive[..., None] & (T_incl.detach() > T_MIN)
-            weights = torch.where(use, alpha * (T_incl / one_minus), 0.0)  # alpha * T_before
-            acc = acc + torch.bmm(weights, values[g])  # [B, P, C] x [B, C, D]
-            T_start = T
-            T = T - weights.sum(-1)
-            alive = alive & use[..., -1]
-            if k and bool((T_start.detach() > top_w[..., -1]).any()):
-                chunk_w, chunk_pos = torch.topk(weights.detach(), min(k, c1 - c0), dim=-1)
-                chunk_i = torch.gather(g[:, None, :].expand(-1, P, -1), -1, chunk_pos)
-                top_w, pos = torch.topk(torch.cat([top_w, chunk_w], -1), k, dim=-1)
-                top_i = torch.gather(torch.cat([top_i, chunk_i], -1), -1, pos)
-                top_i = torch.where(top_w > 0, top_i, -1)
-            # retire tiles that are finished (all pixels saturated or list exhausted)
-            running = alive.any(-1) & (cnt > c1)
-            if not bool(running.all()):
-                emit(~running, pix_xy, acc, T, top_i, top_w)
-                if not bool(running.any()):
-                    break
-                keep = running
-                pix_xy, origin, T, alive, acc = pix_xy[keep], origin[keep], T[keep], alive[keep], acc[keep]
-                top_w, top_i, start, cnt = top_w[keep], top_i[keep], start[keep], cnt[keep]
-        else:
-            emit(torch.ones(len(T), dtype=torch.bool, device=means.device), pix_xy, acc, T, top_i, top_w)
 
-    img = torch.zeros(H * W + 1, D, dtype=means.dtype, device=means.device)
-    T_img = torch.ones(H * W + 1, dtype=means.dtype, device=means.device)
-    ids_img = torch.full((H * W + 1, k), -1, dtype=torch.int64, device=means.device)
-    w_img = torch.zeros(H * W + 1, k, dtype=means.dtype, device=means.device)
-    if out_pix:
-        pix = torch.cat(out_pix)
-        img = img.index_copy(0, pix, torch.cat(out_vals))
-        T_img = T_img.index_copy(0, pix, torch.cat(out_T))
+def _composite_batch(job: _TileJob, tiles: Tensor, L: int, frags: _Fragments, W: int, H: int) -> None:
+    """Composite B tiles whose longest list is L Gaussians, ``job.chunk`` Gaussians at a time; finished tiles
+    (all pixels saturated or list exhausted) are emitted and dropped from the batch."""
+    dev, dt = job.values.device, job.values.dtype
+    B, P, D, k, chunk, gid = len(tiles), job.tile * job.tile, job.values.shape[1], job.k, job.chunk, job.gid
+    txy = torch.stack([tiles % job.tw, tiles // job.tw], -1)  # [B, 2]
+    pix_xy = txy[:, None, :] * job.tile + job.local_xy[None]  # [B, P, 2]
+    origin = (txy * job.tile).to(dt)  # [B, 2]
+    T = torch.ones(B, P, dtype=dt, device=dev)
+    alive = torch.ones(B, P, dtype=torch.bool, device=dev)
+    acc = torch.zeros(B, P, D, dtype=dt, device=dev)
+    top_w = torch.zeros(B, P, k, dtype=dt, device=dev)
+    top_i = torch.full((B, P, k), -1, dtype=torch.int64, device=dev)
+    start = job.offsets[tiles]
+    cnt = job.counts[tiles]
+
+    for c0 in range(0, L, chunk):
+        c1 = min(c0 + chunk, L)
+        slot = c0 + torch.arange(c1 - c0, device=dev)
+        valid = slot[None, :] < cnt[:, None]  # [B, C]
+        g = gid[(start[:, None] + slot[None, :]).clamp(max=len(gid) - 1)]
+        g = torch.where(valid, g, 0)
+        m = job.means2d[g] - origin[:, None, :]  # [B, C, 2] tile-local
+        mx, my = m[..., 0], m[..., 1]
+        con = job.conics[g]
+        ca, cb, cc = con[..., 0], con[..., 1], con[..., 2]
+        const = 0.5 * ca * mx * mx + 0.5 * cc * my * my + cb * mx * my - job.log_opacity[g]
+        const = torch.where(valid, const, 1e4)  # padding: alpha = 0
+        coef = torch.stack([0.5 * ca, 0.5 * cc, cb, -(ca * mx + cb * my), -(cc * my + cb * mx), const], 1)
+        expo = torch.matmul(job.pix_feat, coef)  # [B, P, C] = sigma - log(opacity)
+        # clamp: exp of large negatives hits the slow denormal path; alpha there is cut anyway
+        alpha = torch.exp(-torch.clamp(expo, min=-20.0, max=30.0))
+        alpha = torch.where(alpha >= ALPHA_MIN, torch.clamp(alpha, max=ALPHA_MAX), 0.0)
+        one_minus = 1.0 - alpha
+        T_incl = T[..., None] * torch.cumprod(one_minus, dim=-1)
+        # exclusive stop at the first Gaussian that brings T to <= 1e-4; earlier ones' T_before is unaffected
+        use = alive[..., None] & (T_incl.detach() > T_MIN)
+        weights = torch.where(use, alpha * (T_incl / one_minus), 0.0)  # alpha * T_before
+        acc = acc + torch.bmm(weights, job.values[g])  # [B, P, C] x [B, C, D]
+        T_start = T
+        T = T - weights.sum(-1)
+        alive = alive & use[..., -1]
+        if k and bool((T_start.detach() > top_w[..., -1]).any()):
+            chunk_w, chunk_pos = torch.topk(weights.detach(), min(k, c1 - c0), dim=-1)
+            chunk_i = torch.gather(g[:, None, :].expand(-1, P, -1), -1, chunk_pos)
+            top_w, pos = torch.topk(torch.cat([top_w, chunk_w], -1), k, dim=-1)
+            top_i = torch.gather(torch.cat([top_i, chunk_i], -1), -1, pos)
+            top_i = torch.where(top_w > 0, top_i, -1)
+        # retire tiles that are finished (all pixels saturated or list exhausted)
+        running = alive.any(-1) & (cnt > c1)
+        if not bool(running.all()):
+            frags.emit(~running, pix_xy, acc, T, top_i, top_w, W, H, k)
+            if not bool(running.any()):
+                return
+            keep = running
+            pix_xy, origin, T, alive, acc = pix_xy[keep], origin[keep], T[keep], alive[keep], acc[keep]
+            top_w, top_i, start, cnt = top_w[keep], top_i[keep], start[keep], cnt[keep]
+    frags.emit(torch.ones(len(T), dtype=torch.bool, device=dev), pix_xy, acc, T, top_i, top_w, W, H, k)
+
+
+def _to_images(frags: _Fragments, proj: dict[str, Tensor], inp: _Inputs, D: int, W: int, H: int, k: int,
+               background) -> dict[str, Tensor]:
+    """Scatter the fragments into [H, W] images (empty pixels: zero values, T = 1, ids -1) and split the
+    channels into rgb (+ background), features, expected depth, alpha, top-K."""
+    dev, dt = inp.means.device, inp.means.dtype
+    img = torch.zeros(H * W + 1, D, dtype=dt, device=dev)
+    T_img = torch.ones(H * W + 1, dtype=dt, device=dev)
+    ids_img = torch.full((H * W + 1, k), -1, dtype=torch.int64, device=dev)
+    w_img = torch.zeros(H * W + 1, k, dtype=dt, device=dev)
+    if frags.pix:
+        pix = torch.cat(frags.pix)
+        img = img.index_copy(0, pix, torch.cat(frags.vals))
+        T_img = T_img.index_copy(0, pix, torch.cat(frags.T))
         if k:
-            ids_img = ids_img.index_copy(0, pix, torch.cat(out_ids))
-            w_img = w_img.index_copy(0, pix, torch.cat(out_w))
+            ids_img = ids_img.index_copy(0, pix, torch.cat(frags.ids))
+            w_img = w_img.index_copy(0, pix, torch.cat(frags.w))
     img, T_img = img[: H * W].reshape(H, W, D), T_img[: H * W].reshape(H, W)
     alpha_img = 1.0 - T_img
     out: dict[str, Tensor] = {}
+    n_color, n_feat = inp.n_color, inp.n_feat
     if n_color:
         rgb = img[..., :n_color]
         if background is not None:
-            bg = _as_tensor(background, means.device, means.dtype).reshape(-1)
+            bg = _as_tensor(background, dev, dt).reshape(-1)
             rgb = rgb + T_img[..., None] * bg
         out["rgb"] = rgb
     if n_feat:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -195,39 +196,79 @@ def zbuffer_points(
     points), ``"torch"`` (this module's vectorised reference, any device), ``"auto"`` (native for CPU tensors when
     it builds, else torch). Both give the same buffer up to float rounding at pixel edges.
     ``threads``: native threads (default ``torch.get_num_threads()``).
+    Raises SceneKDError for a zero-size camera, bad points, 2^32 points or more, an unknown or unusable backend.
+
+    Steps: :func:`_footprint` -> :func:`_use_native` -> :func:`_zbuffer_native` or :func:`_zbuffer_torch`
+    (per chunk: single pixels, :func:`_splat_fixed_disc` or :func:`_splat_world_discs`).
     """
     _check_camera(camera)
     xyz = _as_xyz(xyz)
     if len(xyz) >= 2**32:
         raise SceneKDError("more than 2^32 points in one render; split the scene into tiles")
-    W, H = camera.width, camera.height
+    fp = _footprint(camera, point_radius, point_size_px, max_footprint_px)
     P = projection_matrix(camera, xyz.device)
-    fx = float(camera.K[0, 0])
-    dump = H * W
-    per_point_radius = isinstance(point_radius, Tensor) and point_radius.ndim == 1
-    world_radius = per_point_radius or float(point_radius) > 0
-    fixed_r = min(point_size_px / 2.0, max_footprint_px) if point_size_px > 0 else None
+    if _use_native(backend, xyz, camera):
+        return _zbuffer_native(xyz, P, camera, fp, threads)
+    return _zbuffer_torch(xyz, P, camera, fp, chunk, compile)
+
+
+@dataclass
+class _Footprint:
+    """How each point covers pixels: ``single`` (its own pixel), a fixed disc of ``fixed_r`` pixels, or a disc of
+    ``fx * radius / depth`` pixels (``radius`` a float or a per-point [N] tensor), clamped to ``max_px``."""
+
+    single: bool
+    fixed_r: float | None
+    radius: float | Tensor
+    per_point: bool
+    fx: float
+    max_px: float
+
+
+def _footprint(camera: Camera, point_radius: float | Tensor, point_size_px: float, max_px: float) -> _Footprint:
+    per_point = isinstance(point_radius, Tensor) and point_radius.ndim == 1
+    world_radius = per_point or float(point_radius) > 0
+    fixed_r = min(point_size_px / 2.0, max_px) if point_size_px > 0 else None
+    single = fixed_r is None and not world_radius or fixed_r is not None and fixed_r < 1.0
+    return _Footprint(single, fixed_r, point_radius, per_point, float(camera.K[0, 0]), max_px)
+
+
+def _use_native(backend: str, xyz: Tensor, camera: Camera) -> bool:
+    """Whether the native C loop renders: ``auto`` on CPU tensors when it builds and the image has < 2^31 pixels
+    (the C loop indexes pixels with int32); ``native`` where it cannot run is an error."""
     if backend not in ("auto", "native", "torch"):
         raise SceneKDError(f"unknown z-buffer backend {backend!r} (auto, native or torch)")
     if backend != "torch" and xyz.device.type == "cpu":
         from scene_kd.render import native
 
-        if native.available() and H * W < 2**31:  # the C loop indexes pixels with int32
-            single = fixed_r is None and not world_radius or fixed_r is not None and fixed_r < 1.0
-            mode = native.MODE_SINGLE if single else native.MODE_FIXED_DISC if fixed_r is not None else native.MODE_WORLD_RADIUS
-            zbuf = native.zbuffer(xyz, P, W, H, near=NEAR, mode=mode, fixed_radius_px=fixed_r or 0.0,
-                                  radii=point_radius if per_point_radius else None,
-                                  radius=0.0 if per_point_radius else float(point_radius), fx=fx,
-                                  max_footprint_px=max_footprint_px, threads=threads)
-            return zbuf[: H * W]
+        if native.available() and camera.width * camera.height < 2**31:
+            return True
         if backend == "native":
             raise SceneKDError("the native z-buffer is unavailable (no C compiler?); use backend='torch'")
     elif backend == "native":
         raise SceneKDError("the native z-buffer runs on CPU tensors only")
+    return False
+
+
+def _zbuffer_native(xyz: Tensor, P: Tensor, camera: Camera, fp: _Footprint, threads: int | None) -> Tensor:
+    from scene_kd.render import native
+
+    W, H = camera.width, camera.height
+    mode = native.MODE_SINGLE if fp.single else native.MODE_FIXED_DISC if fp.fixed_r is not None else native.MODE_WORLD_RADIUS
+    zbuf = native.zbuffer(xyz, P, W, H, near=NEAR, mode=mode, fixed_radius_px=fp.fixed_r or 0.0,
+                          radii=fp.radius if fp.per_point else None,
+                          radius=0.0 if fp.per_point else float(fp.radius), fx=fp.fx,
+                          max_footprint_px=fp.max_px, threads=threads)
+    return zbuf[: H * W]
+
+
+def _zbuffer_torch(xyz: Tensor, P: Tensor, camera: Camera, fp: _Footprint, chunk: int, compile: bool | None) -> Tensor:
+    """The vectorised torch reference, ``chunk`` points at a time."""
+    W, H = camera.width, camera.height
     zbuf = torch.full((H * W + 1,), EMPTY_KEY, dtype=torch.int64, device=xyz.device)  # last slot: discard
     for start in range(0, len(xyz), chunk):
         stop = min(start + chunk, len(xyz))
-        if fixed_r is None and not world_radius or fixed_r is not None and fixed_r < 1.0:
+        if fp.single:
             _splat_single_fn(stop - start, compile)(xyz[start:stop], P, W, H, start, zbuf)
             continue
         u, v, z = _project_rows(xyz[start:stop], P)
@@ -237,35 +278,46 @@ def zbuffer_points(
         key = torch.where(in_front, key, EMPTY_KEY)
         col = torch.floor(u.clamp(-1e6, 1e6)).to(torch.int64)  # may lie outside: offsets can bring it back in
         row = torch.floor(v.clamp(-1e6, 1e6)).to(torch.int64)
-        if fixed_r is not None:
-            for dx, dy, _ in zip(*_offsets(fixed_r), strict=True):
-                _scatter_offset(zbuf, key, col, row, int(dx), int(dy), W, H, dump)
+        if fp.fixed_r is not None:
+            _splat_fixed_disc(zbuf, key, col, row, fp.fixed_r, W, H)
+        else:
+            rad = fp.radius[start:stop].to(z) if fp.per_point else float(fp.radius)
+            r2 = torch.where(in_front, (fp.fx * rad / z).clamp(0.0, fp.max_px), 0.0).square()
+            _splat_world_discs(zbuf, key, col, row, u - col, v - row, r2, W, H)
+    return zbuf[: H * W]
+
+
+def _splat_fixed_disc(zbuf: Tensor, key: Tensor, col: Tensor, row: Tensor, radius: float, W: int, H: int) -> None:
+    """Every pixel at an integer offset within ``radius`` of the point's pixel."""
+    for dx, dy, _ in zip(*_offsets(radius), strict=True):
+        _scatter_offset(zbuf, key, col, row, int(dx), int(dy), W, H, H * W)
+
+
+def _splat_world_discs(zbuf: Tensor, key: Tensor, col: Tensor, row: Tensor, fu: Tensor, fv: Tensor, r2: Tensor,
+                       W: int, H: int) -> None:
+    """Discs of squared pixel radius ``r2`` [N] around the projected positions (pixel + fraction ``fu``, ``fv`` in
+    [0, 1)), covering the pixels whose centres they contain."""
+    dump = H * W
+    max_r = math.sqrt(float(r2.max()))
+    if max_r < 0.5:
+        _scatter_offset(zbuf, key, col, row, 0, 0, W, H, dump)
+        return
+    # sort by r so each offset only looks at the prefix of points whose disc can reach it at all
+    offsets = list(zip(*_disc_offsets(max_r), strict=True))
+    sort = len(offsets) > 9  # small discs: masks over all points beat a sort
+    if sort:
+        order = torch.argsort(r2, descending=True)
+        key, col, row, r2, fu, fv = key[order], col[order], row[order], r2[order], fu[order], fv[order]
+    neg_r2 = -r2  # ascending when sorted, for searchsorted
+    for dx, dy, reach2 in offsets:
+        n = len(key) if reach2 == 0 or not sort else int(torch.searchsorted(neg_r2, -float(reach2), right=True))
+        if n == 0:
             continue
-        rad = point_radius[start:stop].to(z) if per_point_radius else float(point_radius)
-        r2 = torch.where(in_front, (fx * rad / z).clamp(0.0, max_footprint_px), 0.0).square()
-        max_r = math.sqrt(float(r2.max()))
-        if max_r < 0.5:
-            _scatter_offset(zbuf, key, col, row, 0, 0, W, H, dump)
-            continue
-        # a world-radius disc covers the pixels whose centres lie within r of the projected (u, v); sort by r so
-        # each offset only looks at the prefix of points whose disc can reach it at all
-        fu, fv = u - col, v - row  # in [0, 1)
-        offsets = list(zip(*_disc_offsets(max_r), strict=True))
-        sort = len(offsets) > 9  # small discs: masks over all points beat a sort
-        if sort:
-            order = torch.argsort(r2, descending=True)
-            key, col, row, r2, fu, fv = key[order], col[order], row[order], r2[order], fu[order], fv[order]
-        neg_r2 = -r2  # ascending when sorted, for searchsorted
-        for dx, dy, reach2 in offsets:
-            n = len(key) if reach2 == 0 or not sort else int(torch.searchsorted(neg_r2, -float(reach2), right=True))
-            if n == 0:
-                continue
-            k = key[:n]
-            if dx or dy:
-                d2 = (dx + 0.5 - fu[:n]).square() + (dy + 0.5 - fv[:n]).square()
-                k = torch.where(d2 <= r2[:n], k, EMPTY_KEY)
-            _scatter_offset(zbuf, k, col[:n], row[:n], int(dx), int(dy), W, H, dump)
-    return zbuf[:dump]
+        k = key[:n]
+        if dx or dy:
+            d2 = (dx + 0.5 - fu[:n]).square() + (dy + 0.5 - fv[:n]).square()
+            k = torch.where(d2 <= r2[:n], k, EMPTY_KEY)
+        _scatter_offset(zbuf, k, col[:n], row[:n], int(dx), int(dy), W, H, dump)
 
 
 def _pixel_keys(xyz: Tensor, P: Tensor, W: int, H: int, start: int) -> tuple[Tensor, Tensor]:

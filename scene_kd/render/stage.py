@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from scene_kd.errors import SceneKDError
+from scene_kd.progress import progress_bar
 from scene_kd.render.config import RenderConfig
 from scene_kd.render.types import Render, save_render
 from scene_kd.rundir import RunDir, StageContext
@@ -177,8 +178,6 @@ def _scene(ctx: StageContext) -> Any:
 
 
 def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool) -> dict[str, Any]:
-    from rich.progress import Progress
-
     from scene_kd.render.points import estimate_point_radii, visible_in_view
     from scene_kd.render.views import COVERAGE_TOLERANCE, coverage_from_counts, plan_views
     from scene_kd.scene.runscene import save_run_scene
@@ -205,7 +204,7 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool) -> dic
     n_levels = max(c.level for c in cameras) + 1
     per_level = np.zeros((n_levels, len(scene)), dtype=np.int32)
     thumbs: list[tuple[int, np.ndarray, Camera]] = []
-    with Progress(transient=True) as progress:
+    with progress_bar(None) as progress:
         task = progress.add_task(f"render {len(cameras)} views", total=len(cameras))
         for i, cam in enumerate(cameras):
             if scene.kind == "points":

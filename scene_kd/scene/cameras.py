@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from scene_kd.errors import SceneFormatError
+from scene_kd.geometry import matrix_from_quat_wxyz
 from scene_kd.scene.types import Camera, PointCloud
 
 log = logging.getLogger(__name__)
@@ -164,21 +165,6 @@ def colmap_folder(folder: str | Path) -> tuple[Path, str]:
     raise SceneFormatError("not a COLMAP sparse model (no cameras.bin/txt + images.bin/txt)", path=folder)
 
 
-def _quat_to_rot(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
-    q = np.array([qw, qx, qy, qz], dtype=np.float64)
-    n = np.linalg.norm(q)
-    if not np.isfinite(n) or n == 0:
-        raise ValueError("zero or non-finite quaternion")
-    w, x, y, z = q / n
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
 def _colmap_K(model: str, params: list[float]) -> np.ndarray:
     if model in _SIMPLE_F:
         f, cx, cy = params[:3]
@@ -291,7 +277,7 @@ def load_colmap_cameras(folder: str | Path, *, origin: np.ndarray | None = None)
                 raise ValueError(f"image {name} refers to missing camera {cam_id}")
             model, w, h, params = cams[cam_id]
             w2c = np.eye(4)
-            w2c[:3, :3] = _quat_to_rot(*qvec)
+            w2c[:3, :3] = matrix_from_quat_wxyz(*qvec)
             w2c[:3, 3] = tvec
             out.append(
                 Camera(

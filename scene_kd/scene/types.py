@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from scene_kd.scene.sh import rgb_from_dc
+
 
 def choose_origin(xyz_world: np.ndarray) -> np.ndarray:
     """A float64 origin (3,) for world coordinates [N, 3]: the bounding-box minimum, rounded to metres."""
@@ -64,16 +66,6 @@ class PointCloud:
         """[N, 3] float64 coordinates in the file's own frame."""
         return self.xyz.astype(np.float64) + self.origin
 
-    def per_point_fields(self) -> dict[str, np.ndarray]:
-        """All [N, ...] arrays by name (xyz, rgb, ..., extra.*)."""
-        out = {"xyz": self.xyz}
-        for name in ("rgb", "intensity", "normals", "labels", "instances"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        out.update({f"extra.{k}": v for k, v in self.extra.items()})
-        return out
-
     def subset(self, index: np.ndarray) -> PointCloud:
         """A new cloud with the points selected by a boolean mask or an index array."""
 
@@ -96,10 +88,6 @@ class PointCloud:
     def attributes(self) -> list[str]:
         names = [n for n in ("rgb", "intensity", "normals", "labels", "instances") if getattr(self, n) is not None]
         return names + list(self.extra)
-
-
-def sh_coeff_count(degree: int) -> int:
-    return (degree + 1) ** 2
 
 
 @dataclass
@@ -149,9 +137,8 @@ class GaussianSplats:
         return self.means.astype(np.float64) + self.origin
 
     def rgb_from_dc(self) -> np.ndarray:
-        """[N, 3] uint8 colour of the DC term (SH_C0 = 0.28209479177387814)."""
-        rgb = 0.5 + 0.28209479177387814 * self.sh[:, 0]
-        return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+        """[N, 3] uint8 colour of the DC term, rounded (:func:`scene_kd.scene.sh.rgb_from_dc`)."""
+        return rgb_from_dc(self.sh[:, 0])
 
     def subset(self, index: np.ndarray) -> GaussianSplats:
         take = lambda a: None if a is None else a[index]  # noqa: E731

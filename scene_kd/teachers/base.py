@@ -81,11 +81,7 @@ def _import_builtin() -> None:
     import importlib
 
     for mod in ("oracle", "clip_sam", "clip_grid"):
-        try:
-            importlib.import_module(f"scene_kd.teachers.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"scene_kd.teachers.{mod}":
-                raise
+        importlib.import_module(f"scene_kd.teachers.{mod}")
 
 
 def available_teachers() -> list[str]:

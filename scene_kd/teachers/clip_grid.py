@@ -56,7 +56,7 @@ def region_image(depth: np.ndarray, valid: np.ndarray, cell: float, depth_bin: f
     out = np.full((h, w), -1, np.int64)
     if not ok.any():
         return out
-    uniq, inverse, counts = np.unique(key[ok], return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(key[ok], return_inverse=True, return_counts=True)
     big = counts >= min_area
     new = np.where(big, np.cumsum(big) - 1, -1)
     out[ok] = new[inverse]

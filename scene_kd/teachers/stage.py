@@ -7,7 +7,6 @@ read from it without calling the teacher; the rest go through the teacher ``batc
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.progress import progress_bar
 from scene_kd.render.types import Render, iter_renders, load_cameras, load_render
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import (
@@ -151,7 +151,7 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
                         rate=f"{done_masks / max(teacher_seconds, 1e-9):.1f} masks/s")
         pending.clear()
 
-    with _progress() as progress:
+    with progress_bar(None, columns=("views", "{task.fields[rate]}")) as progress:
         task = progress.add_task(f"features ({teacher.name})", total=n, rate="")
         for i, r in iter_renders(run_dir):
             if i in preview_idx:
@@ -183,16 +183,6 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
         summary["model_seconds"] = round(model_seconds, 3)
     log.info("features: %d masks over %d views (%s) in %.1f s", summary["masks"], n, teacher.name, seconds)
     return summary
-
-
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("views"),
-                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
-                    disable=not sys.stderr.isatty())
 
 
 def write_outputs(run_dir: Path, results: list[ViewMasks | None], teacher: Teacher, chash: str) -> dict[str, Any]:

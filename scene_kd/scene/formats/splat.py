@@ -13,9 +13,9 @@ import numpy as np
 
 from scene_kd.errors import SceneFormatError
 from scene_kd.scene.io import reader, world_to_local, writer
+from scene_kd.scene.sh import SH_C0
 from scene_kd.scene.types import GaussianSplats, PointCloud
 
-SH_C0 = 0.28209479177387814
 SPLAT_DTYPE = np.dtype(
     [("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rot", "u1", (4,))]
 )

@@ -15,7 +15,6 @@ TABLETOP_CLASSES: dict[int, str] = {
 }
 
 DEFAULT_URBAN_ORIGIN = (870200.0, 6617080.0, 30.0)  # a UTM-like offset (e.g. Lambert-93 metres)
-SH_C0 = 0.28209479177387814
 SCANNER_AIRBORNE, SCANNER_MOBILE = 0, 1
 
 # part codes (what a primitive is made of; drives colour and intensity)

@@ -7,51 +7,10 @@ import math
 import numpy as np
 
 from scene_kd.errors import SceneKDError
-from scene_kd.scene.synthetic.labels import SH_C0
+from scene_kd.geometry import pca_normals, quats_wxyz_from_matrices
+from scene_kd.scene.sh import dc_from_rgb
 from scene_kd.scene.synthetic.primitives import _unit
 from scene_kd.scene.types import GaussianSplats, PointCloud
-
-
-def _pca_normals(xyz: np.ndarray, k: int = 12) -> np.ndarray:
-    from scipy.spatial import cKDTree
-
-    k = min(k, len(xyz))
-    _, nb = cKDTree(xyz).query(xyz, k=k)
-    q = xyz[nb] - xyz[nb].mean(1, keepdims=True)
-    cov = np.einsum("nki,nkj->nij", q, q)
-    _, vecs = np.linalg.eigh(cov)
-    return vecs[:, :, 0]
-
-
-def _frames_to_quats_wxyz(R: np.ndarray) -> np.ndarray:
-    """Rotation matrices [N, 3, 3] -> unit quaternions [N, 4] (w, x, y, z), w >= 0 (Shepperd's method)."""
-    m = np.asarray(R, dtype=np.float64)
-    tr = np.stack([m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2], m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], 1)
-    case = tr.argmax(1)
-    q = np.empty((len(m), 4))
-    for k in range(4):
-        s_ = np.flatnonzero(case == k)
-        if len(s_) == 0:
-            continue
-        a = m[s_]
-        if k == 0:
-            r = np.sqrt(1 + tr[s_, 0]) * 2
-            q[s_] = np.stack([r / 4, (a[:, 2, 1] - a[:, 1, 2]) / r, (a[:, 0, 2] - a[:, 2, 0]) / r,
-                              (a[:, 1, 0] - a[:, 0, 1]) / r], 1)
-        elif k == 1:
-            r = np.sqrt(1 + a[:, 0, 0] - a[:, 1, 1] - a[:, 2, 2]) * 2
-            q[s_] = np.stack([(a[:, 2, 1] - a[:, 1, 2]) / r, r / 4, (a[:, 0, 1] + a[:, 1, 0]) / r,
-                              (a[:, 0, 2] + a[:, 2, 0]) / r], 1)
-        elif k == 2:
-            r = np.sqrt(1 - a[:, 0, 0] + a[:, 1, 1] - a[:, 2, 2]) * 2
-            q[s_] = np.stack([(a[:, 0, 2] - a[:, 2, 0]) / r, (a[:, 0, 1] + a[:, 1, 0]) / r, r / 4,
-                              (a[:, 1, 2] + a[:, 2, 1]) / r], 1)
-        else:
-            r = np.sqrt(1 - a[:, 0, 0] - a[:, 1, 1] + a[:, 2, 2]) * 2
-            q[s_] = np.stack([(a[:, 1, 0] - a[:, 0, 1]) / r, (a[:, 0, 2] + a[:, 2, 0]) / r,
-                              (a[:, 1, 2] + a[:, 2, 1]) / r, r / 4], 1)
-    q[q[:, 0] < 0] *= -1
-    return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
 def as_splats(pc: PointCloud, seed: int = 0, max_gaussians: int | None = None, sh_degree: int = 0,
@@ -84,7 +43,7 @@ def as_splats(pc: PointCloud, seed: int = 0, max_gaussians: int | None = None, s
     spacing = dist[:, 1:].mean(1)
     med = float(np.median(spacing))
     spacing = np.clip(spacing, 0.2 * med + 1e-6, 5.0 * med + 1e-6)
-    normals = pc.normals.astype(np.float64) if pc.normals is not None else _pca_normals(xyz)
+    normals = pc.normals.astype(np.float64) if pc.normals is not None else pca_normals(xyz)
     normals = _unit(normals)
     # tangent frame: a random in-plane direction
     ref = _unit(rng.standard_normal((n, 3)))
@@ -94,13 +53,13 @@ def as_splats(pc: PointCloud, seed: int = 0, max_gaussians: int | None = None, s
     t1 = _unit(t1)
     t2 = np.cross(normals, t1)
     R = np.stack([t1, t2, normals], 2)  # columns: axes of the Gaussian
-    quats = _frames_to_quats_wxyz(R)
+    quats = quats_wxyz_from_matrices(R)
     s_t = 0.6 * spacing
     aniso = rng.uniform(0.8, 1.25, n)
     scales = np.stack([s_t * aniso, s_t / aniso, flatness * s_t], 1)
     rgb = (pc.rgb.astype(np.float64) / 255.0) if pc.rgb is not None else np.full((n, 3), 0.5)
     sh = np.zeros((n, (sh_degree + 1) ** 2, 3), dtype=np.float32)
-    sh[:, 0] = (rgb - 0.5) / SH_C0
+    sh[:, 0] = dc_from_rgb(rgb)
     logit = math.log(opacity / (1 - opacity))
     return GaussianSplats(
         means=pc.xyz, quats=quats.astype(np.float32), log_scales=np.log(scales).astype(np.float32),

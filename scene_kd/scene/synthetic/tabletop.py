@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scene_kd.errors import SceneKDError
+from scene_kd.geometry import quat_xyzw_from_matrix
 from scene_kd.scene.synthetic.labels import (
     BANANA,
     BOTTLE,
@@ -19,7 +20,6 @@ from scene_kd.scene.synthetic.labels import (
     TABLETOP_CLASSES,
 )
 from scene_kd.scene.synthetic.primitives import _rot_z, _unit
-from scene_kd.scene.synthetic.splats import _frames_to_quats_wxyz
 from scene_kd.scene.types import PointCloud
 
 
@@ -222,12 +222,6 @@ def _make_objects(rng) -> list[dict]:
     return objs
 
 
-def _quat_xyzw(R: np.ndarray) -> list[float]:
-    """A 3x3 rotation as a unit quaternion [x, y, z, w] (scipy / ROS order)."""
-    w, x, y, z = _frames_to_quats_wxyz(np.asarray(R, dtype=np.float64)[None])[0]
-    return [float(x), float(y), float(z), float(w)]
-
-
 def _split(total: int, weights) -> list[int]:
     """Largest-remainder split of ``total`` by weights (deterministic, sums exactly)."""
     w = np.asarray(weights, float)
@@ -277,7 +271,6 @@ def make_tabletop(seed: int = 0, points: int = 60_000, origin: tuple[float, floa
     pieces = [(i, pc) for i, ob in enumerate(objs) for pc in ob["pieces"]]
     counts = _split(n_obj_total, [pc.area for _, pc in pieces])
     xyz, nrm, lab, ins, col = [], [], [], [], []
-    n_handle = 0
     for (i, pc), k in zip(pieces, counts, strict=True):
         if k == 0:
             continue
@@ -287,7 +280,6 @@ def make_tabletop(seed: int = 0, points: int = 60_000, origin: tuple[float, floa
         nrm.append(n @ R.T)
         lab.append(np.full(k, pc.label, np.int32))
         inst = 6 if pc.part == "handle" else i + 1
-        n_handle += k if pc.part == "handle" else 0
         ins.append(np.full(k, inst, np.int32))
         col.append(np.tile(np.asarray(pc.colour, float), (k, 1)))
     # ---- table: top (minus what the objects cover), edges, underside, legs ----
@@ -359,7 +351,7 @@ def make_tabletop(seed: int = 0, points: int = 60_000, origin: tuple[float, floa
     def entry(name, class_id, inst, R, pos, lo, hi, **more):
         c_local = (lo + hi) / 2
         return {"name": name, "class_id": int(class_id), "instance_id": int(inst),
-                "position": (pos + off).tolist(), "rotation": R.tolist(), "quaternion_xyzw": _quat_xyzw(R),
+                "position": (pos + off).tolist(), "rotation": R.tolist(), "quaternion_xyzw": quat_xyzw_from_matrix(R),
                 "extents": (hi - lo).tolist(), "obb_center": (R @ c_local + pos + off).tolist(),
                 "point_count": int((instances == inst).sum()), **more}
 

@@ -1,0 +1,136 @@
+"""Predicting with a trained student (whole scenes or xy tiles), saving/loading it, applying it to new scenes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from scene_kd.distill.config import DistillConfig
+from scene_kd.distill.model import cpu_threads, resolve_device
+from scene_kd.distill.sparseconv import SparseTensor
+from scene_kd.distill.unet import StudentSpec, StudentUNet, scene_point_features, voxel_inputs
+from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.progress import track
+from scene_kd.runio import load_tensors, read_json, save_tensors, write_json
+
+STUDENT_FORMAT = 1
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    positions: Tensor | np.ndarray,
+    rgb: Tensor | np.ndarray | None = None,
+    intensity: Tensor | np.ndarray | None = None,
+    *,
+    max_points: int = 1_500_000,
+    device: str = "auto",
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    threads: int = 1,
+) -> Tensor:
+    """Student features [N, D] (unit vectors) for every point; scenes above ``max_points`` run in xy tiles
+    with a context margin of the network's receptive field, keeping each tile's core points.
+    ``threads``: torch CPU threads meanwhile (0: leave as is; see DistillConfig.cpu_threads)."""
+    with cpu_threads(threads):
+        return _predict(model, positions, rgb, intensity, max_points=max_points, device=device, dtype=dtype,
+                        progress=progress)
+
+
+@torch.no_grad()
+def _predict(model, positions, rgb, intensity, *, max_points: int, device: str, dtype: torch.dtype,
+             progress: bool) -> Tensor:
+    spec: StudentSpec = model.spec
+    xyz = torch.as_tensor(positions).to(torch.float32)
+    if not torch.isfinite(xyz).all():
+        raise SceneKDError("positions contain NaN or Inf")
+    base = scene_point_features(xyz, rgb, intensity, spec)
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    n = xyz.shape[0]
+    out = torch.empty(n, spec.out_dim, dtype=dtype)
+    if n <= max_points:
+        tiles = [(torch.arange(n), torch.arange(n))]
+    else:
+        tiles = list(_tiles(xyz, max_points, spec))
+    for core, ctx in track(tiles, "student tiles", progress):
+        coords, feats, (p2v,) = voxel_inputs([(xyz[ctx], base[ctx])], spec.voxel_size)
+        vox = model(SparseTensor(coords.to(dev), feats.to(dev)))
+        pos_in_ctx = torch.searchsorted(ctx, core) if ctx is not core else torch.arange(core.numel())
+        out[core] = vox[p2v[pos_in_ctx].to(dev)].to("cpu", dtype)
+    model.cpu()
+    return out
+
+
+def _tiles(xyz: Tensor, max_points: int, spec: StudentSpec):
+    """(core indices, context indices) per xy tile; both sorted; context = core tile + margin."""
+    margin = 6 * spec.voxel_size * 2 ** (len(spec.channels) - 1)  # ~ receptive field radius
+    lo, hi = xyz[:, :2].min(0).values, xyz[:, :2].max(0).values
+    extent = (hi - lo).clamp_min(1e-6)
+    tiles_needed = math.ceil(xyz.shape[0] / (max_points * 0.6))
+    edge = float(max(math.sqrt(float(extent[0] * extent[1]) / tiles_needed), 2 * margin))
+    ij = torch.floor((xyz[:, :2] - lo) / edge).to(torch.int64)
+    nj = int(ij[:, 1].max()) + 1
+    tile_id = ij[:, 0] * nj + ij[:, 1]
+    for t in torch.unique(tile_id).tolist():
+        core = torch.nonzero(tile_id == t).flatten()
+        i, j = divmod(t, nj)
+        tlo = lo + torch.tensor([i, j], dtype=torch.float32) * edge - margin
+        thi = tlo + edge + 2 * margin
+        ctx = torch.nonzero(((xyz[:, :2] >= tlo) & (xyz[:, :2] < thi)).all(dim=1)).flatten()
+        yield core, ctx
+
+
+def save_student(out_dir: str | Path, model: torch.nn.Module, *, config: DistillConfig | None = None,
+                 extra: dict[str, Any] | None = None) -> None:
+    """``student.safetensors`` (weights + buffers) and ``student.json`` (architecture, spec, config, dims)."""
+    out_dir = Path(out_dir)
+    spec: StudentSpec = model.spec
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_tensors(out_dir / "student.safetensors", state)
+    write_json(out_dir / "student.json", {
+        "format_version": STUDENT_FORMAT, "architecture": "minkunet-sparseconv", "in_dim": spec.in_dim,
+        "dim": spec.out_dim, "voxel_size": spec.voxel_size, "spec": spec.to_json(), "config": config, **(extra or {}),
+    })
+
+
+def load_student(student_dir: str | Path) -> StudentUNet:
+    """Rebuild a student saved by :func:`save_student` (torch backend, eval mode, CPU)."""
+    student_dir = Path(student_dir)
+    if not student_dir.is_dir():
+        raise SceneKDError("student run folder not found", path=student_dir)
+    meta = read_json(student_dir / "student.json")
+    if meta.get("format_version") != STUDENT_FORMAT:
+        raise RunStateError(f"student format version {meta.get('format_version')} is not {STUDENT_FORMAT}", path=student_dir)
+    spec = StudentSpec.from_json(meta["spec"])
+    state, _ = load_tensors(student_dir / "student.safetensors")
+    model = StudentUNet(spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunStateError(f"student weights do not match student.json ({str(e).splitlines()[0]})", path=student_dir) from None
+    return model.eval()
+
+
+def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_500_000, progress: bool = False) -> Tensor:
+    """Run the student trained in ``student_dir`` (a run folder) on a new scene -> features [N, D] float32.
+
+    ``scene``: a PointCloud, GaussianSplats (means + SH DC colour) or a scene file path.
+    """
+    if isinstance(scene, (str, Path)):
+        from scene_kd.scene.io import load_scene
+
+        scene = load_scene(scene)
+    model = load_student(student_dir)
+    if scene.kind == "gaussians":
+        xyz, rgb, intensity = scene.means, scene.rgb_from_dc(), None  # the rounding the field (training) used
+    else:
+        xyz, rgb, intensity = scene.xyz, scene.rgb, scene.intensity
+    if len(xyz) == 0:
+        raise SceneKDError("scene has no points")
+    return predict(model, xyz, rgb, intensity, max_points=max_points, progress=progress)
