@@ -7,6 +7,11 @@ from dataclasses import dataclass
 DEFAULT_NEGATIVES: tuple[str, ...] = ("object", "things", "stuff", "texture")
 """LERF's canonical negatives."""
 
+DEFAULT_TEMPLATE = "a photo of a {}."
+"""The one prompt template of scene-kd (CLIP's ImageNet prompt): "{}" is replaced by a class name. Applied to
+class names (segmentation, the viewer's vocabulary and inspect, eval's class embeddings for open_clip encoders),
+never to relevancy queries or negatives, which are encoded as typed (as LERF does)."""
+
 
 @dataclass
 class QueryConfig:
@@ -18,10 +23,12 @@ class QueryConfig:
     """Relevancy above which a point counts as a hit."""
     source: str = "auto"
     """fused | distilled | ensemble | auto (ensemble when available)."""
-    template: str = "a photo of a {}."
-    """Prompt template for segmentation class names."""
+    template: str = DEFAULT_TEMPLATE
+    """Prompt template for class names (segmentation, viewer vocabulary/inspect, eval); not for relevancy."""
     unknown_threshold: float | None = None
     """Segmentation: a point whose best cosine similarity is below this is labelled unknown (-1)."""
     precision: str = "auto"
     """Similarity arithmetic: float32 (exact) | float16 | bfloat16 | auto (bfloat16 for large fields on CPUs
     with native bf16 matmul, float32 otherwise)."""
+    text_cache_size: int = 1024
+    """Entries of a QuerySession's text-embedding LRU cache (least recently used prompts dropped first)."""

@@ -6,12 +6,14 @@ colours by label with a legend, click-to-inspect, a feature-source toggle, and e
 
 Server-side state lives in :class:`ViewerState` (``app.state``): the current query, relevancy, labels and
 the selection mask over *all* field points, so tests and scripts can read what the person sees.
-Queries run on one worker thread, latest request wins, so typing never queues up stale work.
+Queries go through the run's :class:`~scene_kd.query.session.QuerySession` (its QueryConfig: negatives,
+temperature, template, threshold, source), so the viewer answers as the CLI does. They run on one worker
+thread, latest request wins, so typing never queues up stale work. The widgets are built in
+:mod:`scene_kd.apps.viewer.gui`, the colours in :mod:`scene_kd.apps.viewer.colours`.
 """
 
 from __future__ import annotations
 
-import functools
 import html
 import logging
 import re
@@ -23,6 +25,15 @@ from typing import Any
 
 import numpy as np
 
+from scene_kd.apps.viewer import gui
+from scene_kd.apps.viewer.colours import (
+    height_colours,
+    label_colours,
+    legend_html,
+    pick_point,
+    relevancy_colours,
+    warm_up,
+)
 from scene_kd.errors import SceneKDError
 
 log = logging.getLogger(__name__)
@@ -30,68 +41,6 @@ log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_POINTS = 500_000
 INSPECT_VOCABULARY = ("road", "building", "tree", "car", "ground", "grass", "water", "sidewalk", "pole", "wire")
-# label colours for vocabulary mode (tab10 without grey) and for unknown points
-PALETTE = np.array([
-    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
-    [227, 119, 194], [188, 189, 34], [23, 190, 207], [174, 199, 232], [255, 187, 120], [152, 223, 138],
-], dtype=np.uint8)
-UNKNOWN_COLOUR = np.array([90, 90, 90], dtype=np.uint8)
-TURBO_LOW, TURBO_HIGH = 0.3, 0.85  # part of turbo used for relevancy 0.5..1 (cyan -> red-orange)
-
-
-@functools.lru_cache(maxsize=1)
-def _turbo_lut() -> np.ndarray:
-    import matplotlib
-
-    return (matplotlib.colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
-
-
-def turbo(values: np.ndarray) -> np.ndarray:
-    """[M] values in [0, 1] -> [M, 3] uint8 turbo colours."""
-    return _turbo_lut()[np.clip((np.asarray(values) * 255 + 0.5).astype(np.int64), 0, 255)]
-
-
-def relevancy_colours(rel: np.ndarray, base_rgb: np.ndarray, threshold: float) -> np.ndarray:
-    """[M, 3] uint8: points above ``threshold`` in turbo (relevancy 0.5 -> cyan ... 1 -> red-orange),
-    the rest as dimmed grey of their true colour."""
-    luma = base_rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    out = np.repeat((luma * 0.3 + 20).astype(np.uint8)[:, None], 3, axis=1)
-    hit = rel > threshold
-    t = np.clip((rel[hit] - 0.5) / 0.5, 0, 1)
-    out[hit] = turbo(TURBO_LOW + (TURBO_HIGH - TURBO_LOW) * t)
-    return out
-
-
-def label_colours(label_index: np.ndarray) -> np.ndarray:
-    """[M, 3] uint8 palette colour per label (-1: grey)."""
-    out = np.empty((len(label_index), 3), np.uint8)
-    known = label_index >= 0
-    out[known] = PALETTE[label_index[known] % len(PALETTE)]
-    out[~known] = UNKNOWN_COLOUR
-    return out
-
-
-def height_colours(xyz: np.ndarray) -> np.ndarray:
-    """A stand-in for true colour when the scene has none: grey ramp by height."""
-    z = xyz[:, 2]
-    lo, hi = (float(z.min()), float(z.max())) if len(z) else (0.0, 1.0)
-    g = (60 + 180 * (z - lo) / max(hi - lo, 1e-9)).astype(np.uint8)
-    return np.repeat(g[:, None], 3, axis=1)
-
-
-def pick_point(points: np.ndarray, origin: np.ndarray, direction: np.ndarray, max_angle: float = 0.01) -> int | None:
-    """Row of ``points`` [M, 3] hit by the ray (origin, unit direction): among points within ``max_angle``
-    radians of the ray, the nearest to the camera; None if none."""
-    d = np.asarray(direction, np.float64)
-    d = d / max(np.linalg.norm(d), 1e-12)
-    v = points.astype(np.float64) - np.asarray(origin, np.float64)
-    t = v @ d
-    perp = np.linalg.norm(v - t[:, None] * d, axis=1)
-    ok = (t > 0) & (perp <= max_angle * np.maximum(t, 1e-9))
-    if not ok.any():
-        return None
-    cand = np.flatnonzero(ok)
-    return int(cand[np.argmin(t[cand])])
 
 
 @dataclass
@@ -139,6 +88,7 @@ class ViewerApp:
         self._given_field = field  # an in-memory FeatureField instead of RUN/field.* (scripts, benchmarks)
         self.seed = seed
         self.state = ViewerState()
+        self.session = None  # the run's QuerySession, set by load()
         self.field = None
         self.server = None
         self.display_index: np.ndarray | None = None  # [M] rows of the field shown in the browser
@@ -163,7 +113,7 @@ class ViewerApp:
         self.server = viser.ViserServer(host=self.host, port=self.port, verbose=False)
         self.port = self.server.get_port()
         self.server.scene.set_up_direction("+z")
-        self._build_gui()
+        self.gui = gui.build_gui(self)
         self._worker = threading.Thread(target=self._work_loop, name="viewer-queries", daemon=True)
         self._worker.start()
         if background_load:
@@ -204,19 +154,16 @@ class ViewerApp:
 
     # ---- loading --------------------------------------------------------------------------------
     def load(self) -> None:
-        """Load the field and its text encoder, then show the points. Errors go to the GUI."""
-        from scene_kd.field import FeatureField
-        from scene_kd.query.similarity import load_encoder
+        """Open the run's QuerySession (field, text encoder, QueryConfig), then show the points. Errors go to
+        the GUI."""
+        from scene_kd.query.session import QuerySession
+        from scene_kd.query.similarity import resolve_source
 
         try:
-            if self._given_field is not None:
-                fld = self._given_field
-                if self.expect_text_encoder not in (None, fld.text_encoder):
-                    raise SceneKDError(f"field was made with text encoder {fld.text_encoder!r}, "
-                                       f"not {self.expect_text_encoder!r}")
-            else:
-                fld = FeatureField.load(self.run_dir, expect_text_encoder=self.expect_text_encoder)
-            encoder = load_encoder(fld, self.encoder)
+            session = QuerySession.open(self.run_dir, field=self._given_field, encoder=self.encoder,
+                                        expect_text_encoder=self.expect_text_encoder)
+            fld = session.field
+            source = resolve_source(fld, session.config.source) if fld.sources else "auto"
         except SceneKDError as e:
             self._set_status("error", f"Cannot load the run: {e}")
             self._loaded.set()
@@ -228,76 +175,35 @@ class ViewerApp:
             return
         n = len(fld)
         if n > self.max_points:
-            rng = np.random.default_rng(self.seed)
-            index = np.sort(rng.choice(n, self.max_points, replace=False))
+            index = np.sort(np.random.default_rng(self.seed).choice(n, self.max_points, replace=False))
         else:
             index = np.arange(n)
         xyz = fld.positions[index]
         lo, hi = (fld.positions.min(0), fld.positions.max(0)) if n else (np.zeros(3), np.ones(3))
         centre = (lo + hi) / 2
         rgb = fld.rgb[index] if fld.rgb is not None else height_colours(xyz)
-        _turbo_lut()  # import matplotlib now, not on the first query
+        warm_up()
         with self._lock:
-            self.field, self.encoder = fld, encoder
+            self.session, self.field, self.encoder = session, fld, session.encoder
             self.display_index, self._centre = index, centre.astype(np.float64)
             self._display_xyz = (xyz - centre).astype(np.float32)
             self._base_rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-            self.state.source = fld.default_source() if fld.sources else "auto"
-        self._add_points(extent=hi - lo)
+            self.state.source = source
+        self.points = gui.add_points(self.server, self._display_xyz, self._base_rgb, extent=hi - lo)
+        self.set_threshold(session.config.threshold)  # the run's hit threshold
+        self.gui["threshold"].value = session.config.threshold
         note = f"{n:,} points"
         if n > self.max_points:
             note = (f"Showing {self.max_points:,} of {n:,} points (random subsample for the browser; "
                     f"queries, selection and export use all points).")
-        if fld.sources:  # made now, so its options and initial value are the field's (no spurious update)
-            src = self.server.gui.add_dropdown("Features", tuple(fld.sources), initial_value=self.state.source,
-                                               order=self.gui["threshold"].order + 0.5)
-            src.on_update(lambda _e: self.set_source(src.value))
-            self.gui["source"] = src
+        if fld.sources:
+            self.gui["source"] = gui.add_source_dropdown(self, tuple(fld.sources), source)
         self.gui["points_note"].content = note
         self._set_status("ready", f"Loaded {n:,} points; features: {', '.join(fld.sources)}; "
                                   f"text encoder {fld.text_encoder}.")
         self._loaded.set()
 
-    def _add_points(self, extent: np.ndarray) -> None:
-        m = len(self._display_xyz)
-        area = max(float(extent[0] * extent[1]), 1e-6)
-        spacing = np.sqrt(area / max(m, 1))
-        size = float(np.clip(spacing * 1.6, 1e-4, max(float(extent.max()), 1e-3) / 50))
-        self.points = self.server.scene.add_point_cloud(
-            "/scene", points=self._display_xyz, colors=self._base_rgb, point_size=size,
-            point_shape="square", point_shading="flat", precision="float32",
-        )
-        r = float(max(np.linalg.norm(extent), 1.0))
-        self.server.initial_camera.far = max(1000.0, 10 * r)
-        self.server.initial_camera.look_at = (0.0, 0.0, 0.0)
-        self.server.initial_camera.position = (0.0, -0.45 * r, 0.6 * r)
-
-    # ---- GUI ------------------------------------------------------------------------------------
-    def _build_gui(self) -> None:
-        gui = self.server.gui
-        self.gui["status"] = gui.add_markdown("**Loading the feature field...**")
-        self.gui["points_note"] = gui.add_markdown("")
-        self.gui["query"] = gui.add_text("Query", "", hint="Words to look for, e.g. 'building'; Enter to search")
-        self.gui["threshold"] = gui.add_slider("Threshold", min=0.0, max=1.0, step=0.01, initial_value=self.state.threshold)
-        self.gui["vocabulary"] = gui.add_text("Vocabulary", "", hint="Comma-separated labels, e.g. road,building,tree")
-        self.gui["apply_vocabulary"] = gui.add_button("Colour by labels")
-        self.gui["true_colour"] = gui.add_button("True colour")
-        self.gui["legend"] = gui.add_html("")
-        self.gui["inspect"] = gui.add_markdown("Click a point to see its top labels.")
-        self.gui["export_format"] = gui.add_dropdown("Export as", ("ply", "las"), initial_value="ply")
-        self.gui["export"] = gui.add_button("Export selection")
-
-        self.gui["query"].on_update(lambda _e: self.request("query", self.gui["query"].value))
-        self.gui["threshold"].on_update(lambda _e: self.set_threshold(self.gui["threshold"].value))
-        self.gui["apply_vocabulary"].on_click(lambda _e: self.request("vocabulary", self.gui["vocabulary"].value))
-        self.gui["vocabulary"].on_update(lambda _e: None)
-        self.gui["true_colour"].on_click(lambda _e: self.show_true_colour())
-        self.gui["export"].on_click(lambda _e: self._export_clicked())
-
-        @self.server.scene.on_click()
-        def _(event) -> None:
-            self._clicked(np.asarray(event.ray_origin), np.asarray(event.ray_direction))
-
+    # ---- actions (GUI callbacks and tests call these) ----------------------------------------------
     def _set_status(self, status: str | None, message: str) -> None:
         with self._lock:
             if status is not None:
@@ -307,7 +213,6 @@ class ViewerApp:
         if widget is not None:
             widget.content = message.replace("\n", "  \n")
 
-    # ---- actions (GUI callbacks and tests call these) ----------------------------------------------
     _busy = False
 
     def request(self, kind: str, text: str) -> None:
@@ -349,9 +254,7 @@ class ViewerApp:
         return True
 
     def run_query(self, text: str) -> bool:
-        """Relevancy of every point to ``text``; colours + selection (relevancy > threshold)."""
-        from scene_kd.query.relevancy import relevancy
-
+        """Relevancy of every point to ``text`` (the session's); colours + selection (relevancy > threshold)."""
         if not self._ready():
             return False
         text = (text or "").strip()
@@ -360,7 +263,7 @@ class ViewerApp:
             return False
         t0 = time.perf_counter()
         try:
-            rel = relevancy(self.field, text, source=self.state.source, encoder=self.encoder).numpy()
+            rel = self.session.relevancy(text, source=self.state.source).numpy()
         except SceneKDError as e:
             self._set_status(None, f"Query failed: {e}")
             return False
@@ -377,15 +280,16 @@ class ViewerApp:
         return True
 
     def run_vocabulary(self, text: str) -> bool:
-        """Label every point with one of the comma-separated labels in ``text``; colours + legend."""
-        from scene_kd.query.segment import label_counts, parse_labels, segment
+        """Label every point with one of the comma-separated labels in ``text`` (the session's segmentation);
+        colours + legend."""
+        from scene_kd.query.segment import label_counts, parse_labels
 
         if not self._ready():
             return False
         try:
             names = parse_labels(text or "")
             t0 = time.perf_counter()
-            idx, conf = segment(self.field, names, source=self.state.source, encoder=self.encoder)
+            idx, conf = self.session.segment(names, source=self.state.source)
         except SceneKDError as e:
             self._set_status(None, f"Vocabulary: {e}")
             return False
@@ -396,12 +300,7 @@ class ViewerApp:
             st.selection = idx_np >= 0
         self._recolour()
         counts, _ = label_counts(idx_np, names)
-        rows = "".join(
-            f'<div style="display:flex;align-items:center;gap:6px;font-size:0.85em">'
-            f'<span style="display:inline-block;width:12px;height:12px;background:rgb{tuple(int(c) for c in PALETTE[i % len(PALETTE)])}"></span>'
-            f"{html.escape(n)} ({counts[n]:,})</div>"
-            for i, n in enumerate(names))
-        self.gui["legend"].content = rows
+        self.gui["legend"].content = legend_html(names, counts)
         dt = time.perf_counter() - t0
         with self._lock:
             self.state.last_update_seconds = dt
@@ -446,25 +345,18 @@ class ViewerApp:
         self.points.colors = colours
 
     def inspect(self, index: int, top: int = 5) -> list[tuple[str, float]]:
-        """Top labels (cosine similarity) of field point ``index`` over the current vocabulary, else the scene's
-        class names, else a small default vocabulary."""
+        """Top labels (cosine similarity of the templated names) of field point ``index`` over the current
+        vocabulary, else the scene's class names, else a small default vocabulary."""
         import torch
-
-        from scene_kd.query.segment import apply_template
-        from scene_kd.query.similarity import embed_prompts, similarities
 
         fld = self.field
         names = list(self.state.labels) or sorted(set(fld.label_names.values())) or list(INSPECT_VOCABULARY)
         names = [n for n in names if n.strip()][:64]
-        emb = embed_prompts(self.encoder, [apply_template("a photo of a {}.", n) for n in names])
-        one = type(fld)(positions=fld.positions[index : index + 1], origin=fld.origin,
-                        features={k: v[index : index + 1] for k, v in fld.features.items()}, teacher=fld.teacher,
-                        text_encoder=fld.text_encoder, dim=fld.dim)
-        sims = similarities(one, emb, source=self.state.source, precision="float32")[0]
+        sims = self.session.point_similarities(index, names, source=self.state.source)
         order = torch.argsort(sims, descending=True)[:top]
         return [(names[i], float(sims[i])) for i in order]
 
-    def _clicked(self, origin: np.ndarray, direction: np.ndarray) -> None:
+    def clicked(self, origin: np.ndarray, direction: np.ndarray) -> None:
         if self.field is None:
             self._set_status(None, "The feature field is still loading.")
             return
@@ -511,7 +403,7 @@ class ViewerApp:
             st.last_export = str(path)
         return path
 
-    def _export_clicked(self) -> None:
+    def export_clicked(self) -> None:
         try:
             path = self.export_selection(self.gui["export_format"].value)
         except SceneKDError as e:
