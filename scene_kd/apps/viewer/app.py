@@ -14,7 +14,6 @@ thread, latest request wins, so typing never queues up stale work. The widgets a
 
 from __future__ import annotations
 
-import html
 import logging
 import re
 import threading
@@ -30,7 +29,6 @@ from scene_kd.apps.viewer.colours import (
     height_colours,
     label_colours,
     legend_html,
-    pick_point,
     relevancy_colours,
     warm_up,
 )
@@ -105,14 +103,11 @@ class ViewerApp:
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self, *, background_load: bool = True) -> ViewerApp:
-        import viser
-
+        """Serve (viser server + widgets, :mod:`scene_kd.apps.viewer.gui`), start the query worker, load the run."""
         if self.host not in LOOPBACK_HOSTS:
             log.warning("viewer bound to %s: anyone who can reach this machine on port %d can see the scene and "
                         "write exports into %s", self.host, self.port, self.run_dir)
-        self.server = viser.ViserServer(host=self.host, port=self.port, verbose=False)
-        self.port = self.server.get_port()
-        self.server.scene.set_up_direction("+z")
+        self.server, self.port = gui.make_server(self.host, self.port)
         self.gui = gui.build_gui(self)
         self._worker = threading.Thread(target=self._work_loop, name="viewer-queries", daemon=True)
         self._worker.start()
@@ -164,13 +159,10 @@ class ViewerApp:
                                         expect_text_encoder=self.expect_text_encoder)
             fld = session.field
             source = resolve_source(fld, session.config.source) if fld.sources else "auto"
-        except SceneKDError as e:
-            self._set_status("error", f"Cannot load the run: {e}")
-            self._loaded.set()
-            return
-        except Exception as e:  # a viewer must not die on a bad run folder
-            log.exception("loading %s failed", self.run_dir)
-            self._set_status("error", f"Cannot load the run: {type(e).__name__}: {e}")
+        except Exception as e:  # a viewer must not die on a bad run folder: the error goes to the GUI
+            if not isinstance(e, SceneKDError):
+                log.exception("loading %s failed", self.run_dir)
+            self.set_status("error", f"Cannot load the run: {e if isinstance(e, SceneKDError) else f'{type(e).__name__}: {e}'}")
             self._loaded.set()
             return
         n = len(fld)
@@ -199,12 +191,12 @@ class ViewerApp:
         if fld.sources:
             self.gui["source"] = gui.add_source_dropdown(self, tuple(fld.sources), source)
         self.gui["points_note"].content = note
-        self._set_status("ready", f"Loaded {n:,} points; features: {', '.join(fld.sources)}; "
+        self.set_status("ready", f"Loaded {n:,} points; features: {', '.join(fld.sources)}; "
                                   f"text encoder {fld.text_encoder}.")
         self._loaded.set()
 
     # ---- actions (GUI callbacks and tests call these) ----------------------------------------------
-    def _set_status(self, status: str | None, message: str) -> None:
+    def set_status(self, status: str | None, message: str) -> None:
         with self._lock:
             if status is not None:
                 self.state.status = status
@@ -238,7 +230,7 @@ class ViewerApp:
                     self.run_vocabulary(text)
             except Exception as e:  # never let a callback kill the worker
                 log.exception("viewer update failed")
-                self._set_status(None, f"Error: {type(e).__name__}: {e}")
+                self.set_status(None, f"Error: {type(e).__name__}: {e}")
             finally:
                 with self._lock:
                     self._busy = False
@@ -247,9 +239,9 @@ class ViewerApp:
     def _ready(self) -> bool:
         if self.field is None:
             if self.state.status == "error":
-                self._set_status(None, self.state.message.split("\n")[0] + "\nNothing to query.")
+                self.set_status(None, self.state.message.split("\n")[0] + "\nNothing to query.")
             else:
-                self._set_status(None, "The feature field is still loading; try again in a moment.")
+                self.set_status(None, "The feature field is still loading; try again in a moment.")
             return False
         return True
 
@@ -259,13 +251,13 @@ class ViewerApp:
             return False
         text = (text or "").strip()
         if not text:
-            self._set_status(None, "Type a query first (e.g. 'building').")
+            self.set_status(None, "Type a query first (e.g. 'building').")
             return False
         t0 = time.perf_counter()
         try:
             rel = self.session.relevancy(text, source=self.state.source).numpy()
         except SceneKDError as e:
-            self._set_status(None, f"Query failed: {e}")
+            self.set_status(None, f"Query failed: {e}")
             return False
         with self._lock:
             st = self.state
@@ -275,7 +267,7 @@ class ViewerApp:
         dt = time.perf_counter() - t0
         with self._lock:
             self.state.last_update_seconds = dt
-        self._set_status(None, f"'{text}': {int(self.state.selection.sum()):,} of {len(rel):,} points with relevancy "
+        self.set_status(None, f"'{text}': {int(self.state.selection.sum()):,} of {len(rel):,} points with relevancy "
                                f"> {self.state.threshold:.2f} (max {rel.max():.3f}; {dt * 1000:.0f} ms)")
         return True
 
@@ -291,7 +283,7 @@ class ViewerApp:
             t0 = time.perf_counter()
             idx, conf = self.session.segment(names, source=self.state.source)
         except SceneKDError as e:
-            self._set_status(None, f"Vocabulary: {e}")
+            self.set_status(None, f"Vocabulary: {e}")
             return False
         idx_np, conf_np = idx.numpy(), conf.numpy()
         with self._lock:
@@ -304,7 +296,7 @@ class ViewerApp:
         dt = time.perf_counter() - t0
         with self._lock:
             self.state.last_update_seconds = dt
-        self._set_status(None, f"Coloured by {len(names)} labels ({dt * 1000:.0f} ms).")
+        self.set_status(None, f"Coloured by {len(names)} labels ({dt * 1000:.0f} ms).")
         return True
 
     def set_threshold(self, threshold: float) -> None:
@@ -346,7 +338,7 @@ class ViewerApp:
 
     def inspect(self, index: int, top: int = 5) -> list[tuple[str, float]]:
         """Top labels (cosine similarity of the templated names) of field point ``index`` over the current
-        vocabulary, else the scene's class names, else a small default vocabulary."""
+        vocabulary, else the scene's class names, else a small default vocabulary (also ``state.inspected``)."""
         import torch
 
         fld = self.field
@@ -354,32 +346,9 @@ class ViewerApp:
         names = [n for n in names if n.strip()][:64]
         sims = self.session.point_similarities(index, names, source=self.state.source)
         order = torch.argsort(sims, descending=True)[:top]
-        return [(names[i], float(sims[i])) for i in order]
-
-    def clicked(self, origin: np.ndarray, direction: np.ndarray) -> None:
-        if self.field is None:
-            self._set_status(None, "The feature field is still loading.")
-            return
-        row = pick_point(self._display_xyz, origin, direction)
-        if row is None:
-            self.gui["inspect"].content = "No point under the cursor."
-            return
-        index = int(self.display_index[row])
-        try:
-            top = self.inspect(index)
-        except SceneKDError as e:
-            self.gui["inspect"].content = f"Cannot inspect: {e}"
-            return
         with self._lock:
-            self.state.inspected = top
-        world = self.field.world_positions()[index]
-        lines = [f"**Point {index:,}** at ({world[0]:.2f}, {world[1]:.2f}, {world[2]:.2f})"]
-        if self.state.relevancy is not None:
-            lines.append(f"relevancy to '{self.state.query}': {self.state.relevancy[index]:.3f}")
-        lines += [f"- {html.escape(n)}: {s:.3f}" for n, s in top]
-        self.gui["inspect"].content = "  \n".join(lines)
-        self.server.scene.add_icosphere("/picked", radius=float(self.points.point_size) * 1.5, color=(255, 255, 255),
-                                        position=tuple(float(v) for v in self._display_xyz[row]))
+            self.state.inspected = [(names[i], float(sims[i])) for i in order]
+            return self.state.inspected
 
     def export_selection(self, fmt: str = "ply") -> Path:
         """Write the selected points to RUN/exports/<query-or-labels>-<time>.<fmt>; returns the path."""
@@ -402,18 +371,6 @@ class ViewerApp:
         with self._lock:
             st.last_export = str(path)
         return path
-
-    def export_clicked(self) -> None:
-        try:
-            path = self.export_selection(self.gui["export_format"].value)
-        except SceneKDError as e:
-            self._set_status(None, f"Export: {e}")
-            return
-        except Exception as e:
-            log.exception("export failed")
-            self._set_status(None, f"Export failed: {type(e).__name__}: {e}")
-            return
-        self._set_status(None, f"Exported {int(self.state.selection.sum()):,} points to {path}")
 
 
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, max_points: int = DEFAULT_MAX_POINTS,
