@@ -212,7 +212,8 @@ class TextEmbeddingCache:
 
     Holds at most ``maxsize`` float32 [D] vectors; a lookup refreshes an entry, and inserting past ``maxsize``
     drops the least recently used entries first (so a long-running viewer or grasp service stays bounded).
-    ``hits`` / ``misses`` count prompts looked up. Raises SceneKDError for ``maxsize`` < 1.
+    ``hits``: prompts served from the cache; ``misses``: distinct prompts encoded. Raises SceneKDError for
+    ``maxsize`` < 1.
     """
 
     def __init__(self, maxsize: int):
@@ -238,15 +239,16 @@ class TextEmbeddingCache:
                compute: Callable[[list[str]], np.ndarray | torch.Tensor]) -> np.ndarray:
         """[P, D] float32 embeddings of ``prompts`` (as ``compute`` returned them, not re-normalised);
         ``compute(missing)`` -> [M, D] is called once, with the distinct prompts not cached."""
+        distinct = list(dict.fromkeys(prompts))
         with self._lock:
             found: dict[str, np.ndarray] = {}
-            for p in dict.fromkeys(prompts):
+            for p in distinct:
                 v = self._data.get((encoder_id, p))
                 if v is not None:
                     self._data.move_to_end((encoder_id, p))
                     found[p] = v
-            missing = [p for p in dict.fromkeys(prompts) if p not in found]
-            self.hits += len(prompts) - sum(1 for p in prompts if p in missing)
+            missing = [p for p in distinct if p not in found]
+            self.hits += sum(1 for p in prompts if p in found)
             self.misses += len(missing)
         if missing:
             vecs = compute(missing)
