@@ -103,6 +103,8 @@ def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = Fals
 
 
 def eval_stage(run_dir: str | Path, *, force: bool = False, sources: list[str] | None = None) -> StageResult:
-    """Score the run's field against its ground truth (see scene_kd/eval/stage.py)."""
-    return run_stage(EVAL, run_dir, PipelineConfig(), StageContext(sources=tuple(sources) if sources else None),
+    """Score the run's field against its ground truth with the run's query settings (see scene_kd/eval/stage.py)."""
+    from scene_kd.config import resolve_config
+
+    return run_stage(EVAL, run_dir, resolve_config(run_dir), StageContext(sources=tuple(sources) if sources else None),
                      force=force)

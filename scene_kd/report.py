@@ -27,12 +27,12 @@ def relevancy_render(run_dir: str | Path, query: str, out_png: str | Path, *, si
     import torch
     from PIL import Image
 
-    from scene_kd.field import FeatureField
-    from scene_kd.query.relevancy import relevancy
+    from scene_kd.query.session import QuerySession
     from scene_kd.render.points import render_points
 
-    field = FeatureField.load(run_dir)
-    rel = relevancy(field, query).float().numpy()
+    session = QuerySession.open(run_dir)  # the run's QueryConfig, as every query entry point
+    field = session.field
+    rel = session.relevancy(query).float().numpy()
     cmap = matplotlib.colormaps["turbo"]
     colours = (cmap(np.clip(rel, 0, 1))[:, :3] * 255).astype(np.uint8)
     if field.rgb is not None:  # keep the scene readable: dim true colour where relevancy is low

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from scene_kd.apps.viewer.app import ViewerApp, label_colours, pick_point, relevancy_colours
+from scene_kd.apps.viewer import gui
+from scene_kd.apps.viewer.app import ViewerApp
+from scene_kd.apps.viewer.colours import label_colours, pick_point, relevancy_colours
 from scene_kd.field import FeatureField
 from scene_kd.scene.runscene import save_run_scene
 from scene_kd.scene.synthetic import URBAN_CLASSES, make_urban
@@ -78,7 +80,7 @@ def test_query_threshold_vocabulary_inspect_export(app, oracle_run):
     # click: a ray straight down onto a building point returns that point's top label
     row = int(np.flatnonzero(app.selection[app.display_index])[0])
     target = app._display_xyz[row].astype(np.float64)
-    app._clicked(target + np.array([0, 0, 50.0]), np.array([0, 0, -1.0]))
+    gui.on_point_click(app, target + np.array([0, 0, 50.0]), np.array([0, 0, -1.0]))
     assert app.state.inspected[0][0] == "building" and app.state.inspected[0][1] > 0.9
     assert "building" in app.gui["inspect"].content
 
@@ -122,7 +124,7 @@ def test_bad_input_gives_gui_messages(app):
     assert "Type a query" in app.state.message
     with pytest.raises(Exception, match="nothing selected"):
         app.export_selection("ply")
-    app._export_clicked()
+    gui.on_export(app)
     assert "nothing selected" in app.state.message
     assert app.run_query("building")  # still serving
 

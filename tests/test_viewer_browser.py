@@ -51,7 +51,8 @@ def test_viewer_query_in_chromium(urban_run):
         pytest.skip(f"{CHROMIUM} not installed (make setup installs it)")
     from playwright.sync_api import sync_playwright
 
-    from scene_kd.apps.viewer.app import TURBO_HIGH, ViewerApp, turbo
+    from scene_kd.apps.viewer.app import ViewerApp
+    from scene_kd.apps.viewer.colours import TURBO_HIGH, turbo
     from scene_kd.field import FeatureField
 
     field = FeatureField.load(urban_run)

@@ -21,8 +21,8 @@ class Args:
     """Run folder with a feature field."""
     query: Annotated[str, tyro.conf.Positional]
     """What to grasp, e.g. "red mug handle"."""
-    source: str = "auto"
-    """Feature source: fused | distilled | ensemble | auto."""
+    source: str | None = None
+    """Feature source: fused | distilled | ensemble | auto (default: the run's query config, else auto)."""
     min_relevancy: float = 0.6
     """Refuse when the best point's relevancy is below this (0.5 = no better than the negatives)."""
     margin: float = 0.01

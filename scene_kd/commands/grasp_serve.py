@@ -19,8 +19,8 @@ class Args:
     port: int = 8765
     host: str = "127.0.0.1"
     """Interface to bind; 127.0.0.1 (this machine only) unless you mean to expose it."""
-    source: str = "auto"
-    """Feature source: fused | distilled | ensemble | auto."""
+    source: str | None = None
+    """Feature source: fused | distilled | ensemble | auto (default: the run's query config, else auto)."""
     min_relevancy: float = 0.6
     margin: float = 0.01
     max_width: float | None = None

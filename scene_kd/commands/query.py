@@ -27,49 +27,40 @@ class Args:
     threshold: float | None = None
     """Relevancy counted as a hit (default: the run's query config, else 0.5)."""
     negatives: str | None = None
-    """Comma-separated negative prompts (default: object,things,stuff,texture)."""
+    """Comma-separated negative prompts (default: the run's query config, else object,things,stuff,texture)."""
     text_encoder: str | None = None
     """Refuse the run unless its field was made with this text encoder id."""
     json: bool = False
     """Print one JSON object."""
 
 
-def run_query_config(run: str):
-    """The run's QueryConfig (from RUN/config.yaml when present, defaults otherwise)."""
-    from pathlib import Path
-
-    from scene_kd.config import load_config
-    from scene_kd.query.config import QueryConfig
-
-    path = Path(run) / "config.yaml"
-    return load_config(path).query if path.is_file() else QueryConfig()
-
-
 def main(args: Args) -> int:
+    from dataclasses import replace
+
     import torch
 
     from scene_kd.errors import SceneKDError
-    from scene_kd.field import FeatureField
-    from scene_kd.query.relevancy import relevancy
     from scene_kd.query.segment import parse_labels
+    from scene_kd.query.session import QuerySession, read_query_config
     from scene_kd.query.similarity import check_prompt
 
     text = check_prompt(args.text)
     if args.top < 0:
         raise SceneKDError(f"--top must be >= 0, got {args.top}")
-    cfg = run_query_config(args.run)
-    threshold = cfg.threshold if args.threshold is None else args.threshold
-    negatives = parse_labels(args.negatives) if args.negatives is not None else list(cfg.negatives)
-    field = FeatureField.load(args.run, expect_text_encoder=args.text_encoder)
-    rel = relevancy(field, text, source=args.source or cfg.source, negatives=negatives,
-                    temperature=cfg.temperature, precision=cfg.precision)
+    cfg = read_query_config(args.run)
+    cfg = replace(cfg, source=args.source or cfg.source,
+                  threshold=cfg.threshold if args.threshold is None else args.threshold,
+                  negatives=tuple(parse_labels(args.negatives)) if args.negatives is not None else cfg.negatives)
+    session = QuerySession.open(args.run, query=cfg, expect_text_encoder=args.text_encoder)
+    field, threshold = session.field, cfg.threshold
+    rel = session.relevancy(text)
     hits = rel > threshold
     k = min(args.top, len(rel))
     scores, index = torch.topk(rel, k) if k else (rel[:0], torch.zeros(0, dtype=torch.long))
     out = {
         "query": text, "count_above_threshold": int(hits.sum()),
         "top": [[int(i), round(float(s), 6)] for i, s in zip(index, scores, strict=True)],
-        "threshold": threshold, "source": args.source or cfg.source, "count": len(field),
+        "threshold": threshold, "source": cfg.source, "count": len(field),
     }
     if args.export:
         from scene_kd.query.export import export_points

@@ -33,17 +33,18 @@ class Args:
 
 
 def main(args: Args) -> int:
-    from scene_kd.commands.query import run_query_config
-    from scene_kd.field import FeatureField
-    from scene_kd.query.segment import label_counts, parse_labels, segment
+    from dataclasses import replace
+
+    from scene_kd.query.segment import label_counts, parse_labels
+    from scene_kd.query.session import QuerySession, read_query_config
 
     names = parse_labels(args.labels)
-    cfg = run_query_config(args.run)
-    field = FeatureField.load(args.run, expect_text_encoder=args.text_encoder)
-    unknown_threshold = cfg.unknown_threshold if args.unknown_threshold is None else args.unknown_threshold
-    idx, conf = segment(field, names, source=args.source or cfg.source,
-                        template=cfg.template if args.template is None else args.template,
-                        unknown_threshold=unknown_threshold, temperature=cfg.temperature, precision=cfg.precision)
+    cfg = read_query_config(args.run)
+    cfg = replace(cfg, source=args.source or cfg.source, template=cfg.template if args.template is None else args.template,
+                  unknown_threshold=cfg.unknown_threshold if args.unknown_threshold is None else args.unknown_threshold)
+    session = QuerySession.open(args.run, query=cfg, expect_text_encoder=args.text_encoder)
+    field, unknown_threshold = session.field, cfg.unknown_threshold
+    idx, conf = session.segment(names)
     counts, unknown = label_counts(idx, names)
     out = {"labels": names, "counts": counts, "unknown": unknown, "count": len(field),
            "mean_confidence": round(float(conf.mean()), 6) if len(conf) else None}

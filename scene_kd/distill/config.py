@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -27,7 +28,7 @@ class GaussianFieldConfig:
     downsample: int = 2
     """In the distill stage: train on the run's views at 1/downsample of their resolution (cameras and mask maps)."""
     seed: int = 0
-    backend: str = "auto"
+    backend: Literal["auto", "gsplat", "torch"] = "auto"
     """Rasterizer: "auto" (gsplat on CUDA), "gsplat" or "torch"."""
 
 
@@ -66,7 +67,7 @@ class DistillConfig:
     channels: tuple[int, ...] = (16, 32, 48, 64)
     blocks: int = 1
     """Residual blocks per encoder/decoder level."""
-    norm: str = "batch"
+    norm: Literal["batch", "layer"] = "batch"
     """Feature normalisation: "batch" or "layer"."""
     balance_clusters: int = 16
     """Fused features are clustered (spherical k-means) and the loss weights each point by its cluster's
@@ -87,11 +88,11 @@ class DistillConfig:
     setting. The sparse ops are many small gathers/scatters: on a shared 2-core machine 2 threads ran a
     training step 18x slower than 1 (OpenMP oversubscription), so 1 is the safe default."""
     seed: int = 0
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """"auto" (CUDA when available), "cpu" or "cuda"."""
-    backend: str = "torch"
+    backend: Literal["torch", "spconv"] = "torch"
     """Sparse conv backend for training/prediction: "torch" (pure torch) or "spconv" (CUDA, optional)."""
-    student: str = "sparseconv"
+    student: Literal["sparseconv", "gaussian-field"] = "sparseconv"
     """"sparseconv" (the point student; on Gaussian scenes it runs on the Gaussians' centres) or
     "gaussian-field" (per-Gaussian features trained through the rasterizer, Feature 3DGS; Gaussian scenes only).
     On the synthetic tabletop as splats the point student's ensemble scored higher (README), so it is the default."""

@@ -10,9 +10,9 @@ and ``RUN/plots/confusion.png`` (the best source). Per point the prediction is t
 class text embeddings; in the fused features a point no view covered predicts nothing and counts as wrong.
 ``acc_uncovered`` is the accuracy on the evaluated points no view covered (None when there are none).
 
-Class text embeddings: an encoder with ``encode_class_names`` (the oracle) embeds the field's whole label map
-the way the oracle teacher did, so classes whose names share a concept stay distinct; any other encoder
-(open_clip) embeds the prompts ``"a photo of a {name}."``.
+Class text embeddings come from the run's QuerySession (:meth:`scene_kd.query.session.QuerySession.class_embeddings`):
+the oracle embeds the field's whole label map the way the oracle teacher did; any other encoder (open_clip)
+embeds the class names in the run's prompt template (QueryConfig.template, "a photo of a {}." by default).
 """
 
 from __future__ import annotations
@@ -36,29 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROMPT_TEMPLATE = "a photo of a {}."
 _VERSION = "eval-v1"
-
-
-def class_text_embeddings(text_encoder: Any, vocabulary: Sequence[str], label_names: dict[int, str] | None = None) -> torch.Tensor:
-    """[C, D] unit text embeddings of the vocabulary (see the module docstring for the two ways)."""
-    vocabulary = list(vocabulary)
-    if hasattr(text_encoder, "encode_class_names"):
-        names = dict(label_names or {})
-        ids = sorted(names)
-        all_names = [names[i] for i in ids]
-        for v in vocabulary:
-            if v not in all_names:
-                all_names.append(v)
-        vecs = text_encoder.encode_class_names(all_names)
-        first = {}
-        for k, name in enumerate(all_names):
-            first.setdefault(name, k)
-        out = vecs[[first[v] for v in vocabulary]]
-    else:
-        out = text_encoder.encode_text([PROMPT_TEMPLATE.format(v) for v in vocabulary])
-    out = torch.as_tensor(out, dtype=torch.float32)
-    return out / out.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def predict(features: torch.Tensor, text: torch.Tensor, chunk: int = 262144) -> np.ndarray:
@@ -84,7 +62,7 @@ class EvalStage:
     """
 
     name = "eval"
-    section = None
+    section = "query"
 
     def enabled(self, cfg: PipelineConfig) -> bool:
         return True
@@ -96,10 +74,10 @@ class EvalStage:
         return [run.eval, run.confusion_png]
 
     def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
-        return [_VERSION, list(ctx.sources) if ctx.sources else None]
+        return [_VERSION, list(ctx.sources) if ctx.sources else None, cfg.query.template]
 
     def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-        return _evaluate(run, ctx.sources)
+        return _evaluate(run, ctx.sources, cfg.query)
 
 
 EVAL = EvalStage()
@@ -127,16 +105,14 @@ def check_evaluable(run_dir: Path, sources: Sequence[str] | None = None) -> tupl
     return field, srcs, vocabulary, targets
 
 
-def _evaluate(run: RunDir, sources: Sequence[str] | None) -> dict[str, Any]:
+def _evaluate(run: RunDir, sources: Sequence[str] | None, query: Any) -> dict[str, Any]:
     from scene_kd.eval.metrics import confusion_matrix, scores
     from scene_kd.eval.plots import confusion_png
+    from scene_kd.query.session import QuerySession
 
     run_dir = run.root
     field, srcs, vocabulary, targets = check_evaluable(run_dir, sources)
-    from scene_kd.teachers.text import load_text_encoder
-
-    encoder = load_text_encoder(field.text_encoder)
-    text = class_text_embeddings(encoder, vocabulary, field.label_names)
+    text = QuerySession.open(run_dir, field=field, query=query).class_embeddings(vocabulary, field.label_names)
     if text.shape[1] != field.dim:
         raise RunStateError(f"text encoder {field.text_encoder!r} gives {text.shape[1]}-dim embeddings but the field "
                             f"has {field.dim}-dim features", path=run_dir)

@@ -230,6 +230,36 @@ def refuse(query: str, reason: str, peak: float | None = None) -> GraspTarget:
     return GraspTarget(query=query, found=False, reason=reason, peak_relevancy=peak)
 
 
+@dataclass
+class TargetFrame:
+    """The target's boxes in local coordinates: the PCA box (reported as ``obb``) and the gravity-aligned box
+    whose footprint axes are ``major`` and ``minor`` (the direction of smallest horizontal width)."""
+
+    obb_center: np.ndarray  # [3]
+    obb_extent: np.ndarray  # [3] descending
+    obb_axes: np.ndarray  # [3, 3] columns = axes
+    major: np.ndarray  # [3] unit
+    minor: np.ndarray  # [3] unit, the closing direction
+    center: np.ndarray  # [3] gravity-aligned box centre
+    extent: np.ndarray  # [3] (major, minor, height), trimmed horizontally
+    width: float  # opening width: minor extent + margin
+
+    @property
+    def height(self) -> float:
+        return float(self.extent[2])
+
+
+@dataclass
+class Approach:
+    """How the gripper comes in: ``kind`` "top" | "side", unit ``direction`` [3] (gripper -> object), the
+    fingertip centre ``position`` [3] (local), and whether the corridor is free (``reachable``)."""
+
+    kind: str
+    direction: np.ndarray
+    position: np.ndarray
+    reachable: bool
+
+
 def find_grasp(
     positions: np.ndarray,
     relevancy: np.ndarray,
@@ -239,7 +269,7 @@ def find_grasp(
     cfg: GraspConfig | None = None,
     sensor: np.ndarray | None = None,
 ) -> GraspTarget:
-    """Grasp target for one query.
+    """Grasp target for one query (the steps of the module docstring, each a function below).
 
     positions: [N, 3] local coordinates.   relevancy: [N] in [0, 1].   origin: [3] float64, world = origin + local.
     sensor: optional [3] local position of the sensor/robot (side approaches come from that side).
@@ -247,6 +277,41 @@ def find_grasp(
     relevant. Raises SceneKDError on an empty scene or mismatched inputs.
     """
     cfg = cfg or GraspConfig()
+    positions, rel, origin = _check_inputs(positions, relevancy, origin)
+    peak = float(rel.max())
+    if peak < cfg.min_relevancy:
+        return refuse(query, f"no confident target for {query!r}: peak relevancy {peak:.3f} < {cfg.min_relevancy}", peak)
+    members = _largest_relevant_cluster(positions, rel, peak, cfg)
+    if len(members) < cfg.min_points:
+        return refuse(query, f"no confident target for {query!r}: largest relevant cluster has only "
+                             f"{len(members)} point(s) (< {cfg.min_points})", peak)
+    up = np.asarray(cfg.up, dtype=np.float64)
+    up = up / np.linalg.norm(up)
+    pts = positions[members]
+    frame = _target_frame(pts, up, cfg)
+    if cfg.max_width is not None and frame.width > cfg.max_width:
+        return refuse(query, f"target for {query!r} is {frame.width:.3f} wide, wider than the gripper opens "
+                             f"({cfg.max_width})", peak)
+    others = positions[np.setdiff1d(np.arange(len(positions)), members, assume_unique=False)]
+    approach = _choose_approach(others, frame, up, cfg, sensor)
+    normal = _contact_normal(pts, approach)
+    closing = frame.minor
+    rotation = np.stack([np.cross(closing, approach.direction), closing, approach.direction], axis=1)
+    return GraspTarget(
+        query=query, found=True, position=(approach.position + origin).tolist(),
+        orientation_xyzw=quaternion_xyzw(rotation).tolist(), approach=approach.direction.tolist(),
+        closing=closing.tolist(), normal=normal.tolist(), approach_kind=approach.kind, reachable=approach.reachable,
+        width=frame.width, score=float(rel[members].mean()), peak_relevancy=peak, point_count=int(len(members)),
+        obb=OrientedBox(center=(frame.obb_center + origin).tolist(), extent=frame.obb_extent.tolist(),
+                        rotation=frame.obb_axes.tolist()),
+        point_indices=members.tolist(),
+    )
+
+
+def _check_inputs(positions: np.ndarray, relevancy: np.ndarray, origin: np.ndarray | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(positions [N, 3] float64, relevancy [N] float64 with -inf where a value or position is not finite,
+    origin [3] float64); SceneKDError on an empty scene, mismatched lengths or nothing finite."""
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     relevancy = np.asarray(relevancy, dtype=np.float64).reshape(-1)
     origin = np.zeros(3) if origin is None else np.asarray(origin, dtype=np.float64).reshape(3)
@@ -257,11 +322,12 @@ def find_grasp(
     finite = np.isfinite(relevancy) & np.isfinite(positions).all(axis=1)
     if not finite.any():
         raise SceneKDError("relevancy is NaN/Inf everywhere")
-    rel = np.where(finite, relevancy, -np.inf)
-    peak = float(rel.max())
-    if peak < cfg.min_relevancy:
-        return refuse(query, f"no confident target for {query!r}: peak relevancy {peak:.3f} < {cfg.min_relevancy}", peak)
+    return positions, np.where(finite, relevancy, -np.inf), origin
 
+
+def _largest_relevant_cluster(positions: np.ndarray, rel: np.ndarray, peak: float, cfg: GraspConfig) -> np.ndarray:
+    """Indices [M] int64 of the largest voxel-connected cluster of hits (relevancy >= max(hit_threshold,
+    peak - band))."""
     hit_idx = np.flatnonzero(rel >= max(cfg.hit_threshold, peak - cfg.band))
     hits = positions[hit_idx]
     voxel = cfg.voxel_size if cfg.voxel_size > 0 else 2.5 * median_spacing(hits)
@@ -269,68 +335,46 @@ def find_grasp(
         voxel = 1e-3
     comp = voxel_components(hits, voxel)
     ids, counts = np.unique(comp, return_counts=True)
-    best = ids[np.argmax(counts)]
-    members = hit_idx[comp == best]
-    if len(members) < cfg.min_points:
-        return refuse(query, f"no confident target for {query!r}: largest relevant cluster has only "
-                             f"{len(members)} point(s) (< {cfg.min_points})", peak)
-    pts = positions[members]
-    up = np.asarray(cfg.up, dtype=np.float64)
-    up = up / np.linalg.norm(up)
+    return hit_idx[comp == ids[np.argmax(counts)]]
 
+
+def _target_frame(pts: np.ndarray, up: np.ndarray, cfg: GraspConfig) -> TargetFrame:
+    """The PCA box and the gravity-aligned box of the target's points [M, 3]; width = minor extent + margin."""
     obb_center, obb_extent, obb_axes = pca_box(pts)
-    major, minor, box_center, box_extent = horizontal_frame(pts, up, cfg.trim)
-    height = float(box_extent[2])
-    width = float(box_extent[1]) + cfg.margin
-    if cfg.max_width is not None and width > cfg.max_width:
-        return refuse(query, f"target for {query!r} is {width:.3f} wide, wider than the gripper opens "
-                             f"({cfg.max_width})", peak)
+    major, minor, center, extent = horizontal_frame(pts, up, cfg.trim)
+    return TargetFrame(obb_center=obb_center, obb_extent=obb_extent, obb_axes=obb_axes, major=major, minor=minor,
+                       center=center, extent=extent, width=float(extent[1]) + cfg.margin)
 
-    others = positions[np.setdiff1d(np.arange(len(positions)), members, assume_unique=False)]
-    radius = 0.5 * max(float(box_extent[0]), width)
-    top_center = box_center + up * (height / 2)
-    top_free = not corridor_blocked(others, top_center + up * 1e-6, up, cfg.clearance, radius)
 
-    approach_kind, reachable = "top", top_free
-    if top_free:
-        approach = -up
-        position = top_center - up * min(cfg.finger_depth, height / 2)
-    else:
-        # side approach along the footprint's long axis (fingers still close across the minor axis)
-        candidates = [major, -major]
-        if sensor is not None:
-            to_obj = box_center - np.asarray(sensor, dtype=np.float64)
-            candidates.sort(key=lambda d: -float(d @ to_obj))  # approach pointing from the sensor to the object
-        approach = candidates[0]
-        for d in candidates:
-            start = box_center - d * (box_extent[0] / 2)
-            if not corridor_blocked(others, start - d * 1e-6, -d, cfg.clearance, 0.5 * max(height, width)):
-                approach, approach_kind, reachable = d, "side", True
-                break
-        else:
-            approach_kind = "top"  # nothing free: the top is the least obstructed convention
-            approach = -up
-        position = box_center if approach_kind == "side" else top_center - up * min(cfg.finger_depth, height / 2)
+def _choose_approach(others: np.ndarray, frame: TargetFrame, up: np.ndarray, cfg: GraspConfig,
+                     sensor: np.ndarray | None) -> Approach:
+    """From above when the column over the target is free of ``others`` [K, 3]; else horizontally along the
+    footprint's long axis, the sensor side first, through a free corridor; else from above (obstructed)."""
+    height = frame.height
+    top_center = frame.center + up * (height / 2)
+    top_position = top_center - up * min(cfg.finger_depth, height / 2)
+    radius = 0.5 * max(float(frame.extent[0]), frame.width)
+    if not corridor_blocked(others, top_center + up * 1e-6, up, cfg.clearance, radius):
+        return Approach(kind="top", direction=-up, position=top_position, reachable=True)
+    candidates = [frame.major, -frame.major]
+    if sensor is not None:
+        to_obj = frame.center - np.asarray(sensor, dtype=np.float64)
+        candidates.sort(key=lambda d: -float(d @ to_obj))  # approach pointing from the sensor to the object
+    for d in candidates:
+        start = frame.center - d * (frame.extent[0] / 2)
+        if not corridor_blocked(others, start - d * 1e-6, -d, cfg.clearance, 0.5 * max(height, frame.width)):
+            return Approach(kind="side", direction=d, position=frame.center, reachable=True)
+    # nothing free: the top is the least obstructed convention
+    return Approach(kind="top", direction=-up, position=top_position, reachable=False)
 
-    closing = minor
-    x_axis = np.cross(closing, approach)
-    rotation = np.stack([x_axis, closing, approach], axis=1)
 
-    # surface normal where the fingers meet the object: mean normal of points near the grasp axis, oriented
-    # against the approach (pointing out of the object towards the gripper)
+def _contact_normal(pts: np.ndarray, approach: Approach) -> np.ndarray:
+    """Unit surface normal [3] where the fingers meet the object: the mean normal of the points nearest the grasp
+    axis (closest 20%), oriented against the approach (out of the object, towards the gripper)."""
     normals = estimate_normals(pts)
-    near = np.linalg.norm(np.cross(pts - position, approach), axis=1)
+    near = np.linalg.norm(np.cross(pts - approach.position, approach.direction), axis=1)
     sel = near <= np.quantile(near, 0.2)
     n_dirs = normals[sel]
-    n_dirs = n_dirs * np.where((n_dirs @ -approach) < 0, -1.0, 1.0)[:, None]
+    n_dirs = n_dirs * np.where((n_dirs @ -approach.direction) < 0, -1.0, 1.0)[:, None]
     normal = n_dirs.mean(axis=0)
-    normal = normal / max(np.linalg.norm(normal), 1e-12)
-
-    return GraspTarget(
-        query=query, found=True, position=(position + origin).tolist(),
-        orientation_xyzw=quaternion_xyzw(rotation).tolist(), approach=approach.tolist(), closing=closing.tolist(),
-        normal=normal.tolist(), approach_kind=approach_kind, reachable=reachable, width=width,
-        score=float(rel[members].mean()), peak_relevancy=peak, point_count=int(len(members)),
-        obb=OrientedBox(center=(obb_center + origin).tolist(), extent=obb_extent.tolist(), rotation=obb_axes.tolist()),
-        point_indices=members.tolist(),
-    )
+    return normal / max(np.linalg.norm(normal), 1e-12)

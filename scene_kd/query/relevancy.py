@@ -43,6 +43,7 @@ def relevancy(
     temperature: float = 10.0,
     encoder: Any | None = None,
     precision: str = "auto",
+    cache: Any | None = None,
 ) -> torch.Tensor:
     """Relevancy [N] float32 in (0, 1) of each point of ``field`` to ``text``.
 
@@ -51,6 +52,9 @@ def relevancy(
     encoder: a text encoder object (``id``, ``dim``, ``encode_text``); default: rebuilt from the field's
     ``text_encoder`` id. A different id than the field's is refused (RunStateError).
     precision: float32 | float16 | bfloat16 | auto (see scene_kd.query.similarity).
+    cache: the TextEmbeddingCache for the prompts (default the process-wide one).
+    ``text`` and ``negatives`` are encoded as given: relevancy applies no prompt template (as LERF).
+    Entry points call this through :class:`scene_kd.query.session.QuerySession` (the run's QueryConfig).
     """
     text = check_prompt(text)
     negatives = [check_prompt(n, "negative prompt") for n in negatives]
@@ -59,7 +63,7 @@ def relevancy(
     if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature < float("inf")):
         raise SceneKDError(f"temperature must be a positive number, got {temperature!r}")
     encoder = load_encoder(field, encoder)
-    emb = embed_prompts(encoder, [text, *negatives])
+    emb = embed_prompts(encoder, [text, *negatives], cache)
     source = resolve_source(field, source)
     if source == "ensemble":
         return relevancy_from_similarities(similarities(field, emb, source=source, precision=precision), temperature)

@@ -15,6 +15,7 @@ import torch
 
 from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
+from scene_kd.query.config import DEFAULT_TEMPLATE
 from scene_kd.query.similarity import embed_prompts, load_encoder, similarities
 
 UNKNOWN = -1
@@ -41,6 +42,7 @@ def parse_labels(labels: str | Sequence[str]) -> list[str]:
 
 
 def apply_template(template: str | None, name: str) -> str:
+    """``template`` with "{}" replaced by ``name`` (None or "": ``name`` as is); SceneKDError without "{}"."""
     if not template:
         return name
     if "{}" not in template:
@@ -53,22 +55,25 @@ def segment(
     labels: str | Sequence[str],
     *,
     source: str = "auto",
-    template: str | None = "a photo of a {}.",
+    template: str | None = DEFAULT_TEMPLATE,
     unknown_threshold: float | None = None,
     temperature: float = 10.0,
     encoder: Any | None = None,
     precision: str = "auto",
+    cache: Any | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(label_index [N] int64 in [-1, C), confidence [N] float32 in [0, 1]) for class names ``labels``.
 
     source: fused | distilled | ensemble | auto.   template: "{}" is replaced by each class name (None: as is).
     unknown_threshold: cosine similarity below which a point is unknown (-1); None keeps every argmax.
+    cache: the TextEmbeddingCache for the prompts (default the process-wide one).
+    Entry points call this through :class:`scene_kd.query.session.QuerySession` (the run's QueryConfig).
     """
     names = parse_labels(labels)
     if unknown_threshold is not None and not np.isfinite(unknown_threshold):
         raise SceneKDError(f"unknown_threshold must be a finite number, got {unknown_threshold!r}")
     encoder = load_encoder(field, encoder)
-    emb = embed_prompts(encoder, [apply_template(template, n) for n in names])
+    emb = embed_prompts(encoder, [apply_template(template, n) for n in names], cache)
     sims = similarities(field, emb, source=source, precision=precision).T  # [C, N], contiguous
     best, index = sims.max(dim=0)
     confidence = torch.softmax(sims.mul_(float(temperature)), dim=0).gather(0, index[None, :])[0]

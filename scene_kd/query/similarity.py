@@ -6,7 +6,8 @@ The field stores features as float16 [N, D]. Per (field, source) we prepare once
   while torch's CPU float16 matmul does not).
 A query is then one [N, D] x [D, P] matmul on un-normalised rows, scaled by the cached inverse norms.
 
-Text embeddings are cached per (encoder id, prompt) for the life of the process.
+Text embeddings are cached in one bounded LRU cache per caller (:class:`scene_kd.teachers.text.TextEmbeddingCache`;
+the process-wide ``TEXT_CACHE`` unless a cache is passed, as a QuerySession does); this module keeps none.
 """
 
 from __future__ import annotations
@@ -32,9 +33,6 @@ _AUTO_BF16_MIN_ELEMENTS = 1 << 23  # N*D above which "auto" uses the bf16 path (
 
 
 # ---- text --------------------------------------------------------------------------------------------
-_TEXT_CACHE: dict[tuple[str, str], torch.Tensor] = {}
-_TEXT_CACHE_MAX = 20000
-
 
 def load_encoder(field_: FeatureField, encoder: Any | None = None) -> Any:
     """The field's text encoder: ``encoder`` if given (its id must equal the field's), else rebuilt from the
@@ -62,22 +60,32 @@ def check_prompt(text: Any, what: str = "query") -> str:
     return text
 
 
-def embed_prompts(encoder: Any, prompts: Sequence[str]) -> torch.Tensor:
-    """[P, D] float32 unit rows for ``prompts``; each (encoder.id, prompt) is encoded once per process."""
+def embed_prompts(encoder: Any, prompts: Sequence[str], cache: Any | None = None) -> torch.Tensor:
+    """[P, D] float32 unit rows for ``prompts``, each (encoder.id, prompt) encoded once while it stays in ``cache``
+    (a :class:`scene_kd.teachers.text.TextEmbeddingCache`; default the process-wide ``TEXT_CACHE``).
+
+    scene-kd's own encoders look the cache up themselves (one cache, no second layer); any other object with
+    ``id``, ``dim`` and ``encode_text(prompts)`` is wrapped in the same cache. Raises SceneKDError on an empty
+    prompt or an encoder returning the wrong shape or NaN/Inf."""
+    from scene_kd.teachers.text import TEXT_CACHE, OpenClipTextEncoder, OracleTextEncoder
+
     prompts = [check_prompt(p, "prompt") for p in prompts]
-    missing = list(dict.fromkeys(p for p in prompts if (encoder.id, p) not in _TEXT_CACHE))
-    if missing:
-        vecs = torch.as_tensor(encoder.encode_text(missing)).detach().to("cpu", torch.float32)
-        if vecs.ndim != 2 or vecs.shape != (len(missing), int(encoder.dim)):
-            raise SceneKDError(f"text encoder {encoder.id!r} returned shape {tuple(vecs.shape)}, expected ({len(missing)}, {encoder.dim})")
-        if not torch.isfinite(vecs).all():
-            raise SceneKDError(f"text encoder {encoder.id!r} returned NaN/Inf embeddings")
-        vecs = vecs / vecs.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        if len(_TEXT_CACHE) + len(missing) > _TEXT_CACHE_MAX:
-            _TEXT_CACHE.clear()
-        for p, v in zip(missing, vecs, strict=True):
-            _TEXT_CACHE[(encoder.id, p)] = v.clone()
-    return torch.stack([_TEXT_CACHE[(encoder.id, p)] for p in prompts])
+    cache = TEXT_CACHE if cache is None else cache
+    if isinstance(encoder, (OracleTextEncoder, OpenClipTextEncoder)):
+        vecs = encoder.encode_text(prompts, cache=cache)
+    else:
+        vecs = torch.from_numpy(cache.lookup(encoder.id, prompts, lambda missing: _encode_checked(encoder, missing)))
+    vecs = torch.as_tensor(vecs).detach().to("cpu", torch.float32)
+    return vecs / vecs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _encode_checked(encoder: Any, prompts: list[str]) -> torch.Tensor:
+    vecs = torch.as_tensor(encoder.encode_text(prompts)).detach().to("cpu", torch.float32)
+    if vecs.ndim != 2 or vecs.shape != (len(prompts), int(encoder.dim)):
+        raise SceneKDError(f"text encoder {encoder.id!r} returned shape {tuple(vecs.shape)}, expected ({len(prompts)}, {encoder.dim})")
+    if not torch.isfinite(vecs).all():
+        raise SceneKDError(f"text encoder {encoder.id!r} returned NaN/Inf embeddings")
+    return vecs
 
 
 # ---- prepared features -------------------------------------------------------------------------------

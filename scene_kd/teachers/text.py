@@ -10,14 +10,18 @@ Ids (stored in features.safetensors and FeatureField.text_encoder):
 - ``open_clip:{model}:{pretrained}``: open_clip's text tower (``pretrained`` = ``random`` for seeded random
   init, tests only).
 
-Text embeddings are cached per (encoder id, prompt) for the life of the process.
+Text embeddings are cached per (encoder id, prompt) in one bounded LRU cache (:class:`TextEmbeddingCache`,
+``TEXT_CACHE_SIZE`` entries, least recently used dropped first); a caller may pass its own cache instead
+(a :class:`scene_kd.query.session.QuerySession` does, sized by its ``QueryConfig.text_cache_size``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -155,10 +159,10 @@ class OracleTextEncoder:
             return self.generic_vector(prompt)
         return self.hashed_vector(prompt)
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """[P, D] float32 unit rows."""
+    def encode_text(self, prompts: Sequence[str], *, cache: TextEmbeddingCache | None = None) -> torch.Tensor:
+        """[P, D] float32 unit rows; cached in ``cache`` (default: the process-wide ``TEXT_CACHE``)."""
         prompts = _check_prompts(prompts)
-        return _cached_encode(self.id, prompts, lambda missing: np.stack([self.vector(p) for p in missing]))
+        return _cached_encode(self.id, prompts, lambda missing: np.stack([self.vector(p) for p in missing]), cache)
 
     def encode_class_names(self, names: Sequence[str]) -> torch.Tensor:
         """[C, D] unit rows for a label map's class names, all distinct: a class whose concept another class
@@ -187,7 +191,8 @@ class OpenClipTextEncoder:
         self.dim = bundle.dim
         self.model_calls = 0
 
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
+    def encode_text(self, prompts: Sequence[str], *, cache: TextEmbeddingCache | None = None) -> torch.Tensor:
+        """[P, D] float32 unit rows; cached in ``cache`` (default: the process-wide ``TEXT_CACHE``)."""
         prompts = _check_prompts(prompts)
 
         def run(missing: list[str]) -> np.ndarray:
@@ -199,10 +204,69 @@ class OpenClipTextEncoder:
                     out.append(l2_normalise(self.bundle.model.encode_text(tokens).float()).cpu().numpy())
             return np.concatenate(out)
 
-        return _cached_encode(self.id, prompts, run)
+        return _cached_encode(self.id, prompts, run, cache)
 
 
-_TEXT_CACHE: dict[tuple[str, str], np.ndarray] = {}
+class TextEmbeddingCache:
+    """A bounded, thread-safe LRU cache of text embeddings keyed by (encoder id, prompt).
+
+    Holds at most ``maxsize`` float32 [D] vectors; a lookup refreshes an entry, and inserting past ``maxsize``
+    drops the least recently used entries first (so a long-running viewer or grasp service stays bounded).
+    ``hits``: prompts served from the cache; ``misses``: distinct prompts encoded. Raises SceneKDError for
+    ``maxsize`` < 1.
+    """
+
+    def __init__(self, maxsize: int):
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool) or maxsize < 1:
+            raise SceneKDError(f"text cache size must be a positive integer, got {maxsize!r}")
+        self.maxsize = maxsize
+        self.hits = 0
+        self.misses = 0
+        self._data: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._data
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def lookup(self, encoder_id: str, prompts: Sequence[str],
+               compute: Callable[[list[str]], np.ndarray | torch.Tensor]) -> np.ndarray:
+        """[P, D] float32 embeddings of ``prompts`` (as ``compute`` returned them, not re-normalised);
+        ``compute(missing)`` -> [M, D] is called once, with the distinct prompts not cached."""
+        distinct = list(dict.fromkeys(prompts))
+        with self._lock:
+            found: dict[str, np.ndarray] = {}
+            for p in distinct:
+                v = self._data.get((encoder_id, p))
+                if v is not None:
+                    self._data.move_to_end((encoder_id, p))
+                    found[p] = v
+            missing = [p for p in distinct if p not in found]
+            self.hits += sum(1 for p in prompts if p in found)
+            self.misses += len(missing)
+        if missing:
+            vecs = compute(missing)
+            vecs = vecs.detach().cpu().numpy() if isinstance(vecs, torch.Tensor) else np.asarray(vecs)
+            if vecs.ndim != 2 or len(vecs) != len(missing):
+                raise SceneKDError(f"text encoder {encoder_id!r} returned shape {vecs.shape} for {len(missing)} prompts")
+            with self._lock:
+                for p, v in zip(missing, vecs, strict=True):
+                    found[p] = self._data[(encoder_id, p)] = np.array(v, dtype=np.float32)
+                    self._data.move_to_end((encoder_id, p))
+                while len(self._data) > self.maxsize:
+                    self._data.popitem(last=False)
+        return np.stack([found[p] for p in prompts])
+
+
+TEXT_CACHE_SIZE = 4096
+"""Entries of the process-wide text-embedding cache (4096 x 512-d float32 = 8 MiB for CLIP ViT-B)."""
+TEXT_CACHE = TextEmbeddingCache(TEXT_CACHE_SIZE)
 
 
 def _check_prompts(prompts: Sequence[str]) -> list[str]:
@@ -217,12 +281,9 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
-def _cached_encode(encoder_id: str, prompts: list[str], compute) -> torch.Tensor:
-    missing = list(dict.fromkeys(p for p in prompts if (encoder_id, p) not in _TEXT_CACHE))
-    if missing:
-        for p, v in zip(missing, compute(missing), strict=True):
-            _TEXT_CACHE[(encoder_id, p)] = np.asarray(v, dtype=np.float32)
-    out = np.stack([_TEXT_CACHE[(encoder_id, p)] for p in prompts])
+def _cached_encode(encoder_id: str, prompts: list[str], compute, cache: TextEmbeddingCache | None = None
+                   ) -> torch.Tensor:
+    out = (TEXT_CACHE if cache is None else cache).lookup(encoder_id, prompts, compute)
     return l2_normalise(torch.from_numpy(out))
 
 

@@ -166,10 +166,12 @@ def label_in_chunks(scene: Any, labeller: Labeller, chunk_size: int, halo: float
 # ---- labellers ---------------------------------------------------------------------------------
 
 
-def _segment_field(field: Any, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    from scene_kd.query.segment import segment
+def _segment_field(field: Any, labels: tuple[str, ...], run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ``field`` with the QueryConfig of the run folder it comes from (a QuerySession, as every entry
+    point): the student's run in student mode, the tile's run in pipeline mode."""
+    from scene_kd.query.session import QuerySession
 
-    idx, conf = segment(field, list(labels))
+    idx, conf = QuerySession.open(run_dir, field=field).segment(list(labels))
     to_np = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
     return to_np(idx).astype(np.int32), to_np(conf).astype(np.float32)
 
@@ -200,7 +202,7 @@ def label_with_student(scene: Any, job: BatchJob) -> tuple[np.ndarray, np.ndarra
         teacher=meta["teacher"], text_encoder=meta["text_encoder"], dim=int(feats.shape[1]),
     )
     del feats
-    return _segment_field(field, job.labels)
+    return _segment_field(field, job.labels, job.student)
 
 
 def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> Labeller:
@@ -224,7 +226,7 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
         field = FeatureField.load(run_dir)
         if len(field) != len(scene):
             raise SceneKDError(f"pipeline field has {len(field)} points for {len(scene)} scene points", path=run_dir)
-        return _segment_field(field, job.labels)
+        return _segment_field(field, job.labels, run_dir)
 
     return label
 

@@ -1,13 +1,12 @@
 """Python API for grasp-target lookup on a run folder: ``grasp_target(run_dir, query) -> GraspTarget``.
 
-``GraspLookup`` loads the run's FeatureField and text encoder once and answers many queries (the HTTP
-service keeps one). Results are in the scene's own (world) coordinates; a query with nothing confidently
+``GraspLookup`` opens the run's :class:`~scene_kd.query.session.QuerySession` once (field, text encoder, the
+run's QueryConfig, one bounded text cache) and answers many queries (the HTTP service keeps one). Results are in the scene's own (world) coordinates; a query with nothing confidently
 relevant returns ``found=False`` with a reason instead of a guess.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,37 +20,42 @@ __all__ = ["GraspConfig", "GraspLookup", "GraspTarget", "grasp_target"]
 class GraspLookup:
     """Grasp targets for text queries on one run folder (thread-safe; the field is loaded once).
 
-    run_dir: a run folder with field.safetensors/field.json.   source: fused | distilled | ensemble | auto.
+    run_dir: a run folder with field.safetensors/field.json.
+    source: fused | distilled | ensemble | auto; None: the run's QueryConfig source.
     sensor: optional world position [3] of the sensor/robot (side approaches come from that side).
+    Relevancy uses the run's QueryConfig (negatives, temperature, precision), as every other entry point.
     """
 
-    def __init__(self, run_dir: str | Path, cfg: GraspConfig | None = None, *, source: str = "auto",
+    def __init__(self, run_dir: str | Path, cfg: GraspConfig | None = None, *, source: str | None = None,
                  sensor: tuple[float, float, float] | None = None):
-        from scene_kd.field import FeatureField
-        from scene_kd.query.similarity import load_encoder
+        from scene_kd.query.session import QuerySession
 
         self.run_dir = Path(run_dir)
-        self.field = FeatureField.load(self.run_dir)
+        self.session = QuerySession.open(self.run_dir)
+        self.field = self.session.field
         self.cfg = cfg or GraspConfig()
         self.source = source
         self.sensor_local = None if sensor is None else np.asarray(sensor, dtype=np.float64) - self.field.origin
-        self.encoder = load_encoder(self.field) if len(self.field) else None
-        self._lock = threading.Lock()
 
-    def __call__(self, query: str) -> GraspTarget:
-        from scene_kd.query.relevancy import relevancy
+    def relevancy(self, query: str) -> np.ndarray:
+        """[N] float32 relevancy of every point to ``query`` (the session's, with this lookup's source)."""
         from scene_kd.query.similarity import check_prompt
 
         query = check_prompt(query)
         if len(self.field) == 0:
             raise SceneKDError("the scene is empty: no points to search for a grasp target", path=self.run_dir)
-        with self._lock:
-            rel = relevancy(self.field, query, source=self.source, encoder=self.encoder)
-        return find_grasp(self.field.positions, rel.numpy(), query=query, origin=self.field.origin, cfg=self.cfg,
+        return self.session.relevancy(query, source=self.source).numpy()
+
+    def __call__(self, query: str) -> GraspTarget:
+        from scene_kd.query.similarity import check_prompt
+
+        query = check_prompt(query)
+        rel = self.relevancy(query)
+        return find_grasp(self.field.positions, rel, query=query, origin=self.field.origin, cfg=self.cfg,
                           sensor=self.sensor_local)
 
 
-def grasp_target(run_dir: str | Path, query: str, *, cfg: GraspConfig | None = None, source: str = "auto",
+def grasp_target(run_dir: str | Path, query: str, *, cfg: GraspConfig | None = None, source: str | None = None,
                  sensor: tuple[float, float, float] | None = None) -> GraspTarget:
     """One grasp target for ``query`` in ``run_dir`` (see GraspLookup; build one for many queries)."""
     return GraspLookup(run_dir, cfg, source=source, sensor=sensor)(query)

@@ -6,13 +6,14 @@ colours by label with a legend, click-to-inspect, a feature-source toggle, and e
 
 Server-side state lives in :class:`ViewerState` (``app.state``): the current query, relevancy, labels and
 the selection mask over *all* field points, so tests and scripts can read what the person sees.
-Queries run on one worker thread, latest request wins, so typing never queues up stale work.
+Queries go through the run's :class:`~scene_kd.query.session.QuerySession` (its QueryConfig: negatives,
+temperature, template, threshold, source), so the viewer answers as the CLI does. They run on one worker
+thread, latest request wins, so typing never queues up stale work. The widgets are built in
+:mod:`scene_kd.apps.viewer.gui`, the colours in :mod:`scene_kd.apps.viewer.colours`.
 """
 
 from __future__ import annotations
 
-import functools
-import html
 import logging
 import re
 import threading
@@ -23,6 +24,14 @@ from typing import Any
 
 import numpy as np
 
+from scene_kd.apps.viewer import gui
+from scene_kd.apps.viewer.colours import (
+    height_colours,
+    label_colours,
+    legend_html,
+    relevancy_colours,
+    warm_up,
+)
 from scene_kd.errors import SceneKDError
 
 log = logging.getLogger(__name__)
@@ -30,68 +39,6 @@ log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_POINTS = 500_000
 INSPECT_VOCABULARY = ("road", "building", "tree", "car", "ground", "grass", "water", "sidewalk", "pole", "wire")
-# label colours for vocabulary mode (tab10 without grey) and for unknown points
-PALETTE = np.array([
-    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
-    [227, 119, 194], [188, 189, 34], [23, 190, 207], [174, 199, 232], [255, 187, 120], [152, 223, 138],
-], dtype=np.uint8)
-UNKNOWN_COLOUR = np.array([90, 90, 90], dtype=np.uint8)
-TURBO_LOW, TURBO_HIGH = 0.3, 0.85  # part of turbo used for relevancy 0.5..1 (cyan -> red-orange)
-
-
-@functools.lru_cache(maxsize=1)
-def _turbo_lut() -> np.ndarray:
-    import matplotlib
-
-    return (matplotlib.colormaps["turbo"](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
-
-
-def turbo(values: np.ndarray) -> np.ndarray:
-    """[M] values in [0, 1] -> [M, 3] uint8 turbo colours."""
-    return _turbo_lut()[np.clip((np.asarray(values) * 255 + 0.5).astype(np.int64), 0, 255)]
-
-
-def relevancy_colours(rel: np.ndarray, base_rgb: np.ndarray, threshold: float) -> np.ndarray:
-    """[M, 3] uint8: points above ``threshold`` in turbo (relevancy 0.5 -> cyan ... 1 -> red-orange),
-    the rest as dimmed grey of their true colour."""
-    luma = base_rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    out = np.repeat((luma * 0.3 + 20).astype(np.uint8)[:, None], 3, axis=1)
-    hit = rel > threshold
-    t = np.clip((rel[hit] - 0.5) / 0.5, 0, 1)
-    out[hit] = turbo(TURBO_LOW + (TURBO_HIGH - TURBO_LOW) * t)
-    return out
-
-
-def label_colours(label_index: np.ndarray) -> np.ndarray:
-    """[M, 3] uint8 palette colour per label (-1: grey)."""
-    out = np.empty((len(label_index), 3), np.uint8)
-    known = label_index >= 0
-    out[known] = PALETTE[label_index[known] % len(PALETTE)]
-    out[~known] = UNKNOWN_COLOUR
-    return out
-
-
-def height_colours(xyz: np.ndarray) -> np.ndarray:
-    """A stand-in for true colour when the scene has none: grey ramp by height."""
-    z = xyz[:, 2]
-    lo, hi = (float(z.min()), float(z.max())) if len(z) else (0.0, 1.0)
-    g = (60 + 180 * (z - lo) / max(hi - lo, 1e-9)).astype(np.uint8)
-    return np.repeat(g[:, None], 3, axis=1)
-
-
-def pick_point(points: np.ndarray, origin: np.ndarray, direction: np.ndarray, max_angle: float = 0.01) -> int | None:
-    """Row of ``points`` [M, 3] hit by the ray (origin, unit direction): among points within ``max_angle``
-    radians of the ray, the nearest to the camera; None if none."""
-    d = np.asarray(direction, np.float64)
-    d = d / max(np.linalg.norm(d), 1e-12)
-    v = points.astype(np.float64) - np.asarray(origin, np.float64)
-    t = v @ d
-    perp = np.linalg.norm(v - t[:, None] * d, axis=1)
-    ok = (t > 0) & (perp <= max_angle * np.maximum(t, 1e-9))
-    if not ok.any():
-        return None
-    cand = np.flatnonzero(ok)
-    return int(cand[np.argmin(t[cand])])
 
 
 @dataclass
@@ -139,6 +86,7 @@ class ViewerApp:
         self._given_field = field  # an in-memory FeatureField instead of RUN/field.* (scripts, benchmarks)
         self.seed = seed
         self.state = ViewerState()
+        self.session = None  # the run's QuerySession, set by load()
         self.field = None
         self.server = None
         self.display_index: np.ndarray | None = None  # [M] rows of the field shown in the browser
@@ -155,15 +103,12 @@ class ViewerApp:
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def start(self, *, background_load: bool = True) -> ViewerApp:
-        import viser
-
+        """Serve (viser server + widgets, :mod:`scene_kd.apps.viewer.gui`), start the query worker, load the run."""
         if self.host not in LOOPBACK_HOSTS:
             log.warning("viewer bound to %s: anyone who can reach this machine on port %d can see the scene and "
                         "write exports into %s", self.host, self.port, self.run_dir)
-        self.server = viser.ViserServer(host=self.host, port=self.port, verbose=False)
-        self.port = self.server.get_port()
-        self.server.scene.set_up_direction("+z")
-        self._build_gui()
+        self.server, self.port = gui.make_server(self.host, self.port)
+        self.gui = gui.build_gui(self)
         self._worker = threading.Thread(target=self._work_loop, name="viewer-queries", daemon=True)
         self._worker.start()
         if background_load:
@@ -204,101 +149,54 @@ class ViewerApp:
 
     # ---- loading --------------------------------------------------------------------------------
     def load(self) -> None:
-        """Load the field and its text encoder, then show the points. Errors go to the GUI."""
-        from scene_kd.field import FeatureField
-        from scene_kd.query.similarity import load_encoder
+        """Open the run's QuerySession (field, text encoder, QueryConfig), then show the points. Errors go to
+        the GUI."""
+        from scene_kd.query.session import QuerySession
+        from scene_kd.query.similarity import resolve_source
 
         try:
-            if self._given_field is not None:
-                fld = self._given_field
-                if self.expect_text_encoder not in (None, fld.text_encoder):
-                    raise SceneKDError(f"field was made with text encoder {fld.text_encoder!r}, "
-                                       f"not {self.expect_text_encoder!r}")
-            else:
-                fld = FeatureField.load(self.run_dir, expect_text_encoder=self.expect_text_encoder)
-            encoder = load_encoder(fld, self.encoder)
-        except SceneKDError as e:
-            self._set_status("error", f"Cannot load the run: {e}")
-            self._loaded.set()
-            return
-        except Exception as e:  # a viewer must not die on a bad run folder
-            log.exception("loading %s failed", self.run_dir)
-            self._set_status("error", f"Cannot load the run: {type(e).__name__}: {e}")
+            session = QuerySession.open(self.run_dir, field=self._given_field, encoder=self.encoder,
+                                        expect_text_encoder=self.expect_text_encoder)
+            fld = session.field
+            source = resolve_source(fld, session.config.source) if fld.sources else "auto"
+        except Exception as e:  # a viewer must not die on a bad run folder: the error goes to the GUI
+            if not isinstance(e, SceneKDError):
+                log.exception("loading %s failed", self.run_dir)
+            self.set_status("error", f"Cannot load the run: {e if isinstance(e, SceneKDError) else f'{type(e).__name__}: {e}'}")
             self._loaded.set()
             return
         n = len(fld)
         if n > self.max_points:
-            rng = np.random.default_rng(self.seed)
-            index = np.sort(rng.choice(n, self.max_points, replace=False))
+            index = np.sort(np.random.default_rng(self.seed).choice(n, self.max_points, replace=False))
         else:
             index = np.arange(n)
         xyz = fld.positions[index]
         lo, hi = (fld.positions.min(0), fld.positions.max(0)) if n else (np.zeros(3), np.ones(3))
         centre = (lo + hi) / 2
         rgb = fld.rgb[index] if fld.rgb is not None else height_colours(xyz)
-        _turbo_lut()  # import matplotlib now, not on the first query
+        warm_up()
         with self._lock:
-            self.field, self.encoder = fld, encoder
+            self.session, self.field, self.encoder = session, fld, session.encoder
             self.display_index, self._centre = index, centre.astype(np.float64)
             self._display_xyz = (xyz - centre).astype(np.float32)
             self._base_rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-            self.state.source = fld.default_source() if fld.sources else "auto"
-        self._add_points(extent=hi - lo)
+            self.state.source = source
+        self.points = gui.add_points(self.server, self._display_xyz, self._base_rgb, extent=hi - lo)
+        self.set_threshold(session.config.threshold)  # the run's hit threshold
+        self.gui["threshold"].value = session.config.threshold
         note = f"{n:,} points"
         if n > self.max_points:
             note = (f"Showing {self.max_points:,} of {n:,} points (random subsample for the browser; "
                     f"queries, selection and export use all points).")
-        if fld.sources:  # made now, so its options and initial value are the field's (no spurious update)
-            src = self.server.gui.add_dropdown("Features", tuple(fld.sources), initial_value=self.state.source,
-                                               order=self.gui["threshold"].order + 0.5)
-            src.on_update(lambda _e: self.set_source(src.value))
-            self.gui["source"] = src
+        if fld.sources:
+            self.gui["source"] = gui.add_source_dropdown(self, tuple(fld.sources), source)
         self.gui["points_note"].content = note
-        self._set_status("ready", f"Loaded {n:,} points; features: {', '.join(fld.sources)}; "
+        self.set_status("ready", f"Loaded {n:,} points; features: {', '.join(fld.sources)}; "
                                   f"text encoder {fld.text_encoder}.")
         self._loaded.set()
 
-    def _add_points(self, extent: np.ndarray) -> None:
-        m = len(self._display_xyz)
-        area = max(float(extent[0] * extent[1]), 1e-6)
-        spacing = np.sqrt(area / max(m, 1))
-        size = float(np.clip(spacing * 1.6, 1e-4, max(float(extent.max()), 1e-3) / 50))
-        self.points = self.server.scene.add_point_cloud(
-            "/scene", points=self._display_xyz, colors=self._base_rgb, point_size=size,
-            point_shape="square", point_shading="flat", precision="float32",
-        )
-        r = float(max(np.linalg.norm(extent), 1.0))
-        self.server.initial_camera.far = max(1000.0, 10 * r)
-        self.server.initial_camera.look_at = (0.0, 0.0, 0.0)
-        self.server.initial_camera.position = (0.0, -0.45 * r, 0.6 * r)
-
-    # ---- GUI ------------------------------------------------------------------------------------
-    def _build_gui(self) -> None:
-        gui = self.server.gui
-        self.gui["status"] = gui.add_markdown("**Loading the feature field...**")
-        self.gui["points_note"] = gui.add_markdown("")
-        self.gui["query"] = gui.add_text("Query", "", hint="Words to look for, e.g. 'building'; Enter to search")
-        self.gui["threshold"] = gui.add_slider("Threshold", min=0.0, max=1.0, step=0.01, initial_value=self.state.threshold)
-        self.gui["vocabulary"] = gui.add_text("Vocabulary", "", hint="Comma-separated labels, e.g. road,building,tree")
-        self.gui["apply_vocabulary"] = gui.add_button("Colour by labels")
-        self.gui["true_colour"] = gui.add_button("True colour")
-        self.gui["legend"] = gui.add_html("")
-        self.gui["inspect"] = gui.add_markdown("Click a point to see its top labels.")
-        self.gui["export_format"] = gui.add_dropdown("Export as", ("ply", "las"), initial_value="ply")
-        self.gui["export"] = gui.add_button("Export selection")
-
-        self.gui["query"].on_update(lambda _e: self.request("query", self.gui["query"].value))
-        self.gui["threshold"].on_update(lambda _e: self.set_threshold(self.gui["threshold"].value))
-        self.gui["apply_vocabulary"].on_click(lambda _e: self.request("vocabulary", self.gui["vocabulary"].value))
-        self.gui["vocabulary"].on_update(lambda _e: None)
-        self.gui["true_colour"].on_click(lambda _e: self.show_true_colour())
-        self.gui["export"].on_click(lambda _e: self._export_clicked())
-
-        @self.server.scene.on_click()
-        def _(event) -> None:
-            self._clicked(np.asarray(event.ray_origin), np.asarray(event.ray_direction))
-
-    def _set_status(self, status: str | None, message: str) -> None:
+    # ---- actions (GUI callbacks and tests call these) ----------------------------------------------
+    def set_status(self, status: str | None, message: str) -> None:
         with self._lock:
             if status is not None:
                 self.state.status = status
@@ -307,7 +205,6 @@ class ViewerApp:
         if widget is not None:
             widget.content = message.replace("\n", "  \n")
 
-    # ---- actions (GUI callbacks and tests call these) ----------------------------------------------
     _busy = False
 
     def request(self, kind: str, text: str) -> None:
@@ -333,7 +230,7 @@ class ViewerApp:
                     self.run_vocabulary(text)
             except Exception as e:  # never let a callback kill the worker
                 log.exception("viewer update failed")
-                self._set_status(None, f"Error: {type(e).__name__}: {e}")
+                self.set_status(None, f"Error: {type(e).__name__}: {e}")
             finally:
                 with self._lock:
                     self._busy = False
@@ -342,27 +239,25 @@ class ViewerApp:
     def _ready(self) -> bool:
         if self.field is None:
             if self.state.status == "error":
-                self._set_status(None, self.state.message.split("\n")[0] + "\nNothing to query.")
+                self.set_status(None, self.state.message.split("\n")[0] + "\nNothing to query.")
             else:
-                self._set_status(None, "The feature field is still loading; try again in a moment.")
+                self.set_status(None, "The feature field is still loading; try again in a moment.")
             return False
         return True
 
     def run_query(self, text: str) -> bool:
-        """Relevancy of every point to ``text``; colours + selection (relevancy > threshold)."""
-        from scene_kd.query.relevancy import relevancy
-
+        """Relevancy of every point to ``text`` (the session's); colours + selection (relevancy > threshold)."""
         if not self._ready():
             return False
         text = (text or "").strip()
         if not text:
-            self._set_status(None, "Type a query first (e.g. 'building').")
+            self.set_status(None, "Type a query first (e.g. 'building').")
             return False
         t0 = time.perf_counter()
         try:
-            rel = relevancy(self.field, text, source=self.state.source, encoder=self.encoder).numpy()
+            rel = self.session.relevancy(text, source=self.state.source).numpy()
         except SceneKDError as e:
-            self._set_status(None, f"Query failed: {e}")
+            self.set_status(None, f"Query failed: {e}")
             return False
         with self._lock:
             st = self.state
@@ -372,22 +267,23 @@ class ViewerApp:
         dt = time.perf_counter() - t0
         with self._lock:
             self.state.last_update_seconds = dt
-        self._set_status(None, f"'{text}': {int(self.state.selection.sum()):,} of {len(rel):,} points with relevancy "
+        self.set_status(None, f"'{text}': {int(self.state.selection.sum()):,} of {len(rel):,} points with relevancy "
                                f"> {self.state.threshold:.2f} (max {rel.max():.3f}; {dt * 1000:.0f} ms)")
         return True
 
     def run_vocabulary(self, text: str) -> bool:
-        """Label every point with one of the comma-separated labels in ``text``; colours + legend."""
-        from scene_kd.query.segment import label_counts, parse_labels, segment
+        """Label every point with one of the comma-separated labels in ``text`` (the session's segmentation);
+        colours + legend."""
+        from scene_kd.query.segment import label_counts, parse_labels
 
         if not self._ready():
             return False
         try:
             names = parse_labels(text or "")
             t0 = time.perf_counter()
-            idx, conf = segment(self.field, names, source=self.state.source, encoder=self.encoder)
+            idx, conf = self.session.segment(names, source=self.state.source)
         except SceneKDError as e:
-            self._set_status(None, f"Vocabulary: {e}")
+            self.set_status(None, f"Vocabulary: {e}")
             return False
         idx_np, conf_np = idx.numpy(), conf.numpy()
         with self._lock:
@@ -396,16 +292,11 @@ class ViewerApp:
             st.selection = idx_np >= 0
         self._recolour()
         counts, _ = label_counts(idx_np, names)
-        rows = "".join(
-            f'<div style="display:flex;align-items:center;gap:6px;font-size:0.85em">'
-            f'<span style="display:inline-block;width:12px;height:12px;background:rgb{tuple(int(c) for c in PALETTE[i % len(PALETTE)])}"></span>'
-            f"{html.escape(n)} ({counts[n]:,})</div>"
-            for i, n in enumerate(names))
-        self.gui["legend"].content = rows
+        self.gui["legend"].content = legend_html(names, counts)
         dt = time.perf_counter() - t0
         with self._lock:
             self.state.last_update_seconds = dt
-        self._set_status(None, f"Coloured by {len(names)} labels ({dt * 1000:.0f} ms).")
+        self.set_status(None, f"Coloured by {len(names)} labels ({dt * 1000:.0f} ms).")
         return True
 
     def set_threshold(self, threshold: float) -> None:
@@ -446,48 +337,18 @@ class ViewerApp:
         self.points.colors = colours
 
     def inspect(self, index: int, top: int = 5) -> list[tuple[str, float]]:
-        """Top labels (cosine similarity) of field point ``index`` over the current vocabulary, else the scene's
-        class names, else a small default vocabulary."""
+        """Top labels (cosine similarity of the templated names) of field point ``index`` over the current
+        vocabulary, else the scene's class names, else a small default vocabulary (also ``state.inspected``)."""
         import torch
-
-        from scene_kd.query.segment import apply_template
-        from scene_kd.query.similarity import embed_prompts, similarities
 
         fld = self.field
         names = list(self.state.labels) or sorted(set(fld.label_names.values())) or list(INSPECT_VOCABULARY)
         names = [n for n in names if n.strip()][:64]
-        emb = embed_prompts(self.encoder, [apply_template("a photo of a {}.", n) for n in names])
-        one = type(fld)(positions=fld.positions[index : index + 1], origin=fld.origin,
-                        features={k: v[index : index + 1] for k, v in fld.features.items()}, teacher=fld.teacher,
-                        text_encoder=fld.text_encoder, dim=fld.dim)
-        sims = similarities(one, emb, source=self.state.source, precision="float32")[0]
+        sims = self.session.point_similarities(index, names, source=self.state.source)
         order = torch.argsort(sims, descending=True)[:top]
-        return [(names[i], float(sims[i])) for i in order]
-
-    def _clicked(self, origin: np.ndarray, direction: np.ndarray) -> None:
-        if self.field is None:
-            self._set_status(None, "The feature field is still loading.")
-            return
-        row = pick_point(self._display_xyz, origin, direction)
-        if row is None:
-            self.gui["inspect"].content = "No point under the cursor."
-            return
-        index = int(self.display_index[row])
-        try:
-            top = self.inspect(index)
-        except SceneKDError as e:
-            self.gui["inspect"].content = f"Cannot inspect: {e}"
-            return
         with self._lock:
-            self.state.inspected = top
-        world = self.field.world_positions()[index]
-        lines = [f"**Point {index:,}** at ({world[0]:.2f}, {world[1]:.2f}, {world[2]:.2f})"]
-        if self.state.relevancy is not None:
-            lines.append(f"relevancy to '{self.state.query}': {self.state.relevancy[index]:.3f}")
-        lines += [f"- {html.escape(n)}: {s:.3f}" for n, s in top]
-        self.gui["inspect"].content = "  \n".join(lines)
-        self.server.scene.add_icosphere("/picked", radius=float(self.points.point_size) * 1.5, color=(255, 255, 255),
-                                        position=tuple(float(v) for v in self._display_xyz[row]))
+            self.state.inspected = [(names[i], float(sims[i])) for i in order]
+            return self.state.inspected
 
     def export_selection(self, fmt: str = "ply") -> Path:
         """Write the selected points to RUN/exports/<query-or-labels>-<time>.<fmt>; returns the path."""
@@ -510,18 +371,6 @@ class ViewerApp:
         with self._lock:
             st.last_export = str(path)
         return path
-
-    def _export_clicked(self) -> None:
-        try:
-            path = self.export_selection(self.gui["export_format"].value)
-        except SceneKDError as e:
-            self._set_status(None, f"Export: {e}")
-            return
-        except Exception as e:
-            log.exception("export failed")
-            self._set_status(None, f"Export failed: {type(e).__name__}: {e}")
-            return
-        self._set_status(None, f"Exported {int(self.state.selection.sum()):,} points to {path}")
 
 
 def serve(run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8080, max_points: int = DEFAULT_MAX_POINTS,
