@@ -18,7 +18,7 @@ import torch
 
 from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
-from scene_kd.runio import atomic_path, file_hash
+from scene_kd.runio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -116,13 +116,13 @@ def _field_points(field: FeatureField):
     return PointCloud(xyz=field.positions, origin=field.origin, rgb=field.rgb)
 
 
-def _source_scene(field: FeatureField, run_dir: str | Path | None):
-    """The run's input LAS/LAZ (with its header) when it still exists unchanged and matches the field's
-    points one to one; otherwise None (the caller writes a fresh header)."""
+def _las_source(run_dir: str | Path | None) -> tuple[Path, str, Any] | None:
+    """(source path, its recorded hash, point -> record map or None) when the run was made from a LAS/LAZ
+    file; None for runs from other formats (or no run folder). The source's presence and hash are checked
+    by the writer, which refuses rather than rebuilding records."""
     if run_dir is None:
         return None
-    from scene_kd.scene.io import load_scene
-    from scene_kd.scene.runscene import run_scene_meta
+    from scene_kd.scene.runscene import run_scene_meta, run_source_rows
 
     try:
         meta = run_scene_meta(run_dir)
@@ -131,23 +131,7 @@ def _source_scene(field: FeatureField, run_dir: str | Path | None):
     src = meta.get("source")
     if not src or Path(src).suffix.lower() not in (".las", ".laz"):
         return None
-    if not Path(src).is_file():
-        log.warning("%s: the run's source file is gone; writing a new LAS header", src)
-        return None
-    if meta.get("source_hash") and file_hash(src) != meta["source_hash"]:
-        log.warning("%s: the run's source file changed since the run; writing a new LAS header", src)
-        return None
-    scene = load_scene(src)
-    if scene.kind != "points" or len(scene) != len(field):
-        log.warning("%s: %d points, the field has %d; writing a new LAS header", src, len(scene), len(field))
-        return None
-    step = max(1, len(field) // 100_000)
-    err = np.abs(scene.world_xyz()[::step] - field.world_positions()[::step]).max() if len(field) else 0.0
-    scale = float(np.max(scene.meta.get("scale", [0.001]))) if scene.meta.get("scale") else 0.001
-    if err > max(1e-3, 2 * scale):
-        log.warning("%s: points differ from the field's by up to %.3g; writing a new LAS header", src, err)
-        return None
-    return scene
+    return Path(src), meta.get("source_hash") or "", run_source_rows(run_dir)
 
 
 def export_points(
@@ -197,12 +181,13 @@ def export_points(
             pc.labels = lab.astype(np.int32)
             pc.label_names = {i: name for i, name in enumerate(names)}
     else:
-        pc = _source_scene(field, run_dir) or _field_points(field)
-        info["header_from"] = pc.meta.get("source") if "las_header" in pc.meta else None
+        las_src = _las_source(run_dir)
+        if las_src is not None:  # annotate the input's own records (never rebuild them)
+            return {**info, **_annotate(path, las_src, m, rel, lab, conf, names, n)}
+        pc = _field_points(field)
+        info["header_from"] = None
         if lab is not None:
-            legacy = "las_header" in pc.meta and int(pc.meta["las_header"].point_format.id) < 6
-            codes = classification_codes(names, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
-                                         max_code=31 if legacy else 255)
+            codes = classification_codes(names)
             table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.int32)
             pc.labels = table[lab]  # -1 -> last entry (unclassified)
             pc.label_names = {**_ASPRS_NAME, **{code: nm for nm, code in codes.items()}}
@@ -219,3 +204,37 @@ def export_points(
         save_scene(pc, tmp)
     info["count"] = len(pc)
     return info
+
+
+def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, rel: np.ndarray | None,
+              lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int) -> dict[str, Any]:
+    """LAS/LAZ export from the run's input file: its records with classification + extra-bytes dims."""
+    import laspy
+
+    from scene_kd.scene.annotate import annotate_las, check_source
+
+    source, expect_hash, records = las_src
+    check_source(source, expect_hash)
+    with laspy.open(str(source)) as f:
+        fmt, total = int(f.header.point_format.id), int(f.header.point_count)
+    if (total if records is None else len(records)) != n:
+        raise SceneKDError(f"the run has {n:,} points, its input file {total:,} records; rerun on this file",
+                           path=source)
+    info: dict[str, Any] = {}
+    cls = label_names_vlr = None
+    if lab is not None:
+        legacy = fmt < 6
+        codes = classification_codes(names, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
+                                     max_code=31 if legacy else 255)
+        table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.uint8)
+        cls = table[lab]  # -1 -> last entry (unclassified)
+        user = {code: nm for nm, code in codes.items() if asprs_code(nm) != code}
+        label_names_vlr = {**_ASPRS_NAME, **user} if user else None
+        info["classes"] = codes
+    dims = {k: v for k, v in (("confidence", conf), ("relevancy", rel)) if v is not None}
+    if m is not None and not m.any():
+        raise SceneKDError("nothing to export: the selection is empty", path=path)
+    with atomic_path(path) as tmp:
+        out = annotate_las(source, tmp, classification=cls, dims=dims, keep=m, records=records,
+                           expect_hash=expect_hash, label_names=label_names_vlr)
+    return {**info, **out}

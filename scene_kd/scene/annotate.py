@@ -1,0 +1,191 @@
+"""Annotate, never rebuild: write a LAS/LAZ file's own point records with new classification + extra dims.
+
+The rule of PDAL's ``writers.las`` with ``forward=all, extra_dims=all``: every byte of every input record is
+copied (X/Y/Z integers, gps_time, returns, scan angle, point source id, user data, 16-bit colour, NIR,
+waveform packet fields, extra bytes incl. arrays and undocumented bytes); the header (scale, offset,
+GUID, system id, software, dates, global encoding), VLRs and EVLRs are kept; only ``classification`` is
+replaced and scene-kd's own dimensions (``confidence``, ``relevancy``, ...) are appended as extra bytes.
+
+Streamed with laspy: ``laspy.open(src).chunk_iterator(k)`` -> raw record bytes -> a laspy writer, so one
+chunk of records is held at a time (a 50M-point tile is never held twice). Changes that cannot be avoided:
+
+- LAS 1.0/1.1 -> written as 1.2 with the same point format (laspy cannot write 1.0/1.1; logged);
+- COPC -> plain LAZ (the COPC info VLR and hierarchy EVLR describe a point order and octree this writer
+  does not keep; CRS and every other VLR kept). No maintained Python library writes COPC from laspy
+  records here (laspy reads COPC only; PDAL's ``writers.copc`` needs the PDAL C++ install).
+- a selection (``keep``) changes the point count, bounds and per-return counts, which laspy recomputes.
+
+Errors: SceneKDError when the source is gone, changed (hash) or its record count differs from the
+per-point arrays.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scene_kd.errors import SceneKDError
+
+log = logging.getLogger(__name__)
+
+CHUNK_POINTS = 1 << 20
+COPC_USER_ID = "copc"
+
+
+def _eb_type(values: np.ndarray) -> str:
+    code = np.dtype(values.dtype if values.dtype != np.bool_ else np.uint8).newbyteorder("<").str[1:]
+    return code if values.ndim == 1 else f"{values.shape[1]}{code}"
+
+
+def output_header(src_header: Any, new_dims: Mapping[str, np.ndarray], path: Path | str = "",
+                  label_names: Mapping[int, str] | None = None) -> Any:
+    """The output header: a copy of ``src_header`` (1.0/1.1 -> 1.2, COPC VLR/EVLR dropped) with the
+    extra-bytes dims of ``new_dims`` ({name: [N] or [N, k] array}) that the format does not have yet, and
+    scene-kd's label-names VLR replaced by ``label_names`` when given (user class codes)."""
+    import laspy
+    from laspy.vlrs.vlrlist import VLRList
+
+    header = copy.deepcopy(src_header)
+    if header.version.minor < 2:
+        log.info("%s: LAS %s input written as LAS 1.2 (same point format %d); laspy cannot write 1.%d",
+                 path, header.version, header.point_format.id, header.version.minor)
+        header.set_version_and_point_format(laspy.header.Version(1, 2), header.point_format)
+    copc = [v for v in header.vlrs if getattr(v, "user_id", "") == COPC_USER_ID]
+    if copc:
+        log.info("%s: COPC input written as plain LAZ (COPC info VLR and hierarchy EVLR dropped)", path)
+        for v in copc:
+            header.vlrs.remove(v)
+    if header.evlrs is not None:
+        header.evlrs = VLRList([v for v in header.evlrs if getattr(v, "user_id", "") != COPC_USER_ID])
+    if label_names:
+        from scene_kd.scene.formats.las import LABEL_VLR_RECORD_ID, LABEL_VLR_USER_ID
+        from scene_kd.scene.io import label_names_to_json
+
+        for v in [v for v in header.vlrs if getattr(v, "user_id", "") == LABEL_VLR_USER_ID
+                  and getattr(v, "record_id", -1) == LABEL_VLR_RECORD_ID]:
+            header.vlrs.remove(v)
+        header.vlrs.append(laspy.VLR(user_id=LABEL_VLR_USER_ID, record_id=LABEL_VLR_RECORD_ID,
+                                     description="label_names",
+                                     record_data=label_names_to_json(dict(label_names)).encode("utf-8")))
+    have = set(header.point_format.dimension_names)
+    add = [laspy.ExtraBytesParams(name=name, type=_eb_type(np.asarray(v))) for name, v in new_dims.items()
+           if name not in have]
+    if add:
+        header.add_extra_dims(add)
+    return header
+
+
+def check_source(source: str | Path, expect_hash: str | None) -> Path:
+    """The source file, refusing one that is gone or whose hash differs from the run's record."""
+    from scene_kd.runio import file_hash
+
+    source = Path(source)
+    if not source.is_file():
+        raise SceneKDError("the run's input file is gone; LAS/LAZ output copies its records, restore it",
+                           path=source)
+    if expect_hash and file_hash(source) != expect_hash:
+        raise SceneKDError("the run's input file changed since the run (hash differs); rerun on it",
+                           path=source)
+    return source
+
+
+def annotate_las(
+    source: str | Path,
+    out: str | Path,
+    *,
+    classification: np.ndarray | None = None,
+    dims: Mapping[str, np.ndarray] | None = None,
+    keep: np.ndarray | None = None,
+    records: np.ndarray | None = None,
+    expect_hash: str | None = None,
+    label_names: Mapping[int, str] | None = None,
+    chunk_points: int = CHUNK_POINTS,
+) -> dict[str, Any]:
+    """Copy ``source``'s records to ``out`` (.las | .laz by extension), replacing classification and
+    appending ``dims``.
+
+    Per-point arrays are indexed by pipeline point i: ``classification`` [N] int (codes for the point
+    format: 0..31 for formats 0-5, 0..255 for 6-10; None keeps the input's), ``dims`` {name: [N] or
+    [N, k]} (existing dims of that name are overwritten, cast to their type), ``keep`` [N] bool (which
+    points to write). ``records`` [N] int64: the file record of pipeline point i (ascending; None =
+    identity, N must equal the file's point count). ``label_names`` {code: name}: written to scene-kd's
+    label-names VLR (give it for user codes only; ASPRS codes need none). Returns {"count", "version", "point_format",
+    "header_from"}. Raises SceneKDError (source gone/changed, sizes disagree, codes out of range).
+    """
+    import laspy
+
+    source = check_source(source, expect_hash)
+    out = Path(out)
+    dims = {k: np.asarray(v) for k, v in (dims or {}).items()}
+    with laspy.open(str(source)) as reader:
+        src_header = reader.header
+        total = int(src_header.point_count)
+        n = total if records is None else len(records)
+        for name, arr in [("classification", classification), ("keep", keep), *dims.items()]:
+            if arr is not None and len(arr) != n:
+                raise SceneKDError(f"{name} has {len(arr)} values for the run's {n:,} points", path=source)
+        if records is not None and len(records) and (records[-1] >= total or np.any(np.diff(records) <= 0)):
+            raise SceneKDError("the run's point -> record map does not fit this file", path=source)
+        fmt = src_header.point_format.id
+        if classification is not None and len(classification):
+            hi = 31 if fmt < 6 else 255
+            c = np.asarray(classification)
+            if c.min() < 0 or c.max() > hi:
+                raise SceneKDError(f"classification codes {int(c.min())}..{int(c.max())} do not fit point format "
+                                   f"{fmt} (0..{hi})")
+        header = output_header(src_header, dims, path=source, label_names=label_names)
+        # record -> pipeline point (or -1 when the pipeline dropped it) and which records are written
+        if records is None:
+            point_of = None
+            write_rec = keep
+        else:
+            point_of = np.full(total, -1, dtype=np.int64)
+            point_of[records] = np.arange(n)
+            write_rec = np.zeros(total, dtype=bool)
+            write_rec[records[keep] if keep is not None else records] = True
+        src_size = src_header.point_format.size
+        written = 0
+        with laspy.open(str(out), mode="w", header=header, do_compress=out.suffix.lower() == ".laz") as w:
+            start = 0
+            for chunk in reader.chunk_iterator(chunk_points):
+                m = len(chunk)
+                sel = slice(None) if write_rec is None else write_rec[start:start + m]
+                raw = np.ascontiguousarray(chunk.array).view(np.uint8).reshape(m, src_size)[sel]
+                k = len(raw)
+                if k:
+                    rec = laspy.ScaleAwarePointRecord.zeros(k, header=w.header)
+                    dst = rec.array.view(np.uint8).reshape(k, -1)
+                    dst[:, :src_size] = raw
+                    pts = (np.arange(start, start + m)[sel] if point_of is None
+                           else point_of[start:start + m][sel])
+                    if classification is not None:
+                        rec.classification = np.asarray(classification)[pts].astype(np.uint8)
+                    for name, arr in dims.items():
+                        rec[name] = arr[pts]
+                    w.write_points(rec)
+                    written += k
+                start += m
+            if write_rec is None or written == total:  # every record: the input's bounds/counts stay as they were
+                w.header.mins, w.header.maxs = src_header.mins, src_header.maxs
+                w.header.number_of_points_by_return = src_header.number_of_points_by_return
+            if header.evlrs and header.version.minor >= 4:
+                w.write_evlrs(header.evlrs)
+    _copy_creation_date(source, out)
+    return {"count": written, "version": str(header.version), "point_format": fmt,
+            "header_from": str(source)}
+
+
+def _copy_creation_date(source: Path, out: Path) -> None:
+    """laspy writes today's date where the input's day/year are 0 (it reads them as None): put the input's
+    two raw u16 values (header bytes 90..93, the same place in every LAS version) back."""
+    with open(source, "rb") as fh:
+        fh.seek(90)
+        raw = fh.read(4)
+    with open(out, "r+b") as fh:
+        fh.seek(90)
+        fh.write(raw)
