@@ -245,6 +245,16 @@ def describe_scene(scene: Scene) -> dict:
         "bounds": bounds,
         "attributes": scene.attributes,
     }
+    if scene.meta.get("crs") or scene.meta.get("reprojected_to"):
+        from pyproj import CRS
+
+        from scene_kd.scene.crs import describe_crs
+
+        for key, out_key in (("crs", "crs"), ("reprojected_to", "reprojected_to")):
+            if scene.meta.get(key):
+                out[out_key] = describe_crs(CRS.from_wkt(scene.meta[key]))
+        if "reprojected_to" in out:
+            out["bounds_note"] = "bounds in the reprojected CRS (metres); outputs keep the file's coordinates"
     if scene.labels is not None:
         ids, counts = np.unique(scene.labels, return_counts=True)
         out["classes"] = {str(int(i)): int(c) for i, c in zip(ids, counts, strict=True)}
