@@ -1,8 +1,11 @@
 """Export query results: PLY (``relevancy`` / ``label`` / ``confidence`` properties) or LAS/LAZ.
 
-LAS/LAZ keeps the input file's header when the run came from one (scale, offset, point format, VLRs incl.
-CRS, extra-bytes dims), writes ``classification`` (ASPRS codes where a label name matches, user codes
-otherwise) and float32 extra-bytes ``confidence`` / ``relevancy`` dimensions.
+Annotate, never rebuild: when the run came from a LAS/LAZ file, LAS/LAZ output is that file's own records
+(every dimension, header field, VLR, EVLR) with ``classification`` (ASPRS codes where a label name matches,
+user codes otherwise) and float32 extra-bytes ``confidence`` / ``relevancy`` (scene_kd.scene.annotate);
+PLY output from a PLY (points or 3DGS) or LAS/LAZ run copies the input's rows with all their properties.
+The source must exist unchanged (hash recorded by the run), else a SceneKDError. Runs from other formats
+(synthetic scenes, NPY, PCD, compressed 3DGS) get the field's points with a new header.
 """
 
 from __future__ import annotations
@@ -116,10 +119,11 @@ def _field_points(field: FeatureField):
     return PointCloud(xyz=field.positions, origin=field.origin, rgb=field.rgb)
 
 
-def _las_source(run_dir: str | Path | None) -> tuple[Path, str, Any] | None:
-    """(source path, its recorded hash, point -> record map or None) when the run was made from a LAS/LAZ
-    file; None for runs from other formats (or no run folder). The source's presence and hash are checked
-    by the writer, which refuses rather than rebuilding records."""
+def _las_source(run_dir: str | Path | None, suffixes: tuple[str, ...] = (".las", ".laz")
+                ) -> tuple[Path, str, Any] | None:
+    """(source path, its recorded hash, point -> record map or None) when the run was made from a file
+    with one of ``suffixes``; None for runs from other formats (or no run folder). The source's presence
+    and hash are checked by the writer, which refuses rather than rebuilding records."""
     if run_dir is None:
         return None
     from scene_kd.scene.runscene import run_scene_meta, run_source_rows
@@ -129,8 +133,16 @@ def _las_source(run_dir: str | Path | None) -> tuple[Path, str, Any] | None:
     except SceneKDError:
         return None
     src = meta.get("source")
-    if not src or Path(src).suffix.lower() not in (".las", ".laz"):
+    if not src or Path(src).suffix.lower() not in suffixes:
         return None
+    if meta.get("format") == "ply" and meta.get("kind") == "gaussians" and suffixes != (".las", ".laz"):
+        from plyfile import PlyData
+
+        try:  # a compressed 3DGS PLY has no plain rows to copy: the exporter writes the decoded values
+            if "chunk" in PlyData.read(str(src)):
+                return None
+        except Exception:  # noqa: BLE001 - gone/corrupt: the writer reports it
+            pass
     return Path(src), meta.get("source_hash") or "", run_source_rows(run_dir)
 
 
@@ -149,9 +161,10 @@ def export_points(
 
     Format by extension: .ply | .las | .laz. Per-point arrays are [N] over the whole field:
     relevancy float, label_index int (-1 unknown, indexes ``label_names``), confidence float.
-    PLY: properties ``relevancy``, ``label`` (-1 unknown; names in a header comment), ``confidence``.
-    LAS/LAZ: from the run's input file when ``run_dir`` points to a run made from an unchanged LAS/LAZ
-    (header, scale/offset, CRS and its other dimensions kept), else a new LAS 1.4 header;
+    PLY: properties ``relevancy``, ``label`` (-1 unknown; names in a header comment), ``confidence``,
+    after the input file's own properties when the run came from a PLY/LAS/LAZ file.
+    LAS/LAZ: the input file's records when the run came from a LAS/LAZ file (scene_kd.scene.annotate;
+    refused when that file is gone or changed), else the field's points under a new LAS 1.4 header;
     ``classification`` = ASPRS/user codes of ``label_index`` (unknown -> 1, unclassified), or the input's
     classification when no labels are given; extra-bytes ``confidence`` / ``relevancy`` float32.
     Returns {"path", "format", "count", "classes": {name: code} (LAS with labels)}.
@@ -176,6 +189,9 @@ def export_points(
 
     info: dict[str, Any] = {"path": str(path), "format": fmt}
     if fmt == "ply":
+        copied = _copy_rows(path, run_dir, m, rel, lab, conf, names, n)
+        if copied is not None:
+            return {**info, **copied}
         pc = _field_points(field)
         if lab is not None:
             pc.labels = lab.astype(np.int32)
@@ -238,3 +254,25 @@ def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, 
         out = annotate_las(source, tmp, classification=cls, dims=dims, keep=m, records=records,
                            expect_hash=expect_hash, label_names=label_names_vlr)
     return {**info, **out}
+
+
+def _copy_rows(path: Path, run_dir: str | Path | None, m: np.ndarray | None, rel: np.ndarray | None,
+               lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int) -> dict[str, Any] | None:
+    """PLY export from the run's input file (PLY points or 3DGS, LAS/LAZ): its rows with every original
+    property, plus ``relevancy`` / ``label`` / ``confidence``; None when the run has no such source."""
+    from scene_kd.scene.annotate import annotate_ply
+    from scene_kd.scene.formats.ply import LABEL_COMMENT
+    from scene_kd.scene.io import label_names_to_json
+
+    src = _las_source(run_dir, (".ply", ".las", ".laz"))
+    if src is None:
+        return None
+    source, expect_hash, records = src
+    props = {k: v for k, v in (("relevancy", rel), ("label", None if lab is None else lab.astype(np.int32)),
+                               ("confidence", conf)) if v is not None}
+    comments = [LABEL_COMMENT + label_names_to_json(dict(enumerate(names)))] if lab is not None else []
+    if m is not None and not m.any():
+        raise SceneKDError("nothing to export: the selection is empty", path=path)
+    with atomic_path(path) as tmp:
+        return annotate_ply(source, tmp, props=props, keep=m, records=records, expect_hash=expect_hash,
+                            comments=comments)

@@ -189,3 +189,82 @@ def _copy_creation_date(source: Path, out: Path) -> None:
     with open(out, "r+b") as fh:
         fh.seek(90)
         fh.write(raw)
+
+
+def annotate_ply(
+    source: str | Path,
+    out: str | Path,
+    *,
+    props: Mapping[str, np.ndarray],
+    keep: np.ndarray | None = None,
+    records: np.ndarray | None = None,
+    expect_hash: str | None = None,
+    comments: list[str] | None = None,
+) -> dict[str, Any]:
+    """A PLY of the source's own rows (every property, incl. all 3DGS properties) with ``props`` appended.
+
+    ``source``: a PLY (point or 3DGS vertex rows copied; other elements dropped) or a LAS/LAZ file (x/y/z
+    as float64, every other dimension as a property; arrays as name_0..). Per-point arrays are indexed by
+    pipeline point i as in :func:`annotate_las` (``records`` maps them to file rows). Held in memory (PLY
+    exports are selections). Raises SceneKDError for a gone/changed source or mismatched sizes.
+    """
+    from plyfile import PlyData, PlyElement
+
+    source = check_source(source, expect_hash)
+    if source.suffix.lower() in (".las", ".laz"):
+        rows = _las_rows(source)
+    else:
+        with open(source, "rb") as fh:
+            ply = PlyData.read(fh)
+        if "vertex" not in ply or "chunk" in ply:
+            raise SceneKDError("PLY source without plain vertex rows (compressed 3DGS?) cannot be copied",
+                               path=source)
+        rows = ply["vertex"].data
+    n = len(rows) if records is None else len(records)
+    idx = np.arange(n) if records is None else np.asarray(records)
+    if records is not None and len(idx) and idx.max() >= len(rows):
+        raise SceneKDError("the run's point -> record map does not fit this file", path=source)
+    for name, arr in [("keep", keep), *props.items()]:
+        if arr is not None and len(arr) != n:
+            raise SceneKDError(f"{name} has {len(arr)} values for the run's {n:,} points", path=source)
+    sel = np.arange(n) if keep is None else np.flatnonzero(keep)
+    base = rows[idx[sel]]
+    names = [nm for nm in base.dtype.names if nm not in props]
+    dtype = [(nm, base.dtype[nm].str) for nm in names] + [(k, np.asarray(v).dtype.str) for k, v in props.items()]
+    arr = np.empty(len(sel), dtype=dtype)
+    for nm in names:
+        arr[nm] = base[nm]
+    for k, v in props.items():
+        arr[k] = np.asarray(v)[sel]
+    arr = arr.astype([(k, _ply_safe(arr[k][:0]).dtype.str) for k in arr.dtype.names])
+    PlyData([PlyElement.describe(arr, "vertex")], text=False, comments=comments or []).write(str(out))
+    return {"count": len(sel), "header_from": str(source)}
+
+
+def _las_rows(source: Path) -> np.ndarray:
+    """Every record of a LAS/LAZ file as one structured array: x/y/z float64, other dims (arrays split)."""
+    import laspy
+
+    las = laspy.read(str(source))
+    cols: list[tuple[str, np.ndarray]] = [(c, np.asarray(las[c], dtype=np.float64)) for c in "xyz"]
+    for d in las.point_format.dimension_names:
+        if d in ("X", "Y", "Z"):
+            continue
+        v = _ply_safe(np.asarray(las[d]))
+        if v.ndim == 2:
+            cols += [(f"{d}_{j}", v[:, j]) for j in range(v.shape[1])]
+        else:
+            cols.append((d, v))
+    arr = np.empty(len(las.points), dtype=[(k, v.dtype.str) for k, v in cols])
+    for k, v in cols:
+        arr[k] = v
+    return arr
+
+
+def _ply_safe(v: np.ndarray) -> np.ndarray:
+    """PLY has no bool or 64-bit integers: bool -> u1, int64/uint64 -> float64."""
+    if v.dtype == np.bool_:
+        return v.astype(np.uint8)
+    if np.issubdtype(v.dtype, np.integer) and v.dtype.itemsize > 4:
+        return v.astype(np.float64)
+    return v
