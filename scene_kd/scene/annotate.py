@@ -80,6 +80,24 @@ def output_header(src_header: Any, new_dims: Mapping[str, np.ndarray], path: Pat
     return header
 
 
+WAVEPACKET_FORMATS = (4, 5, 9, 10)
+
+
+def laz_backend(point_format: int):
+    """laspy's LAZ backend for writing ``point_format``: LASzip (the ``laszip`` package) for formats with
+    wave packets, whose fields lazrs 0.8 does not write losslessly (PF 9/10: wavepacket_size and the
+    x_t/y_t/z_t floats change; PF 4/5: refused), else laspy's default (lazrs). Raises SceneKDError when
+    a wave packet format is asked for and LASzip is not installed."""
+    import laspy
+
+    if point_format not in WAVEPACKET_FORMATS:
+        return None
+    if not laspy.LazBackend.Laszip.is_available():
+        raise SceneKDError(f"LAZ point format {point_format} (wave packets) needs the 'laszip' package to be "
+                           "written losslessly (pip install laszip), or write .las")
+    return laspy.LazBackend.Laszip
+
+
 def check_source(source: str | Path, expect_hash: str | None) -> Path:
     """The source file, refusing one that is gone or whose hash differs from the run's record."""
     from scene_kd.runio import file_hash
@@ -150,7 +168,9 @@ def annotate_las(
             write_rec[records[keep] if keep is not None else records] = True
         src_size = src_header.point_format.size
         written = 0
-        with laspy.open(str(out), mode="w", header=header, do_compress=out.suffix.lower() == ".laz") as w:
+        compress = out.suffix.lower() == ".laz"
+        with laspy.open(str(out), mode="w", header=header, do_compress=compress,
+                        laz_backend=laz_backend(fmt) if compress else None) as w:
             start = 0
             for chunk in reader.chunk_iterator(chunk_points):
                 m = len(chunk)
