@@ -232,3 +232,19 @@ def test_real_tiles_segment_out_keeps_records(tmp_path, name, labels):
     las = laspy.read(str(out))
     codes = set(class_codes(tuple(labels.split(",")), las.header.point_format.id)) | {1}
     assert set(np.unique(np.asarray(las.classification)).tolist()) <= codes
+
+
+def test_labels_that_classification_cannot_hold_go_to_an_extra_label_dim(tmp_path):
+    """40 non-ASPRS labels cannot fit PF3's 5-bit classification: class 1 + an int16 'label' index."""
+    from scene_kd.scene.io import load_scene
+
+    src = FIELD / "las_spec3_10pts.las"
+    names = ",".join(f"thing{i}" for i in range(40))
+    assert cli("batch", src, "--out", tmp_path, "--labels", names, "--labeller",
+               "lossless_helpers:label_all_first", "--workers", "0") == 0
+    out = tmp_path / "las_spec3_10pts.laz"
+    assert_records_kept(src, out, added=("label", "confidence"))
+    las = laspy.read(str(out))
+    assert (np.asarray(las.classification) == 1).all() and (np.asarray(las["label"]) == 0).all()
+    back = load_scene(out)
+    assert (back.labels == 0).all() and back.label_names[0] == "thing0"

@@ -96,6 +96,30 @@ def classification_codes(names: Sequence[str], *, user_start: int = USER_CODE_ST
     return out
 
 
+def las_label_columns(names: Sequence[str], label_index: np.ndarray, point_format: int
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int], dict[int, str] | None]:
+    """What a LAS/LAZ annotation writes for labels: (classification [N] uint8, extra dims, {name: code},
+    label-names VLR map or None).
+
+    ``label_index`` [N] int indexes ``names`` (-1 unknown -> class 1, unclassified). Codes are ASPRS where a
+    name matches, else user codes (19.. for formats 0-5, 64.. for 6-10). When the names do not fit the
+    format's classification field (too many labels), classification is 1 everywhere and the exact index
+    goes to an extra-bytes ``label`` dimension (int16, -1 unknown) whose names travel in the VLR."""
+    legacy = point_format < 6
+    lab = np.asarray(label_index)
+    try:
+        codes = classification_codes(names, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
+                                     max_code=31 if legacy else 255)
+    except SceneKDError:
+        log.warning("%d labels do not fit point format %d's classification; writing classification 1 and an "
+                    "extra-bytes 'label' index", len(names), point_format)
+        return (np.full(len(lab), UNCLASSIFIED, dtype=np.uint8), {"label": lab.astype(np.int16)}, {},
+                dict(enumerate(names)))
+    table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.uint8)
+    user = {code: nm for nm, code in codes.items() if asprs_code(nm) != code}
+    return table[lab], {}, codes, ({**_ASPRS_NAME, **user} if user else None)
+
+
 def _as_numpy(x: Any, n: int, what: str, dtype: Any) -> np.ndarray | None:
     if x is None:
         return None
@@ -238,16 +262,10 @@ def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, 
                            path=source)
     info: dict[str, Any] = {}
     cls = label_names_vlr = None
+    label_dims: dict[str, np.ndarray] = {}
     if lab is not None:
-        legacy = fmt < 6
-        codes = classification_codes(names, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
-                                     max_code=31 if legacy else 255)
-        table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.uint8)
-        cls = table[lab]  # -1 -> last entry (unclassified)
-        user = {code: nm for nm, code in codes.items() if asprs_code(nm) != code}
-        label_names_vlr = {**_ASPRS_NAME, **user} if user else None
-        info["classes"] = codes
-    dims = {k: v for k, v in (("confidence", conf), ("relevancy", rel)) if v is not None}
+        cls, label_dims, info["classes"], label_names_vlr = las_label_columns(names, lab, fmt)
+    dims = {**label_dims, **{k: v for k, v in (("confidence", conf), ("relevancy", rel)) if v is not None}}
     if m is not None and not m.any():
         raise SceneKDError("nothing to export: the selection is empty", path=path)
     with atomic_path(path) as tmp:

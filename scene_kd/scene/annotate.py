@@ -195,19 +195,20 @@ def annotate_las(
                 w.header.number_of_points_by_return = src_header.number_of_points_by_return
             if header.evlrs and header.version.minor >= 4:
                 w.write_evlrs(header.evlrs)
-    _copy_creation_date(source, out)
+    _copy_identity(source, out)
     return {"count": written, "version": str(header.version), "point_format": fmt,
             "header_from": str(source)}
 
 
-def _copy_creation_date(source: Path, out: Path) -> None:
-    """laspy writes today's date where the input's day/year are 0 (it reads them as None): put the input's
-    two raw u16 values (header bytes 90..93, the same place in every LAS version) back."""
+def _copy_identity(source: Path, out: Path) -> None:
+    """Put the input's system identifier, generating software and creation day/year (header bytes 26..93,
+    the same place in every LAS version) back: laspy writes today's date where the input's are 0 (it
+    reads them as None), and the LASzip backend writes its own name as the generating software."""
     with open(source, "rb") as fh:
-        fh.seek(90)
-        raw = fh.read(4)
+        fh.seek(26)
+        raw = fh.read(68)
     with open(out, "r+b") as fh:
-        fh.seek(90)
+        fh.seek(26)
         fh.write(raw)
 
 

@@ -251,13 +251,6 @@ def make_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> Label
     raise SceneKDError(f"unknown batch mode {job.mode!r}")
 
 
-def _user_names(names: dict[int, str]) -> dict[int, str] | None:
-    """{code: name} for the label-names VLR when some code is not the ASPRS class of its name, else None."""
-    from scene_kd.query.export import asprs_code
-
-    return names if any(asprs_code(nm) != code for code, nm in names.items()) else None
-
-
 # ---- one tile -------------------------------------------------------------------------------------
 
 
@@ -312,29 +305,28 @@ def process_tile(tile: str, job: BatchJob, force: bool = False) -> dict[str, Any
             labeller = make_labeller(job, tile, force)
             label_index, confidence, n_chunks = label_in_chunks(scene, labeller, job.chunk_size, job.halo)
         header = scene.meta.get("las_header")
-        codes = class_codes(job.labels, header.point_format.id if header is not None else 6)
-        if label_index.max(initial=0) >= len(codes):
-            raise SceneKDError(f"label index out of range 0..{len(codes) - 1}")
-        from scene_kd.query.export import UNCLASSIFIED
-
-        lut = np.asarray([*codes, UNCLASSIFIED], dtype=np.int32)  # index -1 (unknown) -> unclassified
-        names = {int(c): name for c, name in zip(codes, job.labels, strict=False)}
+        if label_index.max(initial=0) >= len(job.labels) or label_index.min(initial=0) < -1:
+            raise SceneKDError(f"label index out of range -1..{len(job.labels) - 1}")
         n_points = len(scene)
         if header is not None:  # annotate the tile's own records, streamed (never rebuilt from the PointCloud)
+            from scene_kd.query.export import las_label_columns
             from scene_kd.scene.annotate import annotate_las
 
+            cls, dims, _, names = las_label_columns(job.labels, label_index, header.point_format.id)
             rows = scene.meta.get("source_rows")
             del scene  # the writer streams the file; the loaded copy is no longer needed
             with atomic_path(out) as tmp:
-                annotate_las(tile, tmp, classification=lut[label_index].astype(np.uint8),
-                             dims={"confidence": confidence.astype(np.float32)}, records=rows,
-                             expect_hash=tile_hash, label_names=_user_names(names))
+                annotate_las(tile, tmp, classification=cls, dims={**dims, "confidence": confidence.astype(np.float32)},
+                             records=rows, expect_hash=tile_hash, label_names=names)
         else:
-            scene.labels = lut[label_index]
-            scene.label_names = names
-            scene.extra = {**scene.extra, "confidence": confidence.astype(np.float32)}
+            from scene_kd.query.export import UNCLASSIFIED
             from scene_kd.scene.io import save_scene
 
+            codes = class_codes(job.labels, 6)
+            lut = np.asarray([*codes, UNCLASSIFIED], dtype=np.int32)  # index -1 (unknown) -> unclassified
+            scene.labels = lut[label_index]
+            scene.label_names = {int(c): name for c, name in zip(codes, job.labels, strict=False)}
+            scene.extra = {**scene.extra, "confidence": confidence.astype(np.float32)}
             with atomic_path(out) as tmp:
                 save_scene(scene, tmp)
         counts = np.bincount(label_index[label_index >= 0], minlength=len(job.labels))
