@@ -142,3 +142,20 @@ def test_3dgs_export_keeps_every_gaussian_property(tmp_path):
     assert info["count"] == len(want) == len(got)
     for k in raw.dtype.names:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_splat_zero_rows_dropped_with_count(tmp_path, caplog):
+    from scene_kd.scene.formats.splat import SPLAT_DTYPE
+
+    rec = np.zeros(10, dtype=SPLAT_DTYPE)
+    rec["position"][:4] = np.arange(12).reshape(4, 3)
+    rec["scale"][:4] = 0.1
+    rec["rgba"][:4] = 200
+    rec["rot"][:4] = [255, 128, 128, 128]
+    rec["rot"][4] = 128  # a zero quaternion with a position and scale
+    rec["position"][4], rec["scale"][4] = 1, 0.1
+    rec.tofile(tmp_path / "z.splat")
+    with caplog.at_level(logging.WARNING):
+        g = load_scene(tmp_path / "z.splat")
+    assert len(g) == 4 and "dropped 6 Gaussian" in caplog.text
+    np.testing.assert_array_equal(g.meta["source_rows"], [0, 1, 2, 3])
