@@ -102,7 +102,8 @@ def las_label_columns(names: Sequence[str], label_index: np.ndarray, point_forma
     label-names VLR map or None).
 
     ``label_index`` [N] int indexes ``names`` (-1 unknown -> class 1, unclassified). Codes are ASPRS where a
-    name matches, else user codes (19.. for formats 0-5, 64.. for 6-10). When the names do not fit the
+    name matches, else user codes (19.. for formats 0-5, 64.. for 6-10); the label-names VLR (scene-kd's
+    {code: name} JSON) is given unless every name is its code's ASPRS name. When the names do not fit the
     format's classification field (too many labels), classification is 1 everywhere and the exact index
     goes to an extra-bytes ``label`` dimension (int16, -1 unknown) whose names travel in the VLR."""
     legacy = point_format < 6
@@ -115,9 +116,12 @@ def las_label_columns(names: Sequence[str], label_index: np.ndarray, point_forma
                     "extra-bytes 'label' index", len(names), point_format)
         return (np.full(len(lab), UNCLASSIFIED, dtype=np.uint8), {"label": lab.astype(np.int16)}, {},
                 dict(enumerate(names)))
+    from scene_kd.scene.formats.las import ASPRS_CLASSES
+
     table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.uint8)
-    user = {code: nm for nm, code in codes.items() if asprs_code(nm) != code}
-    return table[lab], {}, codes, ({**_ASPRS_NAME, **user} if user else None)
+    named = {code: nm for nm, code in codes.items()}  # the user's own names ("grass" for class 3) travel too
+    standard = all(ASPRS_CLASSES.get(code) == nm for code, nm in named.items())
+    return table[lab], {}, codes, (None if standard else {**_ASPRS_NAME, **named})
 
 
 def _as_numpy(x: Any, n: int, what: str, dtype: Any) -> np.ndarray | None:
