@@ -179,7 +179,12 @@ def test_chunked_labels_agree_with_whole_tile():
 
 def test_class_codes_use_asprs_where_known():
     assert class_codes(("road", "building", "tree", "car"), 6) == [11, 6, 5, 64]
-    assert class_codes(("car", "bike"), 3) == [19, 20]  # point formats 0-5 have codes up to 31
+    with pytest.raises(SceneKDError, match="too many labels"):  # formats 0-5: 13..31 are reserved for ASPRS
+        class_codes(("car", "bike"), 3)
+    from scene_kd.query.export import las_label_columns
+
+    cls, dims, codes, names = las_label_columns(("ground", "car"), np.array([0, 1, -1]), 3)
+    assert cls.tolist() == [1, 1, 1] and dims["label"].tolist() == [0, 1, -1] and names == {0: "ground", 1: "car"}
     with pytest.raises(SceneKDError, match="too many labels"):
         class_codes(tuple(f"c{i}" for i in range(20)), 3)
 

@@ -1,4 +1,4 @@
-"""`scene-kd info SCENE`: counts, bounds, attributes and class histogram of a scene file."""
+"""`scene-kd info SCENE`: counts, bounds, CRS, attributes and class histogram of a scene file."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def main(args: Args) -> int:
         lines = [f"{args.scene}: {info['kind']}, {info['count']:,} {'points' if info['kind'] == 'points' else 'Gaussians'}",
                  f"  bounds min {info['bounds'][0]}", f"  bounds max {info['bounds'][1]}",
                  f"  attributes: {', '.join(info['attributes']) or '-'}"]
+        for key, what in (("crs", "CRS"), ("reprojected_to", "pipeline CRS")):
+            c = info.get(key)
+            if c:
+                epsg = f" (EPSG:{c['epsg']})" if c.get("epsg") else ""
+                lines.append(f"  {what}: {c['name']}{epsg}, {'geographic' if c['geographic'] else 'projected'}, "
+                             f"units {c['units'] or '?'}")
+        if "crs" not in info and info["kind"] == "points":
+            lines.append("  CRS: none recorded")
         names = info.get("class_names", {})
         for k, c in info.get("classes", {}).items():
             lines.append(f"  class {k:>3} {names.get(k, ''):<20} {c:>10,}")

@@ -1,8 +1,11 @@
 """Export query results: PLY (``relevancy`` / ``label`` / ``confidence`` properties) or LAS/LAZ.
 
-LAS/LAZ keeps the input file's header when the run came from one (scale, offset, point format, VLRs incl.
-CRS, extra-bytes dims), writes ``classification`` (ASPRS codes where a label name matches, user codes
-otherwise) and float32 extra-bytes ``confidence`` / ``relevancy`` dimensions.
+Annotate, never rebuild: when the run came from a LAS/LAZ file, LAS/LAZ output is that file's own records
+(every dimension, header field, VLR, EVLR) with ``classification`` (ASPRS codes where a label name matches,
+user codes otherwise) and float32 extra-bytes ``confidence`` / ``relevancy`` (scene_kd.scene.annotate);
+PLY output from a PLY (points or 3DGS) or LAS/LAZ run copies the input's rows with all their properties.
+The source must exist unchanged (hash recorded by the run), else a SceneKDError. Runs from other formats
+(synthetic scenes, NPY, PCD, compressed 3DGS) get the field's points with a new header.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import numpy as np
 import torch
 
 from scene_kd.errors import SceneKDError
+from scene_kd.eval.labels import ASPRS_CLASSES
 from scene_kd.field import FeatureField
-from scene_kd.runio import atomic_path, file_hash
+from scene_kd.runio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +37,11 @@ _ASPRS_SYNONYMS: dict[int, tuple[str, ...]] = {
     5: ("high vegetation", "tree", "vegetation", "tall vegetation"),
     6: ("building", "roof", "house", "facade"),
     7: ("noise", "low noise"),
+    8: ("model key point", "key point"),
     9: ("water", "river", "lake", "sea"),
     10: ("rail", "railway", "railroad", "rail track"),
     11: ("road", "street", "road surface", "asphalt", "traffic road"),
+    12: ("overlap", "overlap points"),
     13: ("wire guard", "shield wire"),
     14: ("wire", "wire conductor", "power line", "cable", "conductor"),
     15: ("transmission tower", "pylon", "tower"),
@@ -46,10 +52,10 @@ _ASPRS_SYNONYMS: dict[int, tuple[str, ...]] = {
 ASPRS_CODE_BY_NAME: dict[str, int] = {name: code for code, names in _ASPRS_SYNONYMS.items() for name in names}
 UNCLASSIFIED = 1
 USER_CODE_START = 64  # first user-defined class for LAS point formats 6-10 (8-bit classification)
-LEGACY_USER_CODE_START = 19  # formats 0-5 have 5-bit classification (0..31); 19..31 are free there
-_ASPRS_NAME = {2: "ground", 3: "low vegetation", 4: "medium vegetation", 5: "high vegetation", 6: "building",
-               7: "noise", 9: "water", 10: "rail", 11: "road", 13: "wire guard", 14: "wire conductor",
-               15: "transmission tower", 16: "wire connector", 17: "bridge deck", 18: "high noise", 1: "unclassified"}
+LEGACY_USER_CODE_START = 32
+"""Formats 0-5 have a 5-bit classification whose codes 13..31 are reserved for ASPRS (LAS 1.4 R15, table 9): no user
+code is free, so names without an ASPRS class go to the extra-bytes 'label' index with classification 1."""
+_ASPRS_NAME = {code: ASPRS_CLASSES[code] for code in _ASPRS_SYNONYMS}
 
 
 def _normalise_name(name: str) -> str:
@@ -93,6 +99,32 @@ def classification_codes(names: Sequence[str], *, user_start: int = USER_CODE_ST
     return out
 
 
+def las_label_columns(names: Sequence[str], label_index: np.ndarray, point_format: int
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int], dict[int, str] | None]:
+    """What a LAS/LAZ annotation writes for labels: (classification [N] uint8, extra dims, {name: code},
+    label-names VLR map or None).
+
+    ``label_index`` [N] int indexes ``names`` (-1 unknown -> class 1, unclassified). Codes are ASPRS where a
+    name matches, else user codes (64.. for formats 6-10; formats 0-5 have none, see LEGACY_USER_CODE_START); the label-names VLR (scene-kd's
+    {code: name} JSON) is given unless every name is its code's ASPRS name. When the names do not fit the
+    format's classification field (too many labels), classification is 1 everywhere and the exact index
+    goes to an extra-bytes ``label`` dimension (int16, -1 unknown) whose names travel in the VLR."""
+    legacy = point_format < 6
+    lab = np.asarray(label_index)
+    try:
+        codes = classification_codes(names, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
+                                     max_code=31 if legacy else 255)
+    except SceneKDError:
+        log.warning("%d labels do not fit point format %d's classification; writing classification 1 and an "
+                    "extra-bytes 'label' index", len(names), point_format)
+        return (np.full(len(lab), UNCLASSIFIED, dtype=np.uint8), {"label": lab.astype(np.int16)}, {},
+                dict(enumerate(names)))
+    table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.uint8)
+    named = {code: nm for nm, code in codes.items()}  # the user's own names ("grass" for class 3) travel too
+    standard = all(ASPRS_CLASSES.get(code) == nm for code, nm in named.items())
+    return table[lab], {}, codes, (None if standard else {**_ASPRS_NAME, **named})
+
+
 def _as_numpy(x: Any, n: int, what: str, dtype: Any) -> np.ndarray | None:
     if x is None:
         return None
@@ -116,38 +148,31 @@ def _field_points(field: FeatureField):
     return PointCloud(xyz=field.positions, origin=field.origin, rgb=field.rgb)
 
 
-def _source_scene(field: FeatureField, run_dir: str | Path | None):
-    """The run's input LAS/LAZ (with its header) when it still exists unchanged and matches the field's
-    points one to one; otherwise None (the caller writes a fresh header)."""
+def _las_source(run_dir: str | Path | None, suffixes: tuple[str, ...] = (".las", ".laz")
+                ) -> tuple[Path, str, Any] | None:
+    """(source path, its recorded hash, point -> record map or None) when the run was made from a file
+    with one of ``suffixes``; None for runs from other formats (or no run folder). The source's presence
+    and hash are checked by the writer, which refuses rather than rebuilding records."""
     if run_dir is None:
         return None
-    from scene_kd.scene.io import load_scene
-    from scene_kd.scene.runscene import run_scene_meta
+    from scene_kd.scene.runscene import run_scene_meta, run_source_rows
 
     try:
         meta = run_scene_meta(run_dir)
     except SceneKDError:
         return None
     src = meta.get("source")
-    if not src or Path(src).suffix.lower() not in (".las", ".laz"):
+    if not src or Path(src).suffix.lower() not in suffixes:
         return None
-    if not Path(src).is_file():
-        log.warning("%s: the run's source file is gone; writing a new LAS header", src)
-        return None
-    if meta.get("source_hash") and file_hash(src) != meta["source_hash"]:
-        log.warning("%s: the run's source file changed since the run; writing a new LAS header", src)
-        return None
-    scene = load_scene(src)
-    if scene.kind != "points" or len(scene) != len(field):
-        log.warning("%s: %d points, the field has %d; writing a new LAS header", src, len(scene), len(field))
-        return None
-    step = max(1, len(field) // 100_000)
-    err = np.abs(scene.world_xyz()[::step] - field.world_positions()[::step]).max() if len(field) else 0.0
-    scale = float(np.max(scene.meta.get("scale", [0.001]))) if scene.meta.get("scale") else 0.001
-    if err > max(1e-3, 2 * scale):
-        log.warning("%s: points differ from the field's by up to %.3g; writing a new LAS header", src, err)
-        return None
-    return scene
+    if meta.get("format") == "ply" and meta.get("kind") == "gaussians" and suffixes != (".las", ".laz"):
+        from plyfile import PlyData
+
+        try:  # a compressed 3DGS PLY has no plain rows to copy: the exporter writes the decoded values
+            if "chunk" in PlyData.read(str(src)):
+                return None
+        except Exception:  # noqa: BLE001 - gone/corrupt: the writer reports it
+            pass
+    return Path(src), meta.get("source_hash") or "", run_source_rows(run_dir)
 
 
 def export_points(
@@ -165,9 +190,10 @@ def export_points(
 
     Format by extension: .ply | .las | .laz. Per-point arrays are [N] over the whole field:
     relevancy float, label_index int (-1 unknown, indexes ``label_names``), confidence float.
-    PLY: properties ``relevancy``, ``label`` (-1 unknown; names in a header comment), ``confidence``.
-    LAS/LAZ: from the run's input file when ``run_dir`` points to a run made from an unchanged LAS/LAZ
-    (header, scale/offset, CRS and its other dimensions kept), else a new LAS 1.4 header;
+    PLY: properties ``relevancy``, ``label`` (-1 unknown; names in a header comment), ``confidence``,
+    after the input file's own properties when the run came from a PLY/LAS/LAZ file.
+    LAS/LAZ: the input file's records when the run came from a LAS/LAZ file (scene_kd.scene.annotate;
+    refused when that file is gone or changed), else the field's points under a new LAS 1.4 header;
     ``classification`` = ASPRS/user codes of ``label_index`` (unknown -> 1, unclassified), or the input's
     classification when no labels are given; extra-bytes ``confidence`` / ``relevancy`` float32.
     Returns {"path", "format", "count", "classes": {name: code} (LAS with labels)}.
@@ -192,17 +218,21 @@ def export_points(
 
     info: dict[str, Any] = {"path": str(path), "format": fmt}
     if fmt == "ply":
+        copied = _copy_rows(path, run_dir, m, rel, lab, conf, names, n)
+        if copied is not None:
+            return {**info, **copied}
         pc = _field_points(field)
         if lab is not None:
             pc.labels = lab.astype(np.int32)
             pc.label_names = {i: name for i, name in enumerate(names)}
     else:
-        pc = _source_scene(field, run_dir) or _field_points(field)
-        info["header_from"] = pc.meta.get("source") if "las_header" in pc.meta else None
+        las_src = _las_source(run_dir)
+        if las_src is not None:  # annotate the input's own records (never rebuild them)
+            return {**info, **_annotate(path, las_src, m, rel, lab, conf, names, n)}
+        pc = _field_points(field)
+        info["header_from"] = None
         if lab is not None:
-            legacy = "las_header" in pc.meta and int(pc.meta["las_header"].point_format.id) < 6
-            codes = classification_codes(names, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
-                                         max_code=31 if legacy else 255)
+            codes = classification_codes(names)
             table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.int32)
             pc.labels = table[lab]  # -1 -> last entry (unclassified)
             pc.label_names = {**_ASPRS_NAME, **{code: nm for nm, code in codes.items()}}
@@ -219,3 +249,53 @@ def export_points(
         save_scene(pc, tmp)
     info["count"] = len(pc)
     return info
+
+
+def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, rel: np.ndarray | None,
+              lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int) -> dict[str, Any]:
+    """LAS/LAZ export from the run's input file: its records with classification + extra-bytes dims."""
+    import laspy
+
+    from scene_kd.scene.annotate import annotate_las, check_source
+
+    source, expect_hash, records = las_src
+    check_source(source, expect_hash)
+    with laspy.open(str(source)) as f:
+        fmt, total = int(f.header.point_format.id), int(f.header.point_count)
+    if (total if records is None else len(records)) != n:
+        raise SceneKDError(f"the run has {n:,} points, its input file {total:,} records; rerun on this file",
+                           path=source)
+    info: dict[str, Any] = {}
+    cls = label_names_vlr = None
+    label_dims: dict[str, np.ndarray] = {}
+    if lab is not None:
+        cls, label_dims, info["classes"], label_names_vlr = las_label_columns(names, lab, fmt)
+    dims = {**label_dims, **{k: v for k, v in (("confidence", conf), ("relevancy", rel)) if v is not None}}
+    if m is not None and not m.any():
+        raise SceneKDError("nothing to export: the selection is empty", path=path)
+    with atomic_path(path) as tmp:
+        out = annotate_las(source, tmp, classification=cls, dims=dims, keep=m, records=records,
+                           expect_hash=expect_hash, label_names=label_names_vlr)
+    return {**info, **out}
+
+
+def _copy_rows(path: Path, run_dir: str | Path | None, m: np.ndarray | None, rel: np.ndarray | None,
+               lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int) -> dict[str, Any] | None:
+    """PLY export from the run's input file (PLY points or 3DGS, LAS/LAZ): its rows with every original
+    property, plus ``relevancy`` / ``label`` / ``confidence``; None when the run has no such source."""
+    from scene_kd.scene.annotate import annotate_ply
+    from scene_kd.scene.formats.ply import LABEL_COMMENT
+    from scene_kd.scene.io import label_names_to_json
+
+    src = _las_source(run_dir, (".ply", ".las", ".laz"))
+    if src is None:
+        return None
+    source, expect_hash, records = src
+    props = {k: v for k, v in (("relevancy", rel), ("label", None if lab is None else lab.astype(np.int32)),
+                               ("confidence", conf)) if v is not None}
+    comments = [LABEL_COMMENT + label_names_to_json(dict(enumerate(names)))] if lab is not None else []
+    if m is not None and not m.any():
+        raise SceneKDError("nothing to export: the selection is empty", path=path)
+    with atomic_path(path) as tmp:
+        return annotate_ply(source, tmp, props=props, keep=m, records=records, expect_hash=expect_hash,
+                            comments=comments)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from scene_kd.errors import SceneKDError
+from scene_kd.geometry import pca_normals, quat_xyzw_from_matrix
 
 
 @dataclass
@@ -148,21 +149,6 @@ def pca_box(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return center, hi - lo, axes
 
 
-def estimate_normals(xyz: np.ndarray, k: int = 12) -> np.ndarray:
-    """Unit normals [N, 3] from the smallest-variance direction of each point's k nearest neighbours."""
-    from scipy.spatial import cKDTree
-
-    n = len(xyz)
-    if n < 3:
-        return np.tile(np.array([0.0, 0.0, 1.0]), (n, 1))
-    k = min(k, n)
-    _, idx = cKDTree(xyz).query(xyz, k=k)
-    nb = xyz[idx] - xyz[idx].mean(axis=1, keepdims=True)  # [N, k, 3]
-    cov = np.einsum("nki,nkj->nij", nb, nb)
-    _, vecs = np.linalg.eigh(cov)
-    return vecs[:, :, 0]
-
-
 def min_width_direction(flat: np.ndarray, trim: float = 0.01, angles: int = 180, sample: int = 20000,
                         seed: int = 0) -> np.ndarray:
     """Unit 2D direction [2] across which points [N, 2] are narrowest, robust to stray points: the width along
@@ -214,13 +200,6 @@ def corridor_blocked(
     t = rel @ direction
     radial = np.linalg.norm(rel - t[:, None] * direction, axis=1)
     return bool(np.any((t > 0) & (t <= length) & (radial <= radius)))
-
-
-def quaternion_xyzw(rotation: np.ndarray) -> np.ndarray:
-    """Unit quaternion (x, y, z, w) of a rotation matrix [3, 3]."""
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(rotation).as_quat()
 
 
 # ---- the lookup --------------------------------------------------------------------------------
@@ -299,7 +278,7 @@ def find_grasp(
     rotation = np.stack([np.cross(closing, approach.direction), closing, approach.direction], axis=1)
     return GraspTarget(
         query=query, found=True, position=(approach.position + origin).tolist(),
-        orientation_xyzw=quaternion_xyzw(rotation).tolist(), approach=approach.direction.tolist(),
+        orientation_xyzw=quat_xyzw_from_matrix(rotation), approach=approach.direction.tolist(),
         closing=closing.tolist(), normal=normal.tolist(), approach_kind=approach.kind, reachable=approach.reachable,
         width=frame.width, score=float(rel[members].mean()), peak_relevancy=peak, point_count=int(len(members)),
         obb=OrientedBox(center=(frame.obb_center + origin).tolist(), extent=frame.obb_extent.tolist(),
@@ -371,7 +350,7 @@ def _choose_approach(others: np.ndarray, frame: TargetFrame, up: np.ndarray, cfg
 def _contact_normal(pts: np.ndarray, approach: Approach) -> np.ndarray:
     """Unit surface normal [3] where the fingers meet the object: the mean normal of the points nearest the grasp
     axis (closest 20%), oriented against the approach (out of the object, towards the gripper)."""
-    normals = estimate_normals(pts)
+    normals = pca_normals(pts)
     near = np.linalg.norm(np.cross(pts - approach.position, approach.direction), axis=1)
     sel = near <= np.quantile(near, 0.2)
     n_dirs = normals[sel]

@@ -12,7 +12,8 @@ Scenes are z-up in their local frame (LAS/LAZ, the synthetic scenes). Cameras ar
 * ``street``: up to 10 positions on open ground (grid cells with no structure above 0.5 m) in the inner 70 % of
   the extent, spread out by farthest-point sampling, cameras 1.6 m above the ground looking horizontally at 4 headings (90 deg FOV);
   a single level 0.
-* ``cameras:FILE``: cameras imported from transforms.json / COLMAP, used as given.
+* ``cameras:FILE``: cameras imported from transforms.json / COLMAP, used as given (or scaled to a requested
+  image size, intrinsics scaled with it).
 """
 
 from __future__ import annotations
@@ -206,9 +207,23 @@ def plan_street(xyz: np.ndarray, cfg: RenderConfig, positions: int = 10) -> list
     return cams
 
 
-def plan_views(scene: Any, cfg: RenderConfig) -> list[Camera]:
+def requested_size(cfg: RenderConfig) -> tuple[int, int] | None:
+    """(width, height) asked for in ``cfg``, or None when both are RenderConfig's defaults (then imported
+    cameras keep their own size). A size equal to the defaults cannot be told from no request: pass
+    ``camera_size`` to :func:`plan_views` for that."""
+    default = RenderConfig()
+    if (cfg.width, cfg.height) == (default.width, default.height):
+        return None
+    return int(cfg.width), int(cfg.height)
+
+
+def plan_views(scene: Any, cfg: RenderConfig, *, camera_size: tuple[int, int] | None = None) -> list[Camera]:
     """Cameras for ``scene`` (PointCloud or GaussianSplats) following ``cfg.preset``; ``Camera.level`` is the
-    granularity (0 = coarsest). Raises SceneKDError for an empty scene, a zero-size image or an unknown preset."""
+    granularity (0 = coarsest). Raises SceneKDError for an empty scene, a zero-size image or an unknown preset.
+
+    ``cameras:FILE`` cameras are used at their own size unless a size is requested (``camera_size``, or a
+    cfg.width/height other than the defaults): then their intrinsics are scaled to it
+    (scene_kd.scene.cameras.scale_to_size; a size of another aspect ratio is refused)."""
     preset = str(cfg.preset)
     xyz = np.asarray(scene.xyz, dtype=np.float32)
     if len(xyz) == 0:
@@ -229,6 +244,12 @@ def plan_views(scene: Any, cfg: RenderConfig) -> list[Camera]:
         for c in cams:
             if c.width <= 0 or c.height <= 0:
                 raise SceneKDError(f"camera {c.name!r} has zero-size image {c.width}x{c.height}", path=path)
+        size = camera_size if camera_size is not None else requested_size(cfg)
+        if size is not None:
+            from scene_kd.scene.cameras import scale_to_size
+
+            _check_size(cfg)
+            cams = scale_to_size(cams, *size)
         return cams
     _check_size(cfg)
     planners = {"aerial": plan_aerial, "orbit": plan_orbit, "street": plan_street}

@@ -7,6 +7,7 @@ Lens distortion is ignored (K keeps focal lengths and principal point only); fis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import struct
@@ -109,8 +110,8 @@ def _frame_camera(frame: dict[str, Any], meta: dict[str, Any], path: Path, origi
         return frame.get(key, meta.get(key, default))
 
     w, h = get("w"), get("h")
-    if w is None or h is None:
-        w, h = _image_size(path.parent / frame["file_path"], path)
+    if w is None or h is None:  # NeRF-synthetic gives camera_angle_x only: the size is the image's
+        w, h = _image_size(frame_image(path.parent, frame["file_path"]), path)
     w, h = int(w), int(h)
     fx, fy = get("fl_x"), get("fl_y")
     if fx is None:
@@ -138,6 +139,44 @@ def _frame_camera(frame: dict[str, Any], meta: dict[str, Any], path: Path, origi
         height=h,
         name=str(frame.get("file_path", "")),
     )
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+
+def frame_image(root: Path, file_path: str) -> Path:
+    """A frame's image: ``root / file_path``, or with .png/.jpg added when the NeRF-synthetic layout gives
+    the path without its extension (``./train/r_0`` for ``train/r_0.png``)."""
+    image = Path(root) / file_path
+    if image.is_file():
+        return image
+    for suffix in IMAGE_SUFFIXES:
+        cand = image.with_name(image.name + suffix)
+        if cand.is_file():
+            return cand
+    return image
+
+
+def scale_to_size(cameras: list[Camera], width: int, height: int, *, tolerance: float = 0.01) -> list[Camera]:
+    """Cameras resized to ``width`` x ``height`` pixels: K scaled per axis (fx, cx by width / W; fy, cy by
+    height / H), poses unchanged; the same field of view at another resolution (COLMAP 3840x2160 ->
+    960x540: K x 0.25). Raises SceneFormatError when the requested aspect ratio differs from a camera's
+    by more than ``tolerance`` (the flags would stretch the image: give a size of the same aspect)."""
+    out = []
+    for c in cameras:
+        if (c.width, c.height) == (width, height):
+            out.append(c)
+            continue
+        sx, sy = width / c.width, height / c.height
+        if abs(sx / sy - 1) > tolerance:
+            raise SceneFormatError(
+                f"--width/--height {width}x{height} do not keep camera {c.name!r}'s aspect ratio "
+                f"({c.width}x{c.height}); give e.g. {width}x{round(c.height * sx)}")
+        K = c.K.copy()
+        K[0, :] *= sx
+        K[1, :] *= sy
+        out.append(dataclasses.replace(c, K=K, width=width, height=height))
+    return out
 
 
 def _image_size(image: Path, path: Path) -> tuple[int, int]:

@@ -121,16 +121,20 @@ def save_scene(scene: Scene, path: str | Path) -> None:
 
 
 def world_to_local(
-    world: np.ndarray, path: Path | str, origin: np.ndarray | None = None
+    world: np.ndarray, path: Path | str, origin: np.ndarray | None = None, drop: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
     """Split float64 world coordinates [N, 3] into (local float32 [M, 3], origin float64 [3], keep, meta).
 
     Drops non-finite rows (warning with their count); ``keep`` is the boolean row mask, or None when every
     row was kept. ``meta`` holds the exact float64 ``bounds_world`` and ``bounds_count``. Float32 input whose
-    coordinates are all within +-1e4 keeps origin 0, so its values round-trip bit-exactly.
+    coordinates are all within +-1e4 keeps origin 0, so its values round-trip bit-exactly. ``drop`` [N] bool:
+    further rows to drop (the caller has warned about them). Float32 input whose step at its magnitude is
+    coarser than 1 cm gets a warning (scene_kd.scene.crs.warn_float32_step).
     """
     world = np.asarray(world)
     keep = drop_non_finite(world, Path(path))
+    if drop is not None:
+        keep &= ~np.asarray(drop, dtype=bool)
     all_kept = bool(keep.all())
     finite = world if all_kept else world[keep]
     if len(finite) == 0:
@@ -139,6 +143,10 @@ def world_to_local(
         )
     lo = finite.min(axis=0).astype(np.float64)
     hi = finite.max(axis=0).astype(np.float64)
+    if world.dtype == np.float32:
+        from scene_kd.scene.crs import warn_float32_step
+
+        warn_float32_step(lo, hi, path)
     if origin is None:
         small_float32 = world.dtype == np.float32 and max(np.abs(lo).max(), np.abs(hi).max()) <= 1e4
         origin = np.zeros(3) if small_float32 else np.floor(lo)
@@ -237,6 +245,16 @@ def describe_scene(scene: Scene) -> dict:
         "bounds": bounds,
         "attributes": scene.attributes,
     }
+    if scene.meta.get("crs") or scene.meta.get("reprojected_to"):
+        from pyproj import CRS
+
+        from scene_kd.scene.crs import describe_crs
+
+        for key, out_key in (("crs", "crs"), ("reprojected_to", "reprojected_to")):
+            if scene.meta.get(key):
+                out[out_key] = describe_crs(CRS.from_wkt(scene.meta[key]))
+        if "reprojected_to" in out:
+            out["bounds_note"] = "bounds in the reprojected CRS (metres); outputs keep the file's coordinates"
     if scene.labels is not None:
         ids, counts = np.unique(scene.labels, return_counts=True)
         out["classes"] = {str(int(i)): int(c) for i, c in zip(ids, counts, strict=True)}

@@ -2,7 +2,12 @@
 
 ``RUN/scene.safetensors``: the scene's arrays (points: xyz, rgb, intensity, normals, labels, instances;
 Gaussians: means, quats, log_scales, opacity_logits, sh, labels, instances), local float32 coordinates.
-``RUN/scene.json``: kind, count, origin (float64), label_names, source path, source_hash, format.
+``RUN/scene.json``: kind, count, origin (float64), label_names, source path, source_hash, format, crs
+(the file's CRS as WKT, or null) and ``reprojected_to`` (the CRS of the run's coordinates when the reader
+reprojected a geographic file, else null).
+``RUN/scene.safetensors`` also holds ``source_rows`` [N] int64 when the reader dropped records (NaN points,
+all-zero Gaussians): point i of the run is record ``source_rows[i]`` of the file. Writers that copy the
+input's records (scene_kd.scene.annotate, PLY/3DGS exports) map through it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ def save_run_scene(run_dir: str | Path, scene: PointCloud | GaussianSplats) -> d
     run_dir = Path(run_dir)
     names = _POINT_ARRAYS if scene.kind == "points" else _GAUSS_ARRAYS
     arrays = {n: getattr(scene, n) for n in names if getattr(scene, n) is not None}
+    if scene.meta.get("source_rows") is not None:
+        arrays["source_rows"] = np.asarray(scene.meta["source_rows"], dtype=np.int64)
     source = scene.meta.get("source")
     meta = {
         "kind": scene.kind, "count": len(scene), "origin": [float(v) for v in scene.origin],
@@ -30,6 +37,8 @@ def save_run_scene(run_dir: str | Path, scene: PointCloud | GaussianSplats) -> d
         "source": str(Path(source).resolve()) if source else None,
         "source_hash": file_hash(source) if source and Path(source).is_file() else "",
         "format": scene.meta.get("format"),
+        "crs": scene.meta.get("crs"),
+        "reprojected_to": scene.meta.get("reprojected_to"),
     }
     save_tensors(run_dir / "scene.safetensors", arrays)
     write_json(run_dir / "scene.json", meta)
@@ -43,7 +52,8 @@ def load_run_scene(run_dir: str | Path) -> PointCloud | GaussianSplats:
     arrays = {k: v.numpy() for k, v in tensors.items()}
     common = dict(origin=np.array(meta["origin"], dtype=np.float64),
                   label_names={int(k): v for k, v in meta.get("label_names", {}).items()},
-                  meta={"source": meta.get("source"), "format": meta.get("format"), "source_hash": meta.get("source_hash")})
+                  meta={"source": meta.get("source"), "format": meta.get("format"), "source_hash": meta.get("source_hash"),
+                        "source_rows": arrays.get("source_rows"), "crs": meta.get("crs")})
     if meta["kind"] == "points":
         return PointCloud(**{k: arrays.get(k) for k in _POINT_ARRAYS}, **common)
     return GaussianSplats(**{k: arrays.get(k) for k in _GAUSS_ARRAYS}, **common)
@@ -51,3 +61,14 @@ def load_run_scene(run_dir: str | Path) -> PointCloud | GaussianSplats:
 
 def run_scene_meta(run_dir: str | Path) -> dict[str, Any]:
     return read_json(Path(run_dir) / "scene.json")
+
+
+def run_source_rows(run_dir: str | Path) -> np.ndarray | None:
+    """[N] int64 file record of each run point, or None when point i is record i (nothing dropped)."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / "scene.safetensors"
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="np") as f:
+        return f.get_tensor("source_rows").astype(np.int64) if "source_rows" in f.keys() else None

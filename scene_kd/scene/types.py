@@ -23,6 +23,16 @@ def choose_origin(xyz_world: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(xyz_world, dtype=np.float64).min(axis=0))
 
 
+def subset_meta(meta: dict, index: np.ndarray, n: int) -> dict:
+    """A copy of a scene's meta for a subset: ``source_rows`` (the file record of each point) follows the
+    selection, so writers that copy the input's records still find each point's record."""
+    out = dict(meta)
+    if out.get("source") is not None:
+        rows = out.get("source_rows")
+        out["source_rows"] = (np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows))[index]
+    return out
+
+
 @dataclass
 class PointCloud:
     """A point cloud in local float32 coordinates.
@@ -81,7 +91,7 @@ class PointCloud:
             labels=take(self.labels),
             instances=take(self.instances),
             extra={k: v[index] for k, v in self.extra.items()},
-            meta=dict(self.meta),
+            meta=subset_meta(self.meta, index, len(self)),
         )
 
     @property
@@ -151,7 +161,7 @@ class GaussianSplats:
             sh=self.sh[index],
             labels=take(self.labels),
             instances=take(self.instances),
-            meta=dict(self.meta),
+            meta=subset_meta(self.meta, index, len(self)),
         )
 
     @property

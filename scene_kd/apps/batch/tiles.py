@@ -4,8 +4,9 @@ Everything here runs inside a worker (a Ray task or the in-process loop) and ret
 the same function serves both executors.
 
 Per tile:
-- ``DIR/<name>.laz``: the input's header (scale, offset, point format, CRS VLRs) and extra bytes, with
-  ``classification`` = the predicted class code and an extra-bytes ``confidence`` (float32).
+- ``DIR/<name>.laz``: a LAS/LAZ tile's own records, streamed through :func:`scene_kd.scene.annotate.annotate_las`
+  (every dimension, header field, VLR and EVLR kept) with ``classification`` = the predicted class code and an
+  extra-bytes ``confidence`` (float32); other formats (PLY, ...) get a new LAS header.
 - ``DIR/.<name>.done.json``: the tile's record (points, seconds, per-label counts) and the job hash
   (labels, labeller settings, student/config identity and the input file's hash). A rerun skips a tile
   whose output exists with a sidecar of the same hash.
@@ -284,7 +285,8 @@ def process_tile(tile: str, job: BatchJob, force: bool = False) -> dict[str, Any
     t0 = time.perf_counter()
     out, done = output_path(job.out_dir, tile), sidecar_path(job.out_dir, tile)
     try:
-        chash = job.config_hash(file_hash(tile))
+        tile_hash = file_hash(tile)
+        chash = job.config_hash(tile_hash)
     except OSError as e:
         return to_jsonable(TileResult(tile=str(tile), status="error", error=f"cannot read tile ({e.strerror})"))
     if not force and out.exists():
@@ -305,22 +307,33 @@ def process_tile(tile: str, job: BatchJob, force: bool = False) -> dict[str, Any
             labeller = make_labeller(job, tile, force)
             label_index, confidence, n_chunks = label_in_chunks(scene, labeller, job.chunk_size, job.halo)
         header = scene.meta.get("las_header")
-        codes = class_codes(job.labels, header.point_format.id if header is not None else 6)
-        if label_index.max(initial=0) >= len(codes):
-            raise SceneKDError(f"label index out of range 0..{len(codes) - 1}")
-        from scene_kd.query.export import UNCLASSIFIED
+        if label_index.max(initial=0) >= len(job.labels) or label_index.min(initial=0) < -1:
+            raise SceneKDError(f"label index out of range -1..{len(job.labels) - 1}")
+        n_points = len(scene)
+        if header is not None:  # annotate the tile's own records, streamed (never rebuilt from the PointCloud)
+            from scene_kd.query.export import las_label_columns
+            from scene_kd.scene.annotate import annotate_las
 
-        lut = np.asarray([*codes, UNCLASSIFIED], dtype=np.int32)  # index -1 (unknown) -> unclassified
-        scene.labels = lut[label_index]
-        scene.label_names = {int(c): name for c, name in zip(codes, job.labels, strict=False)}
-        scene.extra = {**scene.extra, "confidence": confidence.astype(np.float32)}
-        from scene_kd.scene.io import save_scene
+            cls, dims, _, names = las_label_columns(job.labels, label_index, header.point_format.id)
+            rows = scene.meta.get("source_rows")
+            del scene  # the writer streams the file; the loaded copy is no longer needed
+            with atomic_path(out) as tmp:
+                annotate_las(tile, tmp, classification=cls, dims={**dims, "confidence": confidence.astype(np.float32)},
+                             records=rows, expect_hash=tile_hash, label_names=names)
+        else:
+            from scene_kd.query.export import UNCLASSIFIED
+            from scene_kd.scene.io import save_scene
 
-        with atomic_path(out) as tmp:
-            save_scene(scene, tmp)
+            codes = class_codes(job.labels, 6)
+            lut = np.asarray([*codes, UNCLASSIFIED], dtype=np.int32)  # index -1 (unknown) -> unclassified
+            scene.labels = lut[label_index]
+            scene.label_names = {int(c): name for c, name in zip(codes, job.labels, strict=False)}
+            scene.extra = {**scene.extra, "confidence": confidence.astype(np.float32)}
+            with atomic_path(out) as tmp:
+                save_scene(scene, tmp)
         counts = np.bincount(label_index[label_index >= 0], minlength=len(job.labels))
         result = TileResult(
-            tile=str(tile), status="done", output=str(out), points=len(scene),
+            tile=str(tile), status="done", output=str(out), points=n_points,
             seconds=round(time.perf_counter() - t0, 3), chunks=n_chunks,
             counts={name: int(c) for name, c in zip(job.labels, counts, strict=False)}, config_hash=chash,
         )

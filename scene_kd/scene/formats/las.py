@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scene_kd.errors import SceneFormatError
+from scene_kd.eval.labels import ASPRS_CLASSES  # the one table, re-exported for readers
 from scene_kd.scene.io import (
     check_extent,
     label_names_from_json,
@@ -33,27 +34,7 @@ from scene_kd.scene.types import GaussianSplats, PointCloud
 
 log = logging.getLogger(__name__)
 
-ASPRS_CLASSES = {
-    0: "never classified",
-    1: "unclassified",
-    2: "ground",
-    3: "low vegetation",
-    4: "medium vegetation",
-    5: "high vegetation",
-    6: "building",
-    7: "noise",
-    8: "model key point",
-    9: "water",
-    10: "rail",
-    11: "road",
-    12: "overlap",
-    13: "wire guard",
-    14: "wire conductor",
-    15: "transmission tower",
-    16: "wire connector",
-    17: "bridge deck",
-    18: "high noise",
-}
+
 LABEL_VLR_USER_ID = "scene_kd"
 LABEL_VLR_RECORD_ID = 1
 _CHUNK = 1 << 20
@@ -182,74 +163,117 @@ def _check_header(path: Path, header) -> None:
         )
 
 
-def _local_axis(raw: np.ndarray, scale: float, shift: float, out: np.ndarray) -> None:
-    """out[i] = float32(raw[i] * scale + shift), in float64 chunks."""
-    buf = np.empty(min(_CHUNK, len(raw)), dtype=np.float64)
-    for s in range(0, len(raw), _CHUNK):
-        e = min(s + _CHUNK, len(raw))
-        b = buf[: e - s]
-        np.multiply(raw[s:e], scale, out=b)
-        b += shift
-        out[s:e] = b
+def _open_error(path: Path, e: BaseException) -> SceneFormatError:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return SceneFormatError(f"not a readable LAS/LAZ file ({type(e).__name__}{': ' + msg if msg else ''})", path=path)
+
+
+def _world_chunk(arr: np.ndarray, scales: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """[M, 3] float64 coordinates of raw records (same formula laspy uses for .x/.y/.z)."""
+    out = np.empty((len(arr), 3), dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i, name in enumerate("XYZ"):
+            np.multiply(arr[name], scales[i], out=out[:, i])
+            out[:, i] += offsets[i]
+    return out
 
 
 @reader("las", "laz")
 def read_las(path: Path) -> PointCloud:
-    """LAS/LAZ -> PointCloud (rgb 8-bit, intensity, classification as labels, extra-bytes dims as extra)."""
+    """LAS/LAZ -> PointCloud (rgb 8-bit, intensity, classification as labels, extra-bytes dims as extra).
+
+    Streamed: records are read in chunks of ``_CHUNK`` (laspy ``chunk_iterator``) straight into the
+    per-point arrays, so the file's records are never held whole. Point i is record i (LAS integers are
+    always finite; nothing is dropped). A geographic CRS is reprojected to its UTM zone for the pipeline
+    (scene_kd.scene.crs; meta["reprojected_to"]); meta["crs"] holds the file's CRS as WKT.
+    """
     import laspy
+
+    from scene_kd.scene.crs import geographic_to_utm, las_crs
 
     check_las_bytes(path)
     try:
-        with laspy.open(str(path)) as f:
-            _check_header(path, f.header)
-            las = f.read()
-    except SceneFormatError:
-        raise
+        reader_ = laspy.open(str(path))
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except BaseException as e:  # noqa: BLE001 - lazrs panics are BaseException
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise SceneFormatError(
-            f"not a readable LAS/LAZ file ({type(e).__name__}{': ' + msg if msg else ''})", path=path
-        ) from None
-    hdr = las.header
-    n = len(las.points)
-    if n != int(hdr.point_count):
-        raise SceneFormatError(
-            f"truncated file: header says {int(hdr.point_count):,} points, read {n:,}", path=path
-        )
-    arr = las.points.array
-    scales = np.asarray(hdr.scales, dtype=np.float64)
-    offsets = np.asarray(hdr.offsets, dtype=np.float64)
-    lo = np.empty(3)
-    hi = np.empty(3)
-    for i, name in enumerate("XYZ"):
-        raw = arr[name]
-        a, b = int(raw.min()), int(raw.max())
-        lo[i], hi[i] = (a, b) if scales[i] > 0 else (b, a)
-    with np.errstate(over="ignore", invalid="ignore"):
-        lo = lo * scales + offsets  # same formula laspy uses for .x, so bounds equal laspy's coordinates
-        hi = hi * scales + offsets
-    origin = np.floor(lo)
+        raise _open_error(path, e) from None
+    with reader_ as f:
+        hdr = f.header
+        _check_header(path, hdr)
+        n = int(hdr.point_count)
+        crs = las_crs(hdr, path)
+        pf = hdr.point_format
+        dims = set(pf.dimension_names)
+        scales = np.asarray(hdr.scales, dtype=np.float64)
+        offsets = np.asarray(hdr.offsets, dtype=np.float64)
+        hmin, hmax = np.asarray(hdr.mins, dtype=np.float64), np.asarray(hdr.maxs, dtype=np.float64)
+        local = np.empty((n, 3), dtype=np.float32)
+        has_rgb = {"red", "green", "blue"} <= dims
+        rgb16 = np.empty((n, 3), dtype=np.uint16) if has_rgb else None
+        labels = np.empty(n, dtype=np.int32) if "classification" in dims else None
+        intensity = np.empty(n, dtype=np.float32) if "intensity" in dims else None
+        extra_names = list(pf.extra_dimension_names)
+        extra_raw: dict[str, np.ndarray] = {}
+        lo, hi = np.full(3, np.inf), np.full(3, -np.inf)
+        origin = project = None
+        start = 0
+        try:
+            for chunk in f.chunk_iterator(_CHUNK):
+                m = len(chunk)
+                if start + m > n:
+                    raise SceneFormatError(f"file holds more records than its header's {n:,}", path=path)
+                arr = chunk.array
+                world = _world_chunk(arr, scales, offsets)
+                if origin is None and crs is not None:
+                    c = np.nanmean(world[: min(m, 4096)], axis=0)
+                    project = geographic_to_utm(crs, float(c[0]), float(c[1]), path)
+                if project is not None:
+                    world[:, 0], world[:, 1] = project[0].transform(world[:, 0], world[:, 1])
+                clo, chi = np.minimum(world.min(axis=0), world.max(axis=0)), np.maximum(world.min(axis=0), world.max(axis=0))
+                if origin is None:  # the header's minimum when it agrees with the data, else this chunk's
+                    ok = project is None and np.isfinite(hmin).all() and np.all(
+                        np.abs(clo - hmin) <= np.maximum(1.0, np.abs(hmax - hmin)))
+                    origin = np.floor(hmin if ok else clo)
+                    if not np.isfinite(origin).all():
+                        origin = np.zeros(3)
+                lo, hi = np.minimum(lo, clo), np.maximum(hi, chi)
+                world -= origin
+                local[start:start + m] = world
+                del world
+                sl = slice(start, start + m)
+                if rgb16 is not None:
+                    for i, c in enumerate(("red", "green", "blue")):
+                        rgb16[sl, i] = arr[c]
+                if labels is not None:
+                    labels[sl] = np.asarray(chunk.classification)
+                if intensity is not None:
+                    intensity[sl] = arr["intensity"]
+                for name in extra_names:
+                    v = np.asarray(chunk[name])
+                    if name not in extra_raw:
+                        extra_raw[name] = np.empty((n, *v.shape[1:]), dtype=v.dtype)
+                    extra_raw[name][sl] = v
+                start += m
+        except SceneFormatError:
+            raise
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as e:  # noqa: BLE001 - lazrs panics are BaseException
+            raise _open_error(path, e) from None
+        vlrs = list(hdr.vlrs)
+    if start != n:
+        raise SceneFormatError(f"truncated file: header says {n:,} points, read {start:,}", path=path)
+    if origin is None:
+        raise SceneFormatError("scene has no points", path=path)
     check_extent(lo, hi, origin, path)
-    local = np.empty((n, 3), dtype=np.float32)
-    for i, name in enumerate("XYZ"):
-        _local_axis(arr[name], scales[i], offsets[i] - origin[i], local[:, i])
 
-    dims = set(las.point_format.dimension_names)
-    rgb = None
-    shift = 8
-    if {"red", "green", "blue"} <= dims:
-        chans = [arr[c] for c in ("red", "green", "blue")]
-        shift = 8 if max(int(c.max()) for c in chans) > 255 else 0
-        rgb = np.empty((n, 3), dtype=np.uint8)
-        for i, c in enumerate(chans):
-            rgb[:, i] = c >> shift if shift else c
-    labels = np.asarray(las.classification, dtype=np.int32) if "classification" in dims else None
-    intensity = arr["intensity"].astype(np.float32) if "intensity" in dims else None
-
-    extra_names = list(las.point_format.extra_dimension_names)
-    extra = stack_numbered_columns({name: np.array(las[name]) for name in extra_names})
+    rgb, shift = None, 8
+    if rgb16 is not None:
+        shift = 8 if int(rgb16.max(initial=0)) > 255 else 0
+        rgb = (rgb16 >> shift).astype(np.uint8) if shift else rgb16.astype(np.uint8)
+        del rgb16
+    extra = stack_numbered_columns(extra_raw)
     normals = None
     if {"normal_x", "normal_y", "normal_z"} <= set(extra):
         normals = np.stack([extra.pop(f"normal_{c}") for c in "xyz"], axis=1).astype(np.float32)
@@ -258,7 +282,7 @@ def read_las(path: Path) -> PointCloud:
         labels = extra.pop("label").astype(np.int32)
 
     label_names: dict[int, str] = {}
-    for vlr in hdr.vlrs:
+    for vlr in vlrs:
         if (
             getattr(vlr, "user_id", "") == LABEL_VLR_USER_ID
             and getattr(vlr, "record_id", -1) == LABEL_VLR_RECORD_ID
@@ -266,29 +290,21 @@ def read_las(path: Path) -> PointCloud:
             label_names = label_names_from_json(bytes(vlr.record_data).decode("utf-8", "replace"))
     if labels is not None and not label_names:
         label_names = dict(ASPRS_CLASSES)
-    del las, arr
-    return PointCloud(
-        xyz=local,
-        origin=origin,
-        rgb=rgb,
-        intensity=intensity,
-        normals=normals,
-        labels=labels,
-        label_names=label_names,
-        instances=instances,
-        extra=extra,
-        meta={
-            "las_header": hdr,
-            "point_format": hdr.point_format.id,
-            "scale": scales.tolist(),
-            "offset": offsets.tolist(),
-            "las_version": str(hdr.version),
-            "las_rgb_bits": 8 + shift,
-            "compressed": bool(hdr.are_points_compressed),
-            "bounds_world": [lo.tolist(), hi.tolist()],
-            "bounds_count": n,
-        },
-    )
+    meta = {
+        "las_header": hdr,
+        "point_format": pf.id,
+        "scale": scales.tolist(),
+        "offset": offsets.tolist(),
+        "las_version": str(hdr.version),
+        "las_rgb_bits": 8 + shift,
+        "compressed": bool(hdr.are_points_compressed),
+        "bounds_world": [lo.tolist(), hi.tolist()],
+        "bounds_count": n,
+        "crs": crs.to_wkt() if crs is not None else None,
+        "reprojected_to": project[1].to_wkt() if project is not None else None,
+    }
+    return PointCloud(xyz=local, origin=origin, rgb=rgb, intensity=intensity, normals=normals, labels=labels,
+                      label_names=label_names, instances=instances, extra=extra, meta=meta)
 
 
 def _extra_bytes_type(values: np.ndarray) -> str:
@@ -358,12 +374,19 @@ def write_las(scene: PointCloud | GaussianSplats, path: Path) -> None:
     pc = splats_as_points(scene) if isinstance(scene, GaussianSplats) else scene
     n = len(pc)
     src = pc.meta.get("las_header")
+    if src is not None and pc.meta.get("reprojected_to"):
+        src = None  # the points are in the UTM zone now, the input header's CRS is geographic
     if src is not None:
         header = copy.deepcopy(src)
     else:
         header = laspy.LasHeader(version="1.4", point_format=7 if pc.rgb is not None else 6)
         header.scales = np.array([0.001, 0.001, 0.001])
         header.offsets = np.asarray(pc.origin, dtype=np.float64).copy()
+        crs_wkt = pc.meta.get("reprojected_to") or pc.meta.get("crs")
+        if crs_wkt:
+            from pyproj import CRS
+
+            header.add_crs(CRS.from_wkt(crs_wkt))
     header.vlrs = [
         v
         for v in header.vlrs

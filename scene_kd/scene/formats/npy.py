@@ -1,8 +1,12 @@
 """NPY and TXT/XYZ point tables: [N, 3+] columns xyz[, rgb][, label].
 
 Columns: 3 -> xyz; 4 -> xyz + label; 6 -> xyz + rgb; 7 -> xyz + rgb + label. rgb in 0-255, or 0-1 when no
-value exceeds 1. Text files are whitespace- or comma-separated; '#' lines and one non-numeric header line are
-skipped. Writers emit float64 world coordinates (text: '%.17g', so values round-trip exactly).
+value exceeds 1. Text files are whitespace- or comma-separated; '#' lines are skipped. Writers emit float64
+world coordinates (text: '%.17g', so values round-trip exactly).
+
+Named columns: a text header row naming x/y/z (PDAL ``X,Y,Z,Intensity``, CloudCompare ``//X Y Z R G B``) and
+structured .npy arrays are read by name, case-insensitively (:func:`named_columns_to_cloud`); unknown names
+become ``extra`` attributes. A header row without x/y/z is skipped and the table read by position.
 """
 
 from __future__ import annotations
@@ -50,6 +54,53 @@ def table_to_cloud(table: np.ndarray, path: Path) -> PointCloud:
     return PointCloud(xyz=local, origin=origin, rgb=rgb, labels=labels, meta=meta)
 
 
+_NAMES = {
+    "x": ("x",), "y": ("y",), "z": ("z",),
+    "r": ("red", "r", "diffuse_red"), "g": ("green", "g", "diffuse_green"), "b": ("blue", "b", "diffuse_blue"),
+    "intensity": ("intensity", "scalar_intensity", "i"),
+    "label": ("label", "labels", "classification", "class", "scalar_classification", "scalar_label", "semantic"),
+    "nx": ("nx", "normal_x", "normalx"), "ny": ("ny", "normal_y", "normaly"), "nz": ("nz", "normal_z", "normalz"),
+}
+
+
+def _clean(name: str) -> str:
+    return name.strip().strip("\"'").lstrip("/#").strip()
+
+
+def named_columns_to_cloud(columns: dict[str, np.ndarray], path: Path) -> PointCloud:
+    """{column name: [N] values} -> PointCloud, names matched case-insensitively: x y z (required), red/green/
+    blue (or r g b), intensity, label/classification (whole numbers), nx ny nz; others -> ``extra``."""
+    lower = {_clean(k).lower(): k for k in columns}
+    found = {role: next((lower[a] for a in aliases if a in lower), None) for role, aliases in _NAMES.items()}
+    if not all(found[c] for c in "xyz"):
+        raise SceneFormatError(f"columns {list(columns)} do not name x, y and z", path=path)
+    world = np.stack([np.asarray(columns[found[c]], dtype=np.float64) for c in "xyz"], axis=1)
+    local, origin, keep, meta = world_to_local(world, path)
+    if keep is not None:
+        meta["source_rows"] = np.flatnonzero(keep)
+    take = (lambda v: np.asarray(v)) if keep is None else (lambda v: np.asarray(v)[keep])
+    rgb = labels = intensity = normals = None
+    if all(found[c] for c in "rgb"):
+        cols = np.stack([take(columns[found[c]]) for c in "rgb"], axis=1).astype(np.float64)
+        if not np.isfinite(cols).all() or cols.min() < 0 or cols.max() > 65535:
+            raise SceneFormatError("rgb columns must be finite and within 0-255 (or 0-1, or 16-bit)", path=path)
+        rgb = rgb_to_uint8(cols) if cols.max() <= 255 else rgb_to_uint8(np.rint(cols).astype(np.uint16))
+    if found["label"]:
+        lab = take(columns[found["label"]]).astype(np.float64)
+        if not np.isfinite(lab).all() or (lab != np.round(lab)).any() or np.abs(lab).max(initial=0) > 2**31 - 1:
+            raise SceneFormatError(f"label column '{found['label']}' must hold whole numbers", path=path)
+        labels = lab.astype(np.int32)
+    if found["intensity"]:
+        intensity = take(columns[found["intensity"]]).astype(np.float32)
+    if all(found[c] for c in ("nx", "ny", "nz")):
+        normals = np.stack([take(columns[found[c]]) for c in ("nx", "ny", "nz")], axis=1).astype(np.float32)
+    used = {v for k, v in found.items() if v and (k not in ("r", "g", "b") or rgb is not None)
+            and (k not in ("nx", "ny", "nz") or normals is not None)}
+    extra = {_clean(k): take(v) for k, v in columns.items() if k not in used}
+    return PointCloud(xyz=local, origin=origin, rgb=rgb, intensity=intensity, normals=normals, labels=labels,
+                      extra=extra, meta=meta)
+
+
 def cloud_to_table(scene: PointCloud | GaussianSplats) -> np.ndarray:
     pc = splats_as_points(scene) if isinstance(scene, GaussianSplats) else scene
     cols = [pc.world_xyz()]
@@ -68,8 +119,11 @@ def read_npy(path: Path) -> PointCloud:
         raise SceneFormatError(f"not a plain numeric .npy array ({e})", path=path) from None
     except (OSError, EOFError) as e:
         raise SceneFormatError(f"truncated or corrupt .npy file ({e})", path=path) from None
-    if not isinstance(table, np.ndarray) or table.dtype.names is not None:
-        raise SceneFormatError("expected a plain numeric [N, 3+] array, not a structured one", path=path)
+    if not isinstance(table, np.ndarray):
+        raise SceneFormatError("expected a numeric [N, 3+] array", path=path)
+    if table.dtype.names is not None:  # structured: read by field names
+        flat = table.reshape(-1)
+        return named_columns_to_cloud({k: flat[k] for k in table.dtype.names}, path)
     return table_to_cloud(table, path)
 
 
@@ -79,7 +133,7 @@ def write_npy(scene: PointCloud | GaussianSplats, path: Path) -> None:
         np.save(fh, cloud_to_table(scene))
 
 
-def _parse_text(path: Path) -> np.ndarray:
+def _parse_text(path: Path) -> tuple[np.ndarray, list[str] | None]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -90,11 +144,13 @@ def _parse_text(path: Path) -> np.ndarray:
         for ln in text.replace(",", " ").replace(";", " ").splitlines()
         if ln.strip() and not ln.lstrip().startswith("#")
     ]
+    header = None
     if lines:
         try:
             [float(v) for v in lines[0].split()]
         except ValueError:
-            lines = lines[1:]  # a header row of column names
+            header = [_clean(v) for v in lines[0].split()]  # a header row of column names
+            lines = lines[1:]
     if not lines:
         raise SceneFormatError("no numeric rows", path=path)
     try:
@@ -102,12 +158,17 @@ def _parse_text(path: Path) -> np.ndarray:
     except ValueError as e:
         msg = str(e).splitlines()[0]
         raise SceneFormatError(f"malformed or truncated text table ({msg})", path=path) from None
-    return table
+    return table, header
 
 
 @reader("txt", "xyz", "csv")
 def read_txt(path: Path) -> PointCloud:
-    return table_to_cloud(_parse_text(path), path)
+    table, header = _parse_text(path)
+    if header is not None and {"x", "y", "z"} <= {h.lower() for h in header}:
+        if len(header) != table.shape[1]:
+            raise SceneFormatError(f"header names {len(header)} columns, the rows have {table.shape[1]}", path=path)
+        return named_columns_to_cloud({h: table[:, i] for i, h in enumerate(header)}, path)
+    return table_to_cloud(table, path)
 
 
 @writer("txt", "xyz", "csv")

@@ -54,6 +54,10 @@ def check_pcd_header(path: Path) -> dict:
             key, *vals = line.decode("ascii").split()
         except UnicodeDecodeError:
             raise SceneFormatError("not a PCD file (binary bytes in the header)", path=path) from None
+        if key.upper() == "FIELDS":  # PCL writes lower case; other tools write X Y Z / Intensity
+            vals = [v.lower() for v in vals]
+        if key.upper() == "TYPE":  # and 'f'/'u'/'i' for F/U/I
+            vals = [v.upper() for v in vals]
         out[key.upper()] = vals
         if key.upper() == "DATA":
             break
@@ -105,6 +109,7 @@ def check_pcd_header(path: Path) -> dict:
     else:
         raise SceneFormatError(f"unknown PCD DATA type '{data}'", path=path)
     return {
+        "raw_header": head[:pos],
         "fields": fields,
         "sizes": sizes,
         "types": types,
@@ -115,11 +120,36 @@ def check_pcd_header(path: Path) -> dict:
     }
 
 
+def _canonical_header(raw: bytes) -> bytes:
+    """The header with FIELDS names lower-cased and TYPE letters upper-cased (what open3d parses)."""
+    lines = raw.split(b"\n")
+    for i, line in enumerate(lines):
+        words = line.strip().split()
+        if words and words[0].upper() == b"FIELDS":
+            lines[i] = b" ".join([b"FIELDS", *[w.lower() for w in words[1:]]])
+        elif words and words[0].upper() == b"TYPE":
+            lines[i] = b" ".join([b"TYPE", *[w.upper() for w in words[1:]]])
+    return b"\n".join(lines)
+
+
 @reader("pcd")
 def read_pcd(path: Path) -> PointCloud:
     header = check_pcd_header(path)
     o3d = import_open3d()
-    pcd = o3d.t.io.read_point_cloud(str(path))
+    canonical = _canonical_header(header["raw_header"])
+    if canonical != header["raw_header"]:  # open3d wants lower-case fields and upper-case types: a fixed copy
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fixed = Path(tmp) / "fixed.pcd"
+            with open(path, "rb") as src, open(fixed, "wb") as dst:
+                src.seek(header["offset"])
+                dst.write(canonical)
+                while block := src.read(1 << 20):
+                    dst.write(block)
+            pcd = o3d.t.io.read_point_cloud(str(fixed))
+    else:
+        pcd = o3d.t.io.read_point_cloud(str(path))
     attrs = {k: pcd.point[k].numpy() for k in pcd.point}
     if "positions" not in attrs or len(attrs["positions"]) != header["points"]:
         got = len(attrs["positions"]) if "positions" in attrs else 0

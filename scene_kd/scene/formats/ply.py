@@ -11,6 +11,7 @@ label/instance). f_rest is channel-major: f_rest[c * (K-1) + k] = sh[:, 1 + k, c
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from scene_kd.scene.io import (
 )
 from scene_kd.scene.types import GaussianSplats, PointCloud
 
+log = logging.getLogger(__name__)
 LABEL_COMMENT = "scene_kd label_names "
 _LABEL_KEYS = (
     "label",
@@ -65,6 +67,10 @@ def _read_vertex(path: Path):
         ply = PlyData.read(fh)
     if "vertex" not in ply:
         raise SceneFormatError("PLY has no 'vertex' element", path=path)
+    return ply
+
+
+def _vertex(ply, path: Path):
     vertex = ply["vertex"]
     data = vertex.data
     names = set(data.dtype.names or ())
@@ -84,21 +90,48 @@ def is_3dgs(names: set[str]) -> bool:
 
 
 def _first(names: set[str], keys) -> str | None:
-    return next((k for k in keys if k in names), None)
+    """The first of ``keys`` present in ``names``, matched case-insensitively (CloudCompare writes
+    ``scalar_Classification``, ``scalar_Intensity``); returns the property's own spelling."""
+    lower = {n.lower(): n for n in sorted(names)}
+    return next((lower[k] for k in keys if k in lower), None)
+
+
+def _whole_labels(values: np.ndarray, key: str, path: Path) -> np.ndarray | None:
+    """Integer labels from a label property; float properties must hold whole numbers (CloudCompare
+    stores classes as float scalars), else they are not labels (None, logged)."""
+    v = np.asarray(values)
+    if np.issubdtype(v.dtype, np.floating):
+        finite = np.isfinite(v)
+        if not finite.all() or not np.array_equal(v, np.round(v)) or np.abs(v).max(initial=0) > 2**31 - 1:
+            log.warning("%s: '%s' holds non-integer values; kept as an attribute, not as labels", path, key)
+            return None
+    return v.astype(np.int32)
 
 
 @reader("ply")
 def read_ply(path: Path) -> PointCloud | GaussianSplats:
-    data, names, label_names = _read_vertex(path)
+    from scene_kd.scene.formats.ply_compressed import decode_compressed, is_compressed
+
+    ply = _read_vertex(path)
+    if is_compressed(ply):
+        return _read_compressed(path, ply, decode_compressed(ply, path))
+    data, names, label_names = _vertex(ply, path)
     world = np.stack([data["x"], data["y"], data["z"]], axis=1)
     if not np.issubdtype(world.dtype, np.floating):
         world = world.astype(np.float64)
-    local, origin, keep, meta = world_to_local(world, path)
+    drop = None
+    if is_3dgs(names):
+        keep3 = _gaussian_rows(data, path)
+        drop = None if keep3 is None else ~keep3
+    local, origin, keep, meta = world_to_local(world, path, drop=drop)
     if keep is not None:
         data = data[keep]
+        meta["source_rows"] = np.flatnonzero(keep)
     lab_key = _first(names, _LABEL_KEYS)
     inst_key = _first(names, _INSTANCE_KEYS)
-    labels = np.asarray(data[lab_key]).astype(np.int32) if lab_key else None
+    labels = _whole_labels(data[lab_key], lab_key, path) if lab_key else None
+    if labels is None:
+        lab_key = None
     instances = np.asarray(data[inst_key]).astype(np.int32) if inst_key else None
     if is_3dgs(names):
         return _read_3dgs(path, data, names, local, origin, labels, instances, label_names, meta)
@@ -161,7 +194,7 @@ def _read_3dgs(path, data, names, local, origin, labels, instances, label_names,
     return GaussianSplats(
         means=local,
         origin=origin,
-        quats=np.stack([data[f"rot_{i}"] for i in range(4)], axis=1),
+        quats=np.stack([data[f"rot_{i}"] for i in range(4)], axis=1).astype(np.float32),
         log_scales=np.stack([data[f"scale_{i}"] for i in range(3)], axis=1),
         opacity_logits=np.asarray(data["opacity"]),
         sh=sh,
@@ -170,6 +203,39 @@ def _read_3dgs(path, data, names, local, origin, labels, instances, label_names,
         label_names=label_names,
         meta={**meta, "ply_kind": "3dgs"},
     )
+
+
+def _gaussian_rows(data, path: Path) -> np.ndarray | None:
+    """[N] bool: 3DGS rows to keep, or None for all. Rows with a zero-norm quaternion (among them the
+    all-zero rows some trainers pad files with) have no orientation and would render as grey discs:
+    dropped with a warning giving the count. NaN rows are left to the non-finite check."""
+    q = np.stack([np.asarray(data[f"rot_{i}"], dtype=np.float64) for i in range(4)], axis=1)
+    bad = (q**2).sum(axis=1) == 0
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return None
+    zero_rows = int(np.count_nonzero(bad & np.all([np.asarray(data[k]) == 0 for k in data.dtype.names], axis=0)))
+    log.warning("%s: dropped %d Gaussian(s) with a zero-norm quaternion (%d of them all-zero rows)", path,
+                n_bad, zero_rows)
+    if n_bad == len(q):
+        raise SceneFormatError("every Gaussian has a zero-norm quaternion (an empty or zero-filled 3DGS PLY)",
+                               path=path)
+    return ~bad
+
+
+def _read_compressed(path: Path, ply, dec: dict[str, np.ndarray]) -> GaussianSplats:
+    """A decoded SuperSplat compressed PLY (scene_kd.scene.formats.ply_compressed) -> GaussianSplats."""
+    local, origin, keep, meta = world_to_local(dec["means"], path)
+    rows = slice(None) if keep is None else keep
+    if keep is not None:
+        meta["source_rows"] = np.flatnonzero(keep)
+    label_names = {}
+    for c in ply.comments:
+        if c.startswith(LABEL_COMMENT):
+            label_names = label_names_from_json(c[len(LABEL_COMMENT):])
+    return GaussianSplats(means=local, origin=origin, quats=dec["quats"][rows], log_scales=dec["log_scales"][rows],
+                          opacity_logits=dec["opacity_logits"][rows], sh=dec["sh"][rows], label_names=label_names,
+                          meta={**meta, "ply_kind": "3dgs_compressed"})
 
 
 def _comments(label_names: dict[int, str]) -> list[str]:

@@ -3,10 +3,12 @@
 Layout: position 3 x float32, scale 3 x float32 (linear std-devs), colour 4 x uint8 (r, g, b, a with
 a = sigmoid(opacity)), rotation 4 x uint8 (w, x, y, z) encoded as clip(q / |q| * 128 + 128, 0, 255).
 Only the SH DC term survives; colour, opacity and rotation are quantised to 8 bits (not lossless).
+All-zero rows and rows with a zero quaternion (rot bytes 128) are dropped with a warning giving the count.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from scene_kd.scene.io import reader, world_to_local, writer
 from scene_kd.scene.sh import SH_C0
 from scene_kd.scene.types import GaussianSplats, PointCloud
 
+log = logging.getLogger(__name__)
 SPLAT_DTYPE = np.dtype(
     [("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rot", "u1", (4,))]
 )
@@ -30,9 +33,17 @@ def read_splat(path: Path) -> GaussianSplats:
             f"truncated or not a .splat file: {size} bytes is not a multiple of 32 (one Gaussian)", path=path
         )
     rec = np.fromfile(path, dtype=SPLAT_DTYPE)
-    local, origin, keep, meta = world_to_local(rec["position"], path)
+    raw = rec.view(np.uint8).reshape(len(rec), 32)
+    zero_rows = ~raw.any(axis=1)
+    no_rotation = (rec["rot"].astype(np.int16) == 128).all(axis=1)  # zero-norm quaternion
+    drop = zero_rows | no_rotation
+    if drop.any():
+        log.warning("%s: dropped %d Gaussian(s) with a zero-norm quaternion or an all-zero row (%d all-zero)",
+                    path, int(drop.sum()), int(zero_rows.sum()))
+    local, origin, keep, meta = world_to_local(rec["position"], path, drop=drop if drop.any() else None)
     if keep is not None:
         rec = rec[keep]
+        meta["source_rows"] = np.flatnonzero(keep)
     scale = rec["scale"].astype(np.float64)
     bad_scale = ~(np.isfinite(scale) & (scale > 0)).all(axis=1)
     if bad_scale.any():
