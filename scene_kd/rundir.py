@@ -45,6 +45,7 @@ class RunDir:
     scene_json = property(lambda self: self.root / "scene.json")
     views = property(lambda self: self.root / "views.json")
     renders = property(lambda self: self.root / "renders")
+    photos = property(lambda self: self.root / "photos")
     masks = property(lambda self: self.root / "masks")
     features = property(lambda self: self.root / "features.safetensors")
     fused = property(lambda self: self.root / "fused.safetensors")
@@ -80,6 +81,8 @@ class StageContext:
 
     scene: Any = None
     """render: a loaded scene, or a path to load."""
+    capture: Any = None
+    """render: a Capture (scene_kd/scene/capture.py) whose cameras and photos the run uses, or None."""
     preview: bool = False
     """render/features: also write the contact sheets."""
     resume: bool = False
