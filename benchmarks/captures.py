@@ -1,10 +1,11 @@
 """Photo teacher vs rendered-view teacher on the synthetic tabletop capture (issue 16).
 
-For each setup: write a capture (scene_kd/scene/synthetic/capture.py), run the pipeline on it once with
-``teacher_input=photos`` (the oracle reads the label images beside the photos), then again on a copy of that run
-with ``teacher_input=renders`` (the oracle reads the labels of the renders from the same cameras; the render
-stage is current and reused, so both runs see the same views, Gaussians and label noise). Prints fused /
-distilled mIoU of both and the median render-vs-photo PSNR.
+For each setup: write a capture (scene_kd/scene/synthetic/capture.py), render it once (the capture's cameras),
+then for each teacher seed run features -> fuse -> distill -> eval on copies of that run with
+``teacher_input=photos`` (the oracle reads the label images beside the photos) and ``teacher_input=renders`` (it
+reads the labels of the renders from the same cameras): same views, same Gaussians, same label-flip rate (the
+flips themselves are drawn per view, so the seeds average them out). Prints fused / distilled mIoU (mean over
+seeds, and the per-seed differences) and the median render-vs-photo PSNR.
 
 Setups: ``equal`` - the scene holds one Gaussian per point of the dense cloud the photos are drawn from;
 ``detail`` - the scene holds few Gaussians (coarse), the photos show the dense cloud.
@@ -27,7 +28,8 @@ SETUPS = {
 }
 
 
-def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, height: int, seed: int) -> dict:
+def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, height: int, seed: int,
+              teacher_seeds: int) -> dict:
     from scene_kd.config import load_config
     from scene_kd.pipeline import run_pipeline
     from scene_kd.runio import read_json
@@ -41,21 +43,26 @@ def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, hei
            "photo_size": [2 * width, 2 * height], "render_size": [width, height], "label_flip": flip}
     base = {"render": {"width": width, "height": height}, "teacher": {"label_flip": flip, "seed": seed}}
     t0 = time.perf_counter()
-    runs = {}
-    for mode in ("photos", "renders"):
-        run = work / f"{name}-run-{mode}"
-        if mode == "renders":
-            shutil.copytree(work / f"{name}-run-photos", run)  # reuse the renders: same views, same Gaussians
-        cfg = load_config("ci", {**base, "teacher": {**base["teacher"], "teacher_input": mode}})
-        res = run_pipeline(cap, run, cfg, progress=False)
-        ev = read_json(run / "eval.json")
-        runs[mode] = {"fused": round(ev["fused"]["miou"], 4), "distilled": round(ev["distilled"]["miou"], 4),
-                      "render_skipped": bool(res["render"].skipped), "photo_views": res["features"]["photo_views"]}
-        if mode == "photos":
-            out["psnr_median_db"] = res["render"]["psnr_median"]
+    rendered = work / f"{name}-rendered"
+    res = run_pipeline(cap, rendered, load_config("ci", base), until="render", progress=False)
+    out["psnr_median_db"] = res["render"]["psnr_median"]
+    runs: dict[str, dict[str, list[float]]] = {m: {"fused": [], "distilled": []} for m in ("photos", "renders")}
+    for ts in range(teacher_seeds):
+        for mode in ("photos", "renders"):
+            run = work / f"{name}-run-{mode}-{ts}"
+            shutil.copytree(rendered, run)  # the render stage is current: same views, same Gaussians
+            cfg = load_config("ci", {**base, "teacher": {**base["teacher"], "teacher_input": mode, "seed": ts}})
+            res = run_pipeline(cap, run, cfg, progress=False)
+            assert res["render"].skipped and res["features"]["photo_views"] == (views if mode == "photos" else 0)
+            ev = read_json(run / "eval.json")
+            runs[mode]["fused"].append(round(ev["fused"]["miou"], 4))
+            runs[mode]["distilled"].append(round(ev["distilled"]["miou"], 4))
+            shutil.rmtree(run)
     out["runs"] = runs
-    out["delta_fused"] = round(runs["photos"]["fused"] - runs["renders"]["fused"], 4)
-    out["delta_distilled"] = round(runs["photos"]["distilled"] - runs["renders"]["distilled"], 4)
+    for src in ("fused", "distilled"):
+        d = [a - b for a, b in zip(runs["photos"][src], runs["renders"][src], strict=True)]
+        out[f"mean_{src}"] = {m: round(sum(runs[m][src]) / teacher_seeds, 4) for m in runs}
+        out[f"delta_{src}"] = round(sum(d) / len(d), 4)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -68,20 +75,22 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--setups", default="equal,detail")
+    ap.add_argument("--teacher-seeds", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.setups.split(","):
             results.append(run_setup(name, Path(tmp), views=args.views, flip=args.flip, width=args.width,
-                                     height=args.height, seed=args.seed))
+                                     height=args.height, seed=args.seed, teacher_seeds=args.teacher_seeds))
             r = results[-1]
             if not args.json:
-                print(f"{name:<7} {r['gaussians']:>6} Gaussians, {r['views']} views, PSNR {r['psnr_median_db']} dB | "
-                      f"fused photos {r['runs']['photos']['fused']:.3f} renders {r['runs']['renders']['fused']:.3f} "
-                      f"(d {r['delta_fused']:+.3f}) | distilled photos {r['runs']['photos']['distilled']:.3f} "
-                      f"renders {r['runs']['renders']['distilled']:.3f} (d {r['delta_distilled']:+.3f}) "
-                      f"[{r['seconds']} s]", flush=True)
+                f, d = r["mean_fused"], r["mean_distilled"]
+                print(f"{name:<7} {r['gaussians']:>6} Gaussians, {r['views']} views, flip {r['label_flip']}, "
+                      f"PSNR {r['psnr_median_db']} dB | fused photos {f['photos']:.3f} renders {f['renders']:.3f} "
+                      f"(d {r['delta_fused']:+.3f}) | distilled photos {d['photos']:.3f} renders {d['renders']:.3f} "
+                      f"(d {r['delta_distilled']:+.3f}) | per seed {json.dumps(r['runs'])} [{r['seconds']} s]",
+                      flush=True)
     if args.json:
         print(json.dumps(results))
 

@@ -269,3 +269,25 @@ def test_cli_run_and_synth_capture(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["capture"]["layout"] == "nerfstudio" and out["features"]["photo_views"] == 3
     assert main(["synth", "--kind", "urban", "--capture", str(tmp_path / "u")]) == 2
+
+
+@pytest.mark.slow
+def test_grasp_mug_handle_on_the_rgbd_capture(tmp_path, capsys):
+    """Point cloud + RGB-D frames (the capture's photos feed the oracle): the handle's grasp lies in its box."""
+    from scene_kd.cli import main
+
+    cap = tmp_path / "rgbd"
+    assert main(["synth", "--kind", "tabletop", "--capture", str(cap), "--rgbd", "--views", "16", "--points", "8000",
+                 "--json"]) == 0
+    capsys.readouterr()
+    cfg = tmp_path / "grasp.yaml"
+    cfg.write_text("render: {width: 256, height: 256}\nteacher: {name: oracle-labels}\ndistill: {enabled: false}\n")
+    assert main(["run", str(cap), "--out", str(tmp_path / "run"), "--config", str(cfg), "--until", "fuse",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["features"]["photo_views"] == 16
+    assert main(["grasp", str(tmp_path / "run"), "mug handle", "--json"]) == 0
+    g = json.loads(capsys.readouterr().out)
+    handle = next(o for o in json.loads((cap / "scene.objects.json").read_text())["objects"]
+                  if o["name"] == "mug handle")
+    local = np.asarray(handle["rotation"]).T @ (np.asarray(g["position"]) - np.asarray(handle["obb_center"]))
+    assert g["found"] and np.all(np.abs(local) <= np.asarray(handle["extents"]) / 2 + 1e-3), local

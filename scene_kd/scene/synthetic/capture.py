@@ -1,10 +1,12 @@
 """``make_tabletop_capture``: a synthetic capture folder - the tabletop as a scene file, photos from orbit
 cameras, label images, depth images, and the cameras as nerfstudio transforms.json AND COLMAP text.
 
-The photos are not renders of the scene file: they are z-buffer renders of the *dense* labelled point cloud
-(``points`` points, the "real world"), with a photometric change the scene's own colours do not have (gain per
-channel ``lighting``: brighter and warmer by default), a Gaussian blur (``blur_sigma`` px) and sensor noise
-(``noise_std`` grey levels), like photos taken under other light. The scene file is the same tabletop as 3DGS
+The photos are not renders of the scene file: they show the *dense* labelled tabletop (``points`` points, the
+"real world"; ``photo_source`` "gaussians": one Gaussian per point drawn by the Gaussian rasterizer, or
+"points": the z-buffer point renderer, fast, the default of the RGB-D variant) with a photometric change the
+scene's own colours do not have (gain per channel ``lighting``: brighter and warmer by default), a Gaussian blur
+(``blur_sigma`` px) and sensor noise (``noise_std`` grey levels), like photos taken under other light. Label and
+depth images come from the same render (the top-weight Gaussian's / nearest point's class). The scene file is the same tabletop as 3DGS
 Gaussians (``as_splats``, optionally only ``scene_gaussians`` of them, so the photos show detail the scene lacks)
 or, with ``rgbd=True``, as the point cloud (the RGB-D variant; depth images are written either way, and
 transforms.json frames carry ``depth_file_path`` only for the RGB-D variant).
@@ -102,6 +104,7 @@ def write_cameras(out: Path, cameras: list[Camera], origin: np.ndarray, names: l
 
 def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, width: int = 256, height: int = 192,
                           points: int = 60_000, scene_gaussians: int | None = None, rgbd: bool = False,
+                          photo_source: str | None = None,
                           lighting=DEFAULT_LIGHTING, blur_sigma: float = 0.7,
                           noise_std: float = 2.5) -> dict[str, Any]:
     """Write the tabletop capture folder described in the module docstring to ``out``; a summary dict
@@ -112,7 +115,7 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
 
     from scene_kd.render.config import RenderConfig
     from scene_kd.render.points import estimate_point_radii
-    from scene_kd.render.stage import render_point_view
+    from scene_kd.render.stage import render_gaussian_view, render_point_view
     from scene_kd.runio import write_json
     from scene_kd.scene.io import save_scene
     from scene_kd.scene.synthetic.labels import TABLETOP_CLASSES
@@ -126,15 +129,24 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
         raise SceneKDError("exists and is not a folder", path=out)
     for sub in ("images", "labels", "depth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    photo_source = photo_source or ("points" if rgbd else "gaussians")
+    if photo_source not in ("points", "gaussians"):
+        raise SceneKDError(f"photo_source must be 'points' or 'gaussians', got {photo_source!r}")
     pc, sidecar = make_tabletop(seed=seed, points=points)
+    dense = as_splats(pc, seed=seed) if photo_source == "gaussians" or not rgbd else None
     rng = np.random.default_rng(seed + 7919)
     cameras = orbit_cameras(pc, views, width, height)
     xyz = torch.from_numpy(np.ascontiguousarray(pc.xyz, np.float32))
-    radius = estimate_point_radii(xyz)
+    radius = estimate_point_radii(xyz) if photo_source == "points" else 0.0
+    tensors = {} if dense is None else {n: torch.from_numpy(np.asarray(getattr(dense, n), dtype=np.float32))
+                                         for n in ("means", "quats", "log_scales", "opacity_logits", "sh")}
     cfg = RenderConfig(width=width, height=height)
     names, depth_names = [], []
     for k, cam in enumerate(cameras):
-        r = render_point_view(pc, cam, cfg, xyz, radius)
+        if photo_source == "points":
+            r = render_point_view(pc, cam, cfg, xyz, radius)
+        else:
+            r = render_gaussian_view(dense, cam, cfg, tensors)
         name = f"frame_{k:04d}.png"
         Image.fromarray(photometric(r.rgb, rng, lighting=lighting, blur_sigma=blur_sigma,
                                     noise_std=noise_std)).save(out / "images" / name)
@@ -146,7 +158,12 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
         depth_names.append(f"depth/{name}")
     write_cameras(out, cameras, pc.origin, names, depth_names if rgbd else None)
     write_json(out / "labels.json", {str(k): v for k, v in TABLETOP_CLASSES.items()})
-    scene = pc if rgbd else as_splats(pc, seed=seed, max_gaussians=scene_gaussians)
+    if rgbd:
+        scene = pc
+    elif scene_gaussians is None or scene_gaussians >= len(pc):
+        scene = dense
+    else:
+        scene = as_splats(pc, seed=seed, max_gaussians=scene_gaussians)
     save_scene(scene, out / "scene.ply")
     write_json(out / "scene.objects.json", sidecar)
     return {"out": str(out), "scene": str(out / "scene.ply"), "scene_kind": scene.kind, "count": len(scene),
