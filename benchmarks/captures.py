@@ -24,7 +24,7 @@ from pathlib import Path
 
 SETUPS = {
     "equal": {"points": 6000, "scene_gaussians": None},
-    "detail": {"points": 20000, "scene_gaussians": 1500},
+    "detail": {"points": 8000, "scene_gaussians": 1000},
 }
 
 
@@ -37,10 +37,11 @@ def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, hei
 
     spec = SETUPS[name]
     cap = work / f"{name}-capture"
-    info = make_tabletop_capture(cap, seed=seed, views=views, width=2 * width, height=2 * height,
+    pw, ph = round(1.5 * width), round(1.5 * height)  # photos larger than the renders: resized on the way in
+    info = make_tabletop_capture(cap, seed=seed, views=views, width=pw, height=ph,
                                  points=spec["points"], scene_gaussians=spec["scene_gaussians"])
     out = {"setup": name, "views": views, "gaussians": info["count"], "photo_points": spec["points"],
-           "photo_size": [2 * width, 2 * height], "render_size": [width, height], "label_flip": flip}
+           "photo_size": [pw, ph], "render_size": [width, height], "label_flip": flip}
     base = {"render": {"width": width, "height": height}, "teacher": {"label_flip": flip, "seed": seed}}
     t0 = time.perf_counter()
     rendered = work / f"{name}-rendered"

@@ -7,6 +7,7 @@ Layout (DESIGN.md §1; each format is documented where it is written)::
     timings.json           per stage: seconds, peak RSS (a digest of stages.json for people and report.html)
     scene.safetensors/json the run's copy of the scene (scene_kd/scene/runscene.py)
     views.json, renders/   cameras + renders (scene_kd/render/types.py)
+    photos/                a capture's photos at the render size + label images (scene_kd/render/photos.py)
     masks/, features.safetensors   the teacher's masks and embeddings (scene_kd/teachers/base.py)
     fused.safetensors      fused features (scene_kd/lift/stage.py)
     student.*, gaussian_field.safetensors   the student (scene_kd/distill/)
