@@ -86,9 +86,11 @@ def _with(section: str, value: Any) -> PipelineConfig:
 
 
 def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: bool = False,
-                 preview: bool = False) -> StageResult:
-    """Plan views and render ``scene`` into ``run_dir`` (see scene_kd/render/stage.py)."""
-    return run_stage(RENDER, run_dir, _with("render", cfg), StageContext(scene=scene, preview=preview), force=force)
+                 preview: bool = False, capture: Any = None) -> StageResult:
+    """Plan views (or take a capture's cameras and photos) and render ``scene`` into ``run_dir`` (see
+    scene_kd/render/stage.py)."""
+    return run_stage(RENDER, run_dir, _with("render", cfg), StageContext(scene=scene, capture=capture,
+                                                                         preview=preview), force=force)
 
 
 def features_stage(run_dir: str | Path, cfg: TeacherConfig, *, force: bool = False,

@@ -246,6 +246,16 @@ def test_run_from_capture_writes_photos_and_feeds_them_to_the_teacher(tiny_captu
     assert res["render"]["views"] > 3 and res["features"]["photo_views"] == 3
 
 
+def test_render_and_features_verbs_on_a_capture(tiny_capture, tmp_path, capsys):
+    from scene_kd.cli import main
+
+    run = tmp_path / "verbs"
+    assert main(["render", str(tiny_capture), "--out", str(run), "--width", "32", "--height", "32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["photo_views"] == 3
+    assert main(["features", str(run), "--teacher", "oracle-labels", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["photo_views"] == 3
+
+
 def test_photos_teacher_input_needs_a_capture(tiny_capture, tmp_path):
     from scene_kd.pipeline import run_pipeline
 
