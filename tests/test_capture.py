@@ -94,6 +94,15 @@ def test_nerfstudio_and_colmap_text_give_the_known_cameras(written):
     _check_same(cap.cameras, _in_frame(_cameras(), cap.scene.origin))
     lab = read_label_image(cap.labels[0])
     assert lab[0, 0] == -1 and lab[5, 0] == 0 and lab[5, -1] == 1
+    # no scene file: COLMAP's own points3D is the scene
+    world = _scene().xyz[:300].astype(np.float64) + ORIGIN
+    (written / "sparse" / "0" / "points3D.txt").write_text(
+        "".join(f"{k + 1} {x!r} {y!r} {z!r} 10 20 30 0.5\n" for k, (x, y, z) in enumerate(world.tolist())))
+    (written / "scene.ply").unlink()
+    cap = load_capture(written)
+    assert cap.layout == "colmap" and len(cap.scene) == 300 and cap.scene.meta["format"] == "colmap-txt"
+    np.testing.assert_allclose(cap.scene.world_xyz(), world, atol=1e-4)
+    _check_same(cap.cameras, _in_frame(_cameras(), cap.scene.origin))
 
 
 def test_nerfstudio_dataparser_transform_maps_cameras_into_the_scene_frame(tmp_path):

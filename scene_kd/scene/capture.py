@@ -20,7 +20,8 @@ scene's local frame (``Camera``, world-to-cam, OpenCV axes).
 
 **The scene file** of a capture is, in order: the ``scene=`` argument; the Inria ``point_cloud.ply``; the
 ``ply_file_path`` of transforms.json; ``exports/splat/splat.ply``; else the one scene file (``.ply``,
-``.splat``, ``.las``, ``.laz``, ``.pcd``, ``.npy``) at the folder's top level (``scene.*`` preferred).
+``.splat``, ``.las``, ``.laz``, ``.pcd``, ``.npy``) at the folder's top level (``scene.*`` preferred); for
+COLMAP without one, the model's own ``points3D`` as a point cloud.
 
 **Label images** (ground truth for the oracle teacher, optional): ``labels/<image stem>.png`` beside
 ``images/`` (i.e. in the capture root), one class id per pixel as an 8- or 16-bit greyscale PNG, the dtype's
@@ -140,10 +141,16 @@ def load_capture(path: str | Path, *, scene: Any = None, layout: str | None = No
     raw_scene_path, read_cams, extra = reader(root)  # read_cams(origin) -> (cameras, photos)
     if scene is None or scene_path is not None:
         scene_path = scene_path or raw_scene_path
-        if scene_path is None:
+        if scene_path is None and layout == "colmap":
+            from scene_kd.scene.cameras import colmap_folder, load_colmap_points
+
+            scene = load_colmap_points(root)
+            scene_path = colmap_folder(root)[0]
+        elif scene_path is None:
             raise SceneFormatError(f"{layout} capture: no scene file found (put scene.ply / a 3DGS PLY / .splat in "
                                    "the folder, or pass one)", path=root)
-        scene = load_scene(scene_path)
+        else:
+            scene = load_scene(scene_path)
     cameras, photos = read_cams(np.asarray(scene.origin, np.float64))
     for p in photos:
         if not p.is_file():
