@@ -29,7 +29,7 @@ SETUPS = {
 
 
 def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, height: int, seed: int,
-              teacher_seeds: int) -> dict:
+              teacher_seeds: int, photo_scale: float = 1.5) -> dict:
     from scene_kd.config import load_config
     from scene_kd.pipeline import run_pipeline
     from scene_kd.runio import read_json
@@ -37,7 +37,7 @@ def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, hei
 
     spec = SETUPS[name]
     cap = work / f"{name}-capture"
-    pw, ph = round(1.5 * width), round(1.5 * height)  # photos larger than the renders: resized on the way in
+    pw, ph = round(photo_scale * width), round(photo_scale * height)  # photos resized to the renders on the way in
     info = make_tabletop_capture(cap, seed=seed, views=views, width=pw, height=ph,
                                  points=spec["points"], scene_gaussians=spec["scene_gaussians"])
     out = {"setup": name, "views": views, "gaussians": info["count"], "photo_points": spec["points"],
@@ -77,13 +77,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--setups", default="equal,detail")
     ap.add_argument("--teacher-seeds", type=int, default=3)
+    ap.add_argument("--photo-scale", type=float, default=1.5, help="photo size / render size")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.setups.split(","):
             results.append(run_setup(name, Path(tmp), views=args.views, flip=args.flip, width=args.width,
-                                     height=args.height, seed=args.seed, teacher_seeds=args.teacher_seeds))
+                                     height=args.height, seed=args.seed, teacher_seeds=args.teacher_seeds, photo_scale=args.photo_scale))
             r = results[-1]
             if not args.json:
                 f, d = r["mean_fused"], r["mean_distilled"]
