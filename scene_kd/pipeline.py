@@ -58,11 +58,16 @@ def run_pipeline(
     run = RunDir(Path(run_dir))
     run.root.mkdir(parents=True, exist_ok=True)
     save_config(run.root, cfg)
-    loaded = load_scene(scene) if isinstance(scene, (str, Path)) else scene
-    check_teacher_requirements(cfg.teacher, has_labels=loaded.labels is not None)
+    capture = None
+    if isinstance(scene, (str, Path)) and Path(scene).is_dir():  # a capture folder: photos + cameras + scene
+        from scene_kd.scene.capture import load_capture
+
+        capture = load_capture(scene)  # logs the layout it found
+    loaded = capture.scene if capture else load_scene(scene) if isinstance(scene, (str, Path)) else scene
+    check_teacher_requirements(cfg.teacher, has_labels=loaded.labels is not None or bool(capture and capture.labels))
     if cfg.teacher.name == ORACLE:
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
-    ctx = StageContext(scene=loaded, preview=preview, progress=progress)
+    ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for stage in STAGES[: last + 1]:
@@ -70,6 +75,8 @@ def run_pipeline(
             log.info("eval: skipped - the scene has no ground-truth labels to score against")
         elif stage.enabled(cfg):
             results[stage.name] = run_stage(stage, run, cfg, ctx, force=force)
+    if capture is not None:
+        results["capture"] = {"layout": capture.layout, "photos": len(capture.photos), "scene": str(capture.scene_path)}
     results["seconds"] = round(time.perf_counter() - t0, 3)
     return results
 
@@ -79,9 +86,11 @@ def _with(section: str, value: Any) -> PipelineConfig:
 
 
 def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: bool = False,
-                 preview: bool = False) -> StageResult:
-    """Plan views and render ``scene`` into ``run_dir`` (see scene_kd/render/stage.py)."""
-    return run_stage(RENDER, run_dir, _with("render", cfg), StageContext(scene=scene, preview=preview), force=force)
+                 preview: bool = False, capture: Any = None) -> StageResult:
+    """Plan views (or take a capture's cameras and photos) and render ``scene`` into ``run_dir`` (see
+    scene_kd/render/stage.py)."""
+    return run_stage(RENDER, run_dir, _with("render", cfg), StageContext(scene=scene, capture=capture,
+                                                                         preview=preview), force=force)
 
 
 def features_stage(run_dir: str | Path, cfg: TeacherConfig, *, force: bool = False,

@@ -7,6 +7,7 @@ Layout (DESIGN.md §1; each format is documented where it is written)::
     timings.json           per stage: seconds, peak RSS (a digest of stages.json for people and report.html)
     scene.safetensors/json the run's copy of the scene (scene_kd/scene/runscene.py)
     views.json, renders/   cameras + renders (scene_kd/render/types.py)
+    photos/                a capture's photos at the render size + label images (scene_kd/render/photos.py)
     masks/, features.safetensors   the teacher's masks and embeddings (scene_kd/teachers/base.py)
     fused.safetensors      fused features (scene_kd/lift/stage.py)
     student.*, gaussian_field.safetensors   the student (scene_kd/distill/)
@@ -45,6 +46,7 @@ class RunDir:
     scene_json = property(lambda self: self.root / "scene.json")
     views = property(lambda self: self.root / "views.json")
     renders = property(lambda self: self.root / "renders")
+    photos = property(lambda self: self.root / "photos")
     masks = property(lambda self: self.root / "masks")
     features = property(lambda self: self.root / "features.safetensors")
     fused = property(lambda self: self.root / "fused.safetensors")
@@ -80,6 +82,8 @@ class StageContext:
 
     scene: Any = None
     """render: a loaded scene, or a path to load."""
+    capture: Any = None
+    """render: a Capture (scene_kd/scene/capture.py) whose cameras and photos the run uses, or None."""
     preview: bool = False
     """render/features: also write the contact sheets."""
     resume: bool = False

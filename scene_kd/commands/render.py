@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated
 
 import tyro
@@ -21,7 +22,7 @@ class Args:
     Shortcuts: --views PRESET, --width N, --height N, --levels N."""
 
     scene: Annotated[str, tyro.conf.Positional]
-    """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT, 3DGS PLY, .splat)."""
+    """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT, 3DGS PLY, .splat) or a capture folder (its cameras + photos)."""
     out: str
     """Run folder to write (an existing run's config.yaml gives the defaults)."""
     config: str | None = None
@@ -42,8 +43,13 @@ def main(args: Args) -> int:
     from scene_kd.scene.io import load_scene
 
     cfg = pipeline_config(args, SECTIONS, args.out)
-    scene = load_scene(args.scene)
-    summary = render_stage(args.out, scene, cfg.render, force=args.force, preview=args.preview)
+    capture = None
+    if Path(args.scene).is_dir():
+        from scene_kd.scene.capture import load_capture
+
+        capture = load_capture(args.scene)
+    scene = capture.scene if capture is not None else load_scene(args.scene)
+    summary = render_stage(args.out, scene, cfg.render, force=args.force, preview=args.preview, capture=capture)
     save_config(args.out, cfg)
     human = None
     if not args.json:

@@ -27,7 +27,8 @@ class Args:
     """
 
     scene: Annotated[str, tyro.conf.Positional]
-    """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT, 3DGS PLY, .splat)."""
+    """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT, 3DGS PLY, .splat) or a capture folder (photos + cameras + scene:
+    COLMAP, nerfstudio, NeRF-synthetic, Inria 3DGS output, posed RGB-D; scene_kd/scene/capture.py)."""
     out: str
     """Run folder to write."""
     config: str | None = None
@@ -58,6 +59,9 @@ def main(args: Args) -> int:
     if not args.json:
         ev = result.get("eval") or {}
         lines = [f"run folder: {args.out}  ({result['seconds']:.1f} s, teacher {cfg.teacher.name})"]
+        if result.get("capture"):
+            cap = result["capture"]
+            lines.append(f"  capture: {cap['layout']} layout, {cap['photos']} photos, scene {cap['scene']}")
         rd = result.get("render")
         if rd is not None and "teacher_work" in rd:
             tw = rd["teacher_work"]

@@ -17,7 +17,7 @@ class Args:
     """Write a labelled synthetic scene: an urban block (simulated airborne + mobile LiDAR) or a tabletop with
     objects (plus <out stem>.objects.json with each object's pose and box)."""
 
-    out: str
+    out: str = ""
     """Output scene file (.ply, .las, .laz, .npy, ...; with --as-splats: .ply as 3DGS PLY, .splat)."""
     kind: Literal["urban", "tabletop"] = "urban"
     """Which scene."""
@@ -29,6 +29,13 @@ class Args:
     """Write the scene as labelled Gaussians (flat, normal-aligned, colour as SH DC)."""
     max_gaussians: int | None = None
     """With --as-splats: subsample to at most this many Gaussians."""
+    capture: str | None = None
+    """With --kind tabletop: write a capture folder here instead (3DGS scene.ply, or the point cloud with --rgbd,
+    + photos, label images, depth images, transforms.json and COLMAP text; scene_kd/scene/synthetic/capture.py)."""
+    views: int = 12
+    """With --capture: number of photos (orbit cameras)."""
+    rgbd: bool = False
+    """With --capture: the RGB-D variant (point-cloud scene, frames with depth_file_path)."""
     json: bool = False
     """Print one JSON object."""
 
@@ -40,6 +47,10 @@ def main(args: Args) -> int:
     from scene_kd.scene.io import save_scene
     from scene_kd.scene.synthetic import as_splats, make_tabletop, make_urban
 
+    if args.capture is not None:
+        return _capture(args)
+    if not args.out:
+        raise SceneKDError("give --out FILE (a scene file) or --capture DIR (a capture folder)")
     out = Path(args.out)
     ext = out.suffix.lower().lstrip(".")
     if args.points is not None and args.points < (100 if args.kind == "tabletop" else 1):
@@ -77,4 +88,18 @@ def main(args: Args) -> int:
             lines.append(f"  objects: {info['sidecar']}")
         human = "\n".join(lines)
     emit(info, args.json, human)
+    return 0
+
+
+def _capture(args: Args) -> int:
+    from scene_kd.scene.synthetic.capture import make_tabletop_capture
+
+    if args.kind != "tabletop":
+        raise SceneKDError("--capture writes a tabletop capture; use --kind tabletop")
+    info = make_tabletop_capture(args.capture, seed=args.seed, views=args.views, points=args.points or 60_000,
+                                 scene_gaussians=args.max_gaussians, rgbd=args.rgbd)
+    human = (f"wrote capture {info['out']}: {info['views']} photos {info['width']}x{info['height']} + label and "
+             f"depth images, transforms.json + sparse/0 (COLMAP text), scene {info['scene']} "
+             f"({info['count']:,} {info['scene_kind']})")
+    emit(info, args.json, None if args.json else human)
     return 0

@@ -8,6 +8,7 @@ Coverage (occlusion-tested like lifting) is accumulated view by view and written
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -152,13 +153,17 @@ class RenderStage:
         return []  # the scene is part of the key (its fingerprint)
 
     def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
-        return [run.views, run.scene_tensors, run.scene_json, run.renders] + ([run.views_png] if ctx.preview else [])
+        return ([run.views, run.scene_tensors, run.scene_json, run.renders] + ([run.views_png] if ctx.preview else [])
+                + ([run.photos] if ctx.capture is not None else []))
 
     def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
-        return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx))]
+        capture = ctx.capture.fingerprint() if ctx.capture is not None else None
+        both = cfg.teacher.teacher_input == "both"  # the capture's views and planned ones
+        return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
 
     def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-        return _render(run, _scene(ctx), cfg.render, preview=ctx.preview)
+        return _render(run, _scene(ctx), cfg.render, preview=ctx.preview, capture=ctx.capture,
+                       teacher_input=cfg.teacher.teacher_input)
 
 
 RENDER = RenderStage()
@@ -177,14 +182,21 @@ def _scene(ctx: StageContext) -> Any:
     return ctx.scene
 
 
-def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool) -> dict[str, Any]:
+def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, capture: Any = None,
+            teacher_input: str = "auto") -> dict[str, Any]:
+    from scene_kd.render.photos import capture_views, clear_photos, resolve_teacher_input, write_view_photo
     from scene_kd.render.points import estimate_point_radii, visible_in_view
     from scene_kd.render.views import COVERAGE_TOLERANCE, coverage_from_counts, plan_views
     from scene_kd.scene.runscene import save_run_scene
 
     run_dir = run.root
     t0 = time.perf_counter()
-    cameras = plan_views(scene, cfg)
+    teacher_input = resolve_teacher_input(teacher_input, capture is not None)
+    cameras = capture_views(capture, cfg.width, cfg.height) if capture is not None else []
+    n_photos = len(cameras)
+    if capture is None or teacher_input == "both":
+        cameras += [dataclasses.replace(c, level=c.level + (1 if capture is not None else 0))
+                    for c in plan_views(scene, cfg)]
     if not cameras:
         raise SceneKDError(f"view preset {cfg.preset!r} produced no cameras")
     xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32))
@@ -204,6 +216,7 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool) -> dic
     n_levels = max(c.level for c in cameras) + 1
     per_level = np.zeros((n_levels, len(scene)), dtype=np.int32)
     thumbs: list[tuple[int, np.ndarray, Camera]] = []
+    psnrs: list[float | None] = [None] * len(cameras)
     with progress_bar(None) as progress:
         task = progress.add_task(f"render {len(cameras)} views", total=len(cameras))
         for i, cam in enumerate(cameras):
@@ -212,6 +225,8 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool) -> dic
             else:
                 render = render_gaussian_view(scene, cam, cfg, tensors)
             save_render(run_dir, i, render)
+            if capture is not None and i < len(capture.cameras):
+                psnrs[i] = write_view_photo(run_dir, i, capture, i, render)
             vis, _ = visible_in_view(xyz, cam, render.depth, tolerance=COVERAGE_TOLERANCE)
             per_level[cam.level] += vis.numpy()
             if preview:
@@ -223,11 +238,14 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool) -> dic
         stem = p.name.split(".")[0]
         if stem.isdigit() and int(stem) >= len(cameras):
             p.unlink()
+    clear_photos(run_dir, len(capture.cameras) if capture is not None else 0)
     coverage = coverage_from_counts(per_level.sum(0), per_level, cameras, cfg.min_views)
     levels = sorted({c.level for c in cameras})
     write_json(run.views, {
         "scene_kind": scene.kind, "preset": cfg.preset, "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
+        "photos": [i < n_photos for i in range(len(cameras))], "psnr": psnrs,
+        "capture": None if capture is None else {"layout": capture.layout, "root": str(capture.root)},
     })
     if preview:
         contact_sheet(thumbs, run.views_png)
@@ -235,5 +253,8 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool) -> dic
     log.info("rendered %d views in %.1f s; %.1f%% of points seen >= 1x, %.1f%% >= 3x", len(cameras), seconds,
              100 * coverage["seen_1"], 100 * coverage["seen_3"])
     megapixels = sum(c.width * c.height for c in cameras) / 1e6
+    finite = [p for p in psnrs if p is not None and np.isfinite(p)]
     return {"views": len(cameras), "levels": levels, "coverage": coverage, "preset": cfg.preset,
+            "photo_views": n_photos,
+            "psnr_median": round(float(np.median(finite)), 3) if finite else None,
             "scene_kind": scene.kind, "teacher_work": {"views": len(cameras), "megapixels": round(megapixels, 3)}}

@@ -24,8 +24,12 @@ class _TeacherCommon:
     """Seed of every random choice the teacher makes."""
     batch_size: int = 16
     """Views per teacher batch."""
+    teacher_input: Literal["auto", "photos", "renders", "both"] = "auto"
+    """For a run from a capture (photos + cameras): photos = the teacher sees the photos (renders of the same
+    cameras give depth / ids for lifting); renders = it sees those renders; both = the photo views plus the
+    render preset's planned views; auto = photos when the run has them, else renders."""
 
-    STAGE_FIELDS: ClassVar[tuple[str, ...]] = ("name", "batch_size")
+    STAGE_FIELDS: ClassVar[tuple[str, ...]] = ("name", "batch_size", "teacher_input")
     """Fields the features stage uses itself; the rest are the teacher constructor's keyword arguments."""
 
 

@@ -16,7 +16,8 @@ import torch
 
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.progress import progress_bar
-from scene_kd.render.types import Render, iter_renders, load_cameras, load_render
+from scene_kd.render.photos import iter_teacher_renders, photos_for_teacher
+from scene_kd.render.types import Render, load_cameras, load_render
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import (
     atomic_path,
@@ -97,14 +98,15 @@ class FeaturesStage:
         return True
 
     def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
-        return [run.views, run.renders, run.scene_json]
+        return [run.views, run.renders, run.scene_json, run.photos]
 
     def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
         return [run.features, run.masks] + ([run.masks_png] if ctx.preview else [])
 
     def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
         teacher = make_teacher(run.root, cfg.teacher)
-        return [_VERSION, getattr(teacher, "cache_key", None) or teacher_kwargs(cfg.teacher), cfg.teacher.name]
+        return [_VERSION, getattr(teacher, "cache_key", None) or teacher_kwargs(cfg.teacher), cfg.teacher.name,
+                cfg.teacher.teacher_input]
 
     def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key)
@@ -122,6 +124,7 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
     if n == 0:
         raise RunStateError("views.json lists no views; nothing for the teacher to see", path=run_dir)
     teacher = make_teacher(run_dir, cfg)
+    use_photos = photos_for_teacher(run_dir, cfg.teacher_input)
     cache = FeatureCache(getattr(teacher, "cache_key", None) or config_hash(teacher.name, teacher_kwargs(cfg)))
     dim = int(teacher.dim)
     results: list[ViewMasks | None] = [None] * n
@@ -153,7 +156,7 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
 
     with progress_bar(None, columns=("views", "{task.fields[rate]}")) as progress:
         task = progress.add_task(f"features ({teacher.name})", total=n, rate="")
-        for i, r in iter_renders(run_dir):
+        for i, r in iter_teacher_renders(run_dir, use_photos):  # the photo where the view has one (render/photos.py)
             if i in preview_idx:
                 preview_rgb[i] = r.rgb
             h = render_content_hash(r)
@@ -170,6 +173,7 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
         flush(progress, task)
 
     summary = write_outputs(run_dir, results, teacher, key)
+    summary["photo_views"] = sum(use_photos)
     if preview:
         write_preview(run.masks_png, [preview_rgb[i] for i in sorted(preview_rgb)],
                       [np.asarray(results[i].mask_ids) for i in sorted(preview_rgb)],  # type: ignore[union-attr]

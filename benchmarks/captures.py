@@ -1,0 +1,101 @@
+"""Photo teacher vs rendered-view teacher on the synthetic tabletop capture (issue 16).
+
+For each setup: write a capture (scene_kd/scene/synthetic/capture.py), render it once (the capture's cameras),
+then for each teacher seed run features -> fuse -> distill -> eval on copies of that run with
+``teacher_input=photos`` (the oracle reads the label images beside the photos) and ``teacher_input=renders`` (it
+reads the labels of the renders from the same cameras): same views, same Gaussians, same label-flip rate (the
+flips themselves are drawn per view, so the seeds average them out). Prints fused / distilled mIoU (mean over
+seeds, and the per-seed differences) and the median render-vs-photo PSNR.
+
+Setups: ``equal`` - the scene holds one Gaussian per point of the dense cloud the photos are drawn from;
+``detail`` - the scene holds few Gaussians (coarse), the photos show the dense cloud.
+
+    PYTHONPATH=. python benchmarks/captures.py [--views 8] [--flip 0.2] [--setups equal,detail] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+SETUPS = {
+    "equal": {"points": 6000, "scene_gaussians": None},
+    "detail": {"points": 8000, "scene_gaussians": 1000},
+}
+
+
+def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, height: int, seed: int,
+              teacher_seeds: int, photo_scale: float = 1.5) -> dict:
+    from scene_kd.config import load_config
+    from scene_kd.pipeline import run_pipeline
+    from scene_kd.runio import read_json
+    from scene_kd.scene.synthetic.capture import make_tabletop_capture
+
+    spec = SETUPS[name]
+    cap = work / f"{name}-capture"
+    pw, ph = round(photo_scale * width), round(photo_scale * height)  # photos resized to the renders on the way in
+    info = make_tabletop_capture(cap, seed=seed, views=views, width=pw, height=ph,
+                                 points=spec["points"], scene_gaussians=spec["scene_gaussians"])
+    out = {"setup": name, "views": views, "gaussians": info["count"], "photo_points": spec["points"],
+           "photo_size": [pw, ph], "render_size": [width, height], "label_flip": flip}
+    base = {"render": {"width": width, "height": height}, "teacher": {"label_flip": flip, "seed": seed}}
+    t0 = time.perf_counter()
+    rendered = work / f"{name}-rendered"
+    res = run_pipeline(cap, rendered, load_config("ci", base), until="render", progress=False)
+    out["psnr_median_db"] = res["render"]["psnr_median"]
+    runs: dict[str, dict[str, list[float]]] = {m: {"fused": [], "distilled": []} for m in ("photos", "renders")}
+    for ts in range(teacher_seeds):
+        for mode in ("photos", "renders"):
+            run = work / f"{name}-run-{mode}-{ts}"
+            shutil.copytree(rendered, run)  # the render stage is current: same views, same Gaussians
+            cfg = load_config("ci", {**base, "teacher": {**base["teacher"], "teacher_input": mode, "seed": ts}})
+            res = run_pipeline(cap, run, cfg, progress=False)
+            assert res["render"].skipped and res["features"]["photo_views"] == (views if mode == "photos" else 0)
+            ev = read_json(run / "eval.json")
+            runs[mode]["fused"].append(round(ev["fused"]["miou"], 4))
+            runs[mode]["distilled"].append(round(ev["distilled"]["miou"], 4))
+            shutil.rmtree(run)
+    out["runs"] = runs
+    for src in ("fused", "distilled"):
+        d = [a - b for a, b in zip(runs["photos"][src], runs["renders"][src], strict=True)]
+        out[f"mean_{src}"] = {m: round(sum(runs[m][src]) / teacher_seeds, 4) for m in runs}
+        out[f"delta_{src}"] = round(sum(d) / len(d), 4)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--flip", type=float, default=0.2)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--height", type=int, default=96)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--setups", default="equal,detail")
+    ap.add_argument("--teacher-seeds", type=int, default=3)
+    ap.add_argument("--photo-scale", type=float, default=1.5, help="photo size / render size")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.setups.split(","):
+            results.append(run_setup(name, Path(tmp), views=args.views, flip=args.flip, width=args.width,
+                                     height=args.height, seed=args.seed, teacher_seeds=args.teacher_seeds, photo_scale=args.photo_scale))
+            r = results[-1]
+            if not args.json:
+                f, d = r["mean_fused"], r["mean_distilled"]
+                print(f"{name:<7} {r['gaussians']:>6} Gaussians, {r['views']} views, flip {r['label_flip']}, "
+                      f"PSNR {r['psnr_median_db']} dB | fused photos {f['photos']:.3f} renders {f['renders']:.3f} "
+                      f"(d {r['delta_fused']:+.3f}) | distilled photos {d['photos']:.3f} renders {d['renders']:.3f} "
+                      f"(d {r['delta_distilled']:+.3f}) | per seed {json.dumps(r['runs'])} [{r['seconds']} s]",
+                      flush=True)
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
