@@ -102,6 +102,33 @@ def _shortcut_overrides(argv: list[str], sections: tuple[str, ...]) -> tuple[dic
     return overrides, argv
 
 
+def _check_section_flags(argv: list[str], cfg: Any, sections: tuple[str, ...]) -> None:
+    """A one-line ConfigError for ``--section.key`` flags the resolved config has no field for (e.g. an option
+    of another teacher), instead of the parser's multi-line box."""
+    import dataclasses
+
+    from scene_kd.teachers.config import TEACHER_CONFIGS
+
+    for a in argv:
+        if not a.startswith("--") or "." not in a.split("=", 1)[0]:
+            continue
+        section, key = a[2:].split("=", 1)[0].split(".", 1)
+        key = key.split(".", 1)[0].replace("-", "_")
+        if section not in sections:
+            continue
+        obj = getattr(cfg, section)
+        names = {f.name for f in dataclasses.fields(obj)}
+        if key in names:
+            continue
+        if section == "teacher":
+            owners = [n for n, c in TEACHER_CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)}]
+            if owners:
+                raise ConfigError(f"{a.split('=', 1)[0]} is an option of the {' / '.join(owners)} teacher, not of "
+                                  f"{obj.name}; choose the teacher with --teacher NAME")
+        raise ConfigError(f"unknown option {a.split('=', 1)[0]}; {section} options: "
+                          f"{', '.join(sorted(n.replace('_', '-') for n in names))}")
+
+
 def _default_args(mod: Any, argv: list[str]) -> tuple[Any, list[str]]:
     """A default ``Args`` holding the resolved config sections, and the argv left for tyro."""
     import dataclasses
@@ -122,6 +149,7 @@ def _default_args(mod: Any, argv: list[str]) -> tuple[Any, list[str]]:
     elif base and argv and not argv[0].startswith("-"):
         run_dir = argv[0]  # the run folder comes first on the verbs that take one
     cfg = resolve_config(run_dir, preset, overrides)
+    _check_section_flags(argv, cfg, sections)
     values = {}
     for f in dataclasses.fields(mod.Args):
         if f.name in sections:
@@ -135,8 +163,9 @@ def _usage() -> str:
     lines = ["usage: scene-kd VERB [options]   (scene-kd VERB --help for a verb's options)", "",
              "Give 3D scenes an open vocabulary. Add --debug to any command for tracebacks.", "", "verbs:"]
     for verb, modname in COMMANDS.items():
-        doc = (importlib.import_module(modname).Args.__doc__ or "").strip().splitlines()[0]
-        lines.append(f"  {verb:<12} {doc}")
+        doc = " ".join((importlib.import_module(modname).Args.__doc__ or "").split("\n\n")[0].split())
+        first = doc.split(": ")[0].split("; ")[0].split(". ")[0].rstrip(".")
+        lines.append(f"  {verb:<12} {first}")
     return "\n".join(lines)
 
 

@@ -132,7 +132,7 @@ def merge_into(obj: Any, updates: dict[str, Any], where: str = "") -> Any:
         if k not in names or k == "STAGE_FIELDS":
             kind = getattr(obj, "name", None)
             what = f" of teacher {kind!r}" if where == "teacher." and kind else ""
-            raise ConfigError(f"unknown config key {where}{k!r}{what}; known: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown config key {where}{k}{what}; known: {', '.join(sorted(names))}")
         cur = getattr(obj, k)
         if k == "teacher" and where == "":
             changes[k] = _merge_teacher(cur, v)
@@ -163,12 +163,20 @@ def resolve_config(run_dir: str | Path | None = None, preset: str | Path | None 
     Raises ConfigError (one line, naming the key) for unknown keys, wrong types or a missing preset.
     """
     cfg = PipelineConfig()
+    layers: list[tuple[str, Any]] = []
     if run_dir is not None and (Path(run_dir) / "config.yaml").is_file():
-        cfg = merge_into(cfg, read_preset(Path(run_dir) / "config.yaml"))
+        layers.append((str(Path(run_dir) / "config.yaml"), lambda: read_preset(Path(run_dir) / "config.yaml")))
     if preset:
-        cfg = merge_into(cfg, read_preset(preset))
+        layers.append((str(preset), lambda: read_preset(preset)))
     if overrides:
-        cfg = merge_into(cfg, overrides)
+        layers.append(("", lambda: overrides))
+    for where, data in layers:
+        try:
+            cfg = merge_into(cfg, data())
+        except ConfigError as e:
+            if not where or str(e).startswith(where):
+                raise
+            raise ConfigError(f"{where}: {e}") from None
     return cfg
 
 

@@ -30,7 +30,7 @@ from scene_kd.stages import (
     stage_by_name,
 )
 from scene_kd.teachers.config import ORACLE, ORACLE_NOTE, TeacherConfig
-from scene_kd.teachers.stage import check_teacher_requirements
+from scene_kd.teachers.stage import check_teacher_requirements, scene_has_classes
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,14 @@ def run_pipeline(
 
         capture = load_capture(scene)  # logs the layout it found
     loaded = capture.scene if capture else load_scene(scene) if isinstance(scene, (str, Path)) else scene
-    check_teacher_requirements(cfg.teacher, has_labels=loaded.labels is not None or bool(capture and capture.labels))
+    check_teacher_requirements(cfg.teacher, has_labels=scene_has_classes(loaded) or bool(capture and capture.labels))
     if cfg.teacher.name == ORACLE:
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
     ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for stage in STAGES[: last + 1]:
-        if stage is EVAL and loaded.labels is None:
+        if stage is EVAL and not scene_has_classes(loaded):
             log.info("eval: skipped - the scene has no ground-truth labels to score against")
         elif stage.enabled(cfg):
             results[stage.name] = run_stage(stage, run, cfg, ctx, force=force)

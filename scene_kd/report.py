@@ -66,6 +66,38 @@ def top_down_camera(xyz: np.ndarray, *, size: int = 512, fov_deg: float = 40.0) 
     return Camera(K=K, world_to_cam=w2c, width=size, height=size, name="top-down")
 
 
+def loss_curve_png(run_dir: Path) -> tuple[str, str] | None:
+    """plots/loss.png from RUN/student.json's history (train and held-out loss per epoch); (path, caption) or
+    None when the run has no point student."""
+    path = run_dir / "student.json"
+    if not path.exists():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    h = json.loads(path.read_text()).get("history") or {}
+    train, held = h.get("train_loss") or h.get("loss") or [], h.get("holdout_loss") or []
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot(range(1, len(train) + 1), train, label="train")
+    if held:
+        ax.plot(range(1, len(held) + 1), held, label="held-out")
+    if h.get("best_epoch"):
+        ax.axvline(int(h["best_epoch"]), color="grey", ls="--", lw=1, label="best epoch")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("1 - cosine")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(run_dir / "plots" / "loss.png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    stop = "stopped early" if h.get("stopped_early") else "ran to its epoch limit"
+    return "plots/loss.png", f"student loss per epoch ({len(train)} epochs, {stop})"
+
+
 def write_report(run_dir: str | Path, queries: list[dict[str, Any]], title: str = "") -> Path:
     """Write RUN/report.html from what the run folder holds; ``queries`` from :func:`relevancy_render`."""
     run_dir = Path(run_dir)
@@ -100,6 +132,9 @@ def write_report(run_dir: str | Path, queries: list[dict[str, Any]], title: str 
     for q in queries:
         parts.append(img(q["png"], f"\u201c{q['query']}\u201d: {q['hits']:,} points with relevancy > 0.5"))
     parts.append("<h2>Confusion matrix</h2>" + img("plots/confusion.png", "confusion matrix"))
+    curve = loss_curve_png(run_dir)
+    if curve is not None:
+        parts.append("<h2>Student training</h2>" + img(curve[0], curve[1]))
     t_path = run_dir / "timings.json"
     if t_path.exists():
         t = json.loads(t_path.read_text())

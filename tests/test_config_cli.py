@@ -112,6 +112,20 @@ def test_oracle_on_an_unlabelled_scene_is_refused_before_any_work(tmp_path, caps
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.yaml"]
 
 
+def test_oracle_on_a_scene_with_only_unclassified_points_is_refused_before_any_work(tmp_path, capsys):
+    import numpy as np
+
+    from scene_kd.scene.io import save_scene
+    from scene_kd.scene.types import PointCloud
+
+    xyz = np.random.default_rng(0).uniform(0, 10, (500, 3))
+    save_scene(PointCloud.from_world(xyz, labels=np.ones(500, np.int32), label_names={1: "unclassified"}),
+               tmp_path / "u.las")
+    assert main(["run", str(tmp_path / "u.las"), "--out", str(tmp_path / "r"), "--teacher", "oracle-labels"]) == 2
+    assert "needs a labelled scene" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.yaml"]
+
+
 def test_features_with_a_preset_resolves_the_preset_teacher(oracle_run, capsys):
     args, _ = _default_args(__import__("scene_kd.commands.features", fromlist=["Args"]),
                             [str(oracle_run), "--config", "urban"])
@@ -132,8 +146,11 @@ def test_a_yaml_setting_arrives_unchanged_and_conflicting_flags_are_refused(orac
     capsys.readouterr()
     assert main(["features", str(oracle_run), "--label-flip", "0.1", "--teacher.label-flip", "0.2"]) == 2
     assert "not both" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # an option of another teacher is not silently dropped
-        main(["features", str(oracle_run), "--teacher", "clip-grid", "--teacher.label-flip", "0.2"])
+    # an option of another teacher is refused in one line, not silently dropped
+    assert main(["features", str(oracle_run), "--teacher", "clip-grid", "--teacher.label-flip", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "--teacher.label-flip is an option of the oracle-labels teacher, not of clip-grid" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_help_shows_the_resolved_defaults(oracle_run, capsys):

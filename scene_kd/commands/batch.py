@@ -23,7 +23,7 @@ class Args:
     whose output exists with the same config; --force redoes them.
     """
 
-    tiles: Annotated[tuple[str, ...], tyro.conf.Positional]
+    tiles: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="TILES")]
     """Tile files or glob patterns (quote them), e.g. "tiles/*.laz"."""
     out: str
     """Output folder."""

@@ -19,7 +19,7 @@ class Args:
     """Distil the run's fused features into a student (sparse-conv network on points, or a Gaussian feature
     field on splats) and add its features to RUN/field.*. Shortcuts: --epochs N, --student NAME."""
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (after `scene-kd fuse`)."""
     config: str | None = None
     """Preset (a YAML path or a shipped name) whose `distill:` section replaces the run's."""

@@ -15,7 +15,7 @@ class Args:
     """Evaluate a run's features against its ground-truth labels (vocabulary = the class names present);
     writes RUN/eval.json and RUN/plots/confusion.png."""
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (after `scene-kd fuse`, optionally `scene-kd distill`)."""
     sources: tuple[str, ...] = ()
     """Feature sources to score (fused, distilled, ensemble); default: all the field has."""

@@ -22,7 +22,7 @@ class Args:
     oracle-labels) or --config PRESET choose another. Shortcuts: --label-flip F, --weights PATH.
     """
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (made by `scene-kd render`)."""
     config: str | None = None
     """Preset (a YAML path or a shipped name) whose `teacher:` section replaces the run's."""
@@ -62,13 +62,13 @@ def main(args: Args) -> int:
 
 
 def _run_has_labels(run: str) -> bool:
-    """Whether the run's copy of the scene has ground-truth labels (True when it cannot tell: the stage decides)."""
-    from safetensors import safe_open
+    """Whether the run's copy of the scene has evaluable ground-truth classes (True when it cannot tell: the
+    stage then reports what is missing)."""
+    from scene_kd.errors import RunStateError
+    from scene_kd.scene.runscene import load_run_scene
+    from scene_kd.teachers.stage import scene_has_classes
 
-    from scene_kd.rundir import RunDir
-
-    path = RunDir(run).scene_tensors
-    if not path.exists():
+    try:
+        return scene_has_classes(load_run_scene(run))
+    except RunStateError:
         return True
-    with safe_open(str(path), framework="pt") as f:
-        return "labels" in f.keys()

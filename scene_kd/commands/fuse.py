@@ -19,7 +19,7 @@ class Args:
     """Fuse mask embeddings onto points (sample-balanced across granularities) or lift them onto Gaussians;
     writes RUN/fused.safetensors and RUN/field.safetensors + field.json."""
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (after `scene-kd render` and `scene-kd features`)."""
     config: str | None = None
     """Preset (a YAML path or a shipped name) whose `fuse:` section replaces the run's."""

@@ -17,9 +17,9 @@ class Args:
     Prints found=false with a reason (exit 1) when nothing in the scene is confidently relevant.
     """
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder with a feature field."""
-    query: Annotated[str, tyro.conf.Positional]
+    query: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="QUERY")]
     """What to grasp, e.g. "red mug handle"."""
     source: str | None = None
     """Feature source: fused | distilled | ensemble | auto (default: the run's query config, else auto)."""

@@ -14,7 +14,7 @@ from scene_kd.errors import SceneKDError
 class Args:
     """Serve grasp targets for a run over HTTP: POST /grasp {"query": "..."}; OpenAPI docs at /docs."""
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder with a feature field."""
     port: int = 8765
     host: str = "127.0.0.1"

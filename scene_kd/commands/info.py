@@ -14,7 +14,7 @@ from scene_kd.commands._common import emit
 class Args:
     """Describe a scene file: kind, point/Gaussian count, bounds, attributes, class histogram."""
 
-    scene: Annotated[str, tyro.conf.Positional]
+    scene: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
     """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT/XYZ, 3DGS PLY, .splat)."""
     json: bool = False
     """Print one JSON object."""

@@ -14,9 +14,9 @@ from scene_kd.commands._common import emit
 class Args:
     """Score every point of a run's feature field against a text query (LERF relevancy)."""
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (holds field.safetensors + field.json)."""
-    text: Annotated[str, tyro.conf.Positional]
+    text: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="QUERY")]
     """The query, e.g. "parked car"."""
     export: str | None = None
     """Write the points with relevancy above the threshold (and their relevancy) to this .ply/.las/.laz file."""

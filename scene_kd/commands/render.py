@@ -21,7 +21,7 @@ class Args:
     levels, coverage) and RUN/renders/NNNN.{rgb.png,npz}; --preview adds the contact sheet RUN/plots/views.png.
     Shortcuts: --views PRESET, --width N, --height N, --levels N."""
 
-    scene: Annotated[str, tyro.conf.Positional]
+    scene: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
     """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT, 3DGS PLY, .splat) or a capture folder (its cameras + photos)."""
     out: str
     """Run folder to write (an existing run's config.yaml gives the defaults)."""

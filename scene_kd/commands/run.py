@@ -26,7 +26,7 @@ class Args:
     --label-flip F, --weights PATH, --epochs N (0: no student), --student NAME.
     """
 
-    scene: Annotated[str, tyro.conf.Positional]
+    scene: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
     """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT, 3DGS PLY, .splat) or a capture folder (photos + cameras + scene:
     COLMAP, nerfstudio, NeRF-synthetic, Inria 3DGS output, posed RGB-D; scene_kd/scene/capture.py)."""
     out: str
@@ -55,6 +55,10 @@ def main(args: Args) -> int:
     cfg = pipeline_config(args, SECTIONS)
     result = run_pipeline(args.scene, args.out, cfg, force=args.force, until=args.until, preview=args.preview,
                           progress=not args.json)
+    if "fuse" in result:
+        from scene_kd.report import write_report
+
+        result["report"] = str(write_report(args.out, []))
     human = None
     if not args.json:
         ev = result.get("eval") or {}
@@ -73,6 +77,8 @@ def main(args: Args) -> int:
             lines.append(f"  coverage   {ev['coverage']:.3f}")
         if "eval" not in result and "fuse" in result:
             lines.append("  (no evaluation: the scene has no ground-truth labels)")
+        if "report" in result:
+            lines.append(f"  report: {result['report']}")
         human = "\n".join(lines)
     emit({k: (dict(v) if hasattr(v, "as_dict") else v) for k, v in result.items()}, args.json, human)
     return 0

@@ -14,7 +14,7 @@ from scene_kd.commands._common import emit
 class Args:
     """Label every point of a run with the closest of the given class names (open-vocabulary segmentation)."""
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (holds field.safetensors + field.json)."""
     labels: str
     """Comma-separated class names, e.g. road,building,tree,car."""

@@ -12,7 +12,7 @@ import tyro
 class Args:
     """Open a run in the web viewer: type a query, see relevancy; colour by labels; click to inspect; export."""
 
-    run: Annotated[str, tyro.conf.Positional]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (holds field.safetensors + field.json)."""
     port: int = 8080
     """Port to serve on (the next free one if taken)."""

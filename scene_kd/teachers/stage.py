@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.errors import MissingWeightsError, RunStateError, SceneKDError
 from scene_kd.progress import progress_bar
 from scene_kd.render.photos import iter_teacher_renders, photos_for_teacher
 from scene_kd.render.types import Render, load_cameras, load_render
@@ -51,23 +51,40 @@ def make_teacher(run_dir: str | Path, cfg: TeacherConfig) -> Teacher:
     return create_teacher(cfg.name, **kwargs)
 
 
+def scene_has_classes(scene: Any) -> bool:
+    """Whether ``scene`` has ground-truth labels with at least one evaluable class (not only unclassified /
+    noise / overlap codes): what the oracle teacher needs."""
+    from scene_kd.eval.labels import evaluation_classes
+
+    return scene.labels is not None and bool(evaluation_classes(scene.labels, scene.label_names)[0])
+
+
 def check_teacher_requirements(cfg: TeacherConfig, *, has_labels: bool) -> None:
-    """Raise, before any work, when the teacher cannot run: missing weights (MissingWeightsError naming the
-    file and where to put it) or, for the oracle, a scene without ground-truth labels."""
+    """Raise, before any work, when the teacher cannot run: missing weights (one MissingWeightsError naming
+    every missing file and where to put it) or, for the oracle, a scene without ground-truth classes."""
     if cfg.name == ORACLE:
         if not has_labels:
-            raise SceneKDError("the oracle-labels teacher needs a labelled scene (ground-truth classes) and this "
-                               "scene has none; use --teacher clip-sam (real weights) instead")
+            raise SceneKDError("the oracle-labels teacher needs a labelled scene (ground-truth classes other than "
+                               "unclassified / noise) and this scene has none; use --teacher clip-sam (real "
+                               "weights) instead")
         return
     from scene_kd.teachers.clip import resolve_clip_weights
+    from scene_kd.teachers.weights import RANDOM, parse_explicit, resolve_weights, sam_spec
 
-    resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
+    missing: list[str] = []
+    try:
+        resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
+    except MissingWeightsError as e:
+        missing.append(str(e))
     if cfg.name == "clip-sam":
-        from scene_kd.teachers.weights import RANDOM, parse_explicit, resolve_weights, sam_spec
-
         mine = parse_explicit(cfg.weights, "sam")
-        if mine != RANDOM:
-            resolve_weights(sam_spec(cfg.sam_model), mine, download=cfg.download)
+        try:
+            if mine != RANDOM:
+                resolve_weights(sam_spec(cfg.sam_model), mine, download=cfg.download)
+        except MissingWeightsError as e:
+            missing.append(str(e))
+    if missing:
+        raise MissingWeightsError("; and ".join(missing) + " (`scene-kd weights` lists every file)")
 
 
 def validate_view_masks(vm: ViewMasks, render: Render, dim: int, where: str) -> None:
