@@ -42,6 +42,8 @@ STREET_FOV_DEG = 90.0
 COVERAGE_TOLERANCE = 0.02
 """Relative depth tolerance of the coverage count (tighter than lifting's OpenScene 0.25, which at aerial
 distances of ~100 m would accept points 25 m behind the visible surface)."""
+LIFT_BORDER_PX = 10
+"""Image border (pixels) that lifting and coverage ignore (OpenScene's 10 px); aerial grids tile the image less it."""
 STREET_EYE_HEIGHT = 1.6
 """Street cameras, metres above the ground (scene units are assumed metric)."""
 
@@ -169,7 +171,8 @@ def _level_gsds(gsd: tuple[float, ...], fit: float) -> list[float]:
 def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera], list[LevelPlan]]:
     """The ``aerial`` preset: (cameras, one LevelPlan per level). Nadir level at GSD g: camera height
     h = g * W / (2 tan(hfov / 2)) above the median surface (at least 2 m above the highest point), views on a
-    grid of footprints W g x H g with ``cfg.overlap``. Oblique level: pitch 45 deg, 4 diagonal headings, look-at
+    grid whose usable footprints (the image less LIFT_BORDER_PX on each side, times g) cover the extent with
+    ``cfg.overlap``. Oblique level: pitch 45 deg, 4 diagonal headings, look-at
     points on a grid of the same spacing at ``cfg.oblique_gsd``, distance g * W / (2 tan(hfov / 2)).
     Raises SceneKDError for a non-positive GSD or an overlap outside [0, 0.9]."""
     if not cfg.gsd or any(not (float(g) > 0 and math.isfinite(float(g))) for g in cfg.gsd):
@@ -186,13 +189,14 @@ def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera]
     surface = float(np.percentile(xyz[:, 2], 50))
     top = float(hi[2])
     extent = np.maximum(hi[:2] - lo[:2], 1e-3)
-    fit = float(max(extent[0] / W, extent[1] / H)) * (1.0 + cfg.overlap)
+    usable = [max(n - 2 * LIFT_BORDER_PX, (n + 1) // 2) for n in (W, H)]  # pixels that count for lifting
+    fit = float(max(extent[0] / usable[0], extent[1] / usable[1])) * (1.0 + cfg.overlap)
     cams: list[Camera] = []
     levels: list[LevelPlan] = []
     for level, g in enumerate(_level_gsds(tuple(cfg.gsd), fit)):
         h = g * f
         z = max(surface + h, top + 2.0)
-        xs, ys = (_grid_centres(lo[i], extent[i], g * n, cfg.overlap) for i, n in ((0, W), (1, H)))
+        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap) for i in (0, 1))
         for iy, cy in enumerate(ys):
             for ix, cx in enumerate(xs):
                 w2c = look_at(np.array([cx, cy, z]), np.array([cx, cy, z - 1.0]))
@@ -204,7 +208,7 @@ def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera]
         g = min(float(cfg.oblique_gsd), fit)
         dist = g * f
         pitch = math.radians(45.0)
-        xs, ys = (_grid_centres(lo[i], extent[i], g * n, cfg.overlap) for i, n in ((0, W), (1, H)))
+        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap) for i in (0, 1))
         tz = 0.5 * (surface + ground)
         for iy, cy in enumerate(ys):
             for ix, cx in enumerate(xs):
