@@ -20,6 +20,7 @@ import csv
 import glob
 import io
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -120,20 +121,37 @@ def stop_ray() -> None:
             _AUTH_MODE_SET.clear()
 
 
+def _token_mode_for(address: str | None) -> str | None:
+    """Before Ray is imported: turn on token mode for a cluster address when a token is found and RAY_AUTH_MODE is
+    unset (Ray reads the mode from the environment once, when ray._raylet loads). Returns where the token is."""
+    if not address:
+        return None
+    token = find_ray_token()
+    if token and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        _AUTH_MODE_SET.append(True)
+        if "ray._raylet" in sys.modules:  # Ray already loaded in this process: refresh its cached config, as
+            try:  # ray._private.authentication.authentication_token_setup._enable_token_auth does
+                sys.modules["ray._raylet"].Config.initialize("")
+            except Exception:  # not this Ray's layout: the connection error below still explains
+                pass
+    return token
+
+
 def start_ray(workers: int, address: str | None) -> bool:
     """Connect to ``address`` or start a lean local Ray; returns True when this call started Ray (stop it after)."""
+    token = _token_mode_for(address)
     try:
         import ray
     except ImportError:
+        if _AUTH_MODE_SET:
+            os.environ.pop("RAY_AUTH_MODE", None)
+            _AUTH_MODE_SET.clear()
         raise SceneKDError(RAY_MISSING) from None
     if ray.is_initialized():
         return False
     common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False, logging_level="warning")
     if address:
-        token = find_ray_token()
-        if token and "RAY_AUTH_MODE" not in os.environ:
-            os.environ["RAY_AUTH_MODE"] = "token"  # Ray reads it from the environment only
-            _AUTH_MODE_SET.append(True)
         try:
             ray.init(address=address, **common)
         except Exception as e:  # ConnectionError, AuthenticationError etc.
