@@ -10,8 +10,13 @@ import torch
 
 from scene_kd.errors import SceneKDError
 from scene_kd.render.config import RenderConfig
-from scene_kd.render.cull import build_point_grid, render_point_view_culled, view_point_indices
-from scene_kd.render.points import estimate_point_radii
+from scene_kd.render.cull import (
+    build_point_grid,
+    render_point_view_culled,
+    view_point_indices,
+    visible_points_culled,
+)
+from scene_kd.render.points import estimate_point_radii, visible_in_view
 from scene_kd.render.stage import render_point_view
 from scene_kd.render.views import plan_views, plan_views_with_summary
 from scene_kd.scene.types import PointCloud
@@ -90,6 +95,9 @@ def test_culled_renders_equal_full_renders_and_see_fewer_points():
         assert np.isin(np.unique(full.ids[full.ids >= 0]), idx).all()
         if cam.level == 1:
             sizes.append(len(idx))
+        vis, pix = visible_in_view(xyz, cam, full.depth, tolerance=0.25, border_px=10)
+        cidx, cpix = visible_points_culled(xyz, cam, culled.depth, grid, tolerance=0.25, border_px=10)
+        assert np.array_equal(np.flatnonzero(vis.numpy()), cidx) and torch.equal(pix[vis], cpix)
     assert max(sizes) < 0.6 * len(scene)  # a fine view reads a fraction of the tile
     # a camera looking away from the scene reads nothing
     away = cams[0]

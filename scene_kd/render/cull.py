@@ -134,3 +134,17 @@ def render_point_view_culled(scene: Any, camera: Camera, cfg: Any, xyz: torch.Te
     hit = render.ids >= 0
     render.ids[hit] = idx[render.ids[hit]].astype(np.int32)
     return render, idx
+
+
+def visible_points_culled(xyz: torch.Tensor, camera: Camera, depth_image: np.ndarray | torch.Tensor, grid: PointGrid,
+                          *, tolerance: float = 0.25, border_px: int = 10) -> tuple[np.ndarray, torch.Tensor]:
+    """(indices [K] int64 of the points the view sees, their flat pixel index [K] long): the same points and pixels
+    as ``visible_in_view`` on every point (its OpenScene depth test), computed on the frustum's cells only."""
+    from scene_kd.render.points import visible_in_view
+
+    idx = view_point_indices(grid, camera, margin_px=1.0)
+    if len(idx) == 0:
+        return idx, torch.zeros(0, dtype=torch.long)
+    vis, pix = visible_in_view(xyz[torch.from_numpy(idx)], camera, depth_image, tolerance=tolerance,
+                               border_px=border_px)
+    return idx[vis.numpy()], pix[vis]
