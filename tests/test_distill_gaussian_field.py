@@ -153,7 +153,7 @@ def test_distill_stage_trains_a_gaussian_field_on_a_splat_run(tmp_path):
     path = tmp_path / "table.ply"
     save_scene(as_splats(make_tabletop(seed=1, points=20_000)[0], seed=0, max_gaussians=1500), path)
     cfg = load_config(None, {"render": {"preset": "orbit", "width": 64, "height": 64, "levels": 1},
-                             "teacher": {"name": "oracle-labels"},
+                             "teacher": {"name": "oracle-labels", "oracle_realism": "perfect"},  # 64-px plumbing test
                              "distill": {"student": "gaussian-field",
                                          "gaussian_field": {"iterations": 60, "downsample": 1}}})
     run = tmp_path / "run"

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OBJECTS = ("mug", "mug handle", "bowl", "box", "bottle", "banana")
 NOISE_ALLOWANCE = 0.003  # 6 sigma of make_tabletop's 0.5 mm point noise
 CONFIG = ("render: {preset: orbit, width: 128, height: 128, levels: 2}\n"
-          "teacher: {name: oracle-labels}\ndistill: {enabled: false}\n")
+          "teacher: {name: oracle-labels, oracle_realism: perfect}\ndistill: {enabled: false}\n")  # 128-px views
 
 
 def make_run(root: Path, seed: int, points: int = 8000) -> tuple[Path, dict]:

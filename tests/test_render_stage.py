@@ -36,7 +36,7 @@ def block_scene(n_ground: int = 6000, seed: int = 0) -> PointCloud:
                                  label_names={1: "ground", 2: "building"})
 
 
-SMALL = RenderConfig(width=64, height=48)
+SMALL = RenderConfig(width=64, height=48, gsd=(1.0, 0.6, 0.4), oblique_gsd=0.7)  # GSDs for 64-px views of a 40 m block
 
 
 def test_aerial_plan_levels_and_geometry():
@@ -113,7 +113,7 @@ def test_render_stage_outputs_skip_and_force(tmp_path):
     forced = render_stage(run, scene, SMALL, force=True)
     assert not forced["skipped"]
     # a different config re-renders, and leftovers of the longer plan are removed
-    fewer = render_stage(run, scene, replace(SMALL, levels=1))
+    fewer = render_stage(run, scene, replace(SMALL, gsd=(1.0,)))
     assert not fewer["skipped"] and fewer["views"] < n
     assert not (run / "renders" / f"{n - 1:04d}.npz").exists()
     assert len(load_cameras(run)) == fewer["views"]
@@ -127,7 +127,7 @@ def test_render_stage_gaussians(tmp_path):
                             log_scales=np.log(np.tile([0.3, 0.3, 0.05], (n, 1))), opacity_logits=np.full(n, 3.0),
                             sh=rng.uniform(-1, 1, (n, 1, 3)), labels=(means[:, 0] > 10).astype(np.int32))
     run = tmp_path / "g"
-    summary = render_stage(run, splats, replace(SMALL, levels=1))
+    summary = render_stage(run, splats, replace(SMALL, preset="aerial-fixed", levels=1))
     assert summary["views"] == 17  # 1 nadir + 16 oblique
     _, r = next(iter_renders(run))
     assert r.topk_ids.shape == (48, 64, 4) and r.alpha is not None

@@ -8,6 +8,8 @@ import torch
 from test_teachers_fixtures import NAMES, busy_render, make_render
 
 from scene_kd.errors import SceneKDError
+from scene_kd.render.types import Render
+from scene_kd.scene.types import Camera
 from scene_kd.teachers.base import available_teachers, create_teacher
 from scene_kd.teachers.oracle import connected_regions
 from scene_kd.teachers.text import (
@@ -110,7 +112,7 @@ def _decode(teacher, renders, vms):
 
 def test_masks_pure_at_zero_noise():
     renders = [make_render(i) for i in range(4)] + [busy_render(i) for i in range(2)]
-    t = create_teacher("oracle-labels", label_names=NAMES, oracle_dim=64)
+    t = create_teacher("oracle-labels", label_names=NAMES, oracle_dim=64, oracle_realism="perfect")
     vms = t.encode_views(renders)
     for r, vm in zip(renders, vms, strict=True):
         assert vm.mask_ids.shape == (1, *r.labels.shape) and vm.mask_ids.dtype == np.int32
@@ -128,7 +130,7 @@ def test_coarse_level_merges_instances():
     r = busy_render(0)
     r.labels[40:45, 0:40] = 20  # a row of touching cars, instances 100..104
     r.instances[40:45, 0:40] = 100 + np.arange(40)[None] // 8
-    t = create_teacher("oracle-labels", label_names=NAMES, oracle_levels=2)
+    t = create_teacher("oracle-labels", label_names=NAMES, oracle_levels=2, oracle_realism="perfect")
     vm = t.encode_views([r])[0]
     assert vm.mask_ids.shape[0] == 2
     fine, coarse = vm.mask_ids
@@ -140,7 +142,7 @@ def test_coarse_level_merges_instances():
 @pytest.mark.parametrize("flip", [0.1, 0.3])
 def test_label_flip_rate_honoured(flip):
     renders = [busy_render(i) for i in range(12)]
-    t = create_teacher("oracle-labels", label_names=NAMES, label_flip=flip, seed=3)
+    t = create_teacher("oracle-labels", label_names=NAMES, label_flip=flip, seed=3, oracle_realism="perfect")
     d = _decode(t, renders, t.encode_views(renders))
     assert len(d) > 300
     rate = float((d[:, 0] != d[:, 1]).mean())
@@ -150,9 +152,9 @@ def test_label_flip_rate_honoured(flip):
 def test_embed_noise_level_and_determinism():
     renders = [busy_render(i) for i in range(6)]
     s = 0.3
-    t = create_teacher("oracle-labels", label_names=NAMES, embed_noise=s, seed=1)
+    t = create_teacher("oracle-labels", label_names=NAMES, embed_noise=s, seed=1, oracle_realism="perfect")
     vms = t.encode_views(renders)
-    clean = create_teacher("oracle-labels", label_names=NAMES).encode_views(renders)
+    clean = create_teacher("oracle-labels", label_names=NAMES, oracle_realism="perfect").encode_views(renders)
     ratios = []
     for a, b in zip(vms, clean, strict=True):
         par = (a.embeddings * b.embeddings).sum(1, keepdim=True)
@@ -161,9 +163,11 @@ def test_embed_noise_level_and_determinism():
     # |noise_perp| / (1 + noise_par) estimates s * sqrt((D-1)/D)
     est = float(np.sqrt(np.mean(np.concatenate(ratios) ** 2)))
     assert abs(est - s * np.sqrt(63 / 64)) < 0.02 * 3, est
-    again = create_teacher("oracle-labels", label_names=NAMES, embed_noise=s, seed=1).encode_views(renders)
+    again = create_teacher("oracle-labels", label_names=NAMES, embed_noise=s, seed=1,
+                           oracle_realism="perfect").encode_views(renders)
     assert all(torch.equal(x.embeddings, y.embeddings) for x, y in zip(vms, again, strict=True))
-    other = create_teacher("oracle-labels", label_names=NAMES, embed_noise=s, seed=2).encode_views(renders)
+    other = create_teacher("oracle-labels", label_names=NAMES, embed_noise=s, seed=2,
+                           oracle_realism="perfect").encode_views(renders)
     assert not torch.equal(other[0].embeddings, vms[0].embeddings)
     # batching does not change the result
     single = [t.encode_views([r])[0] for r in renders[:2]]
@@ -180,3 +184,93 @@ def test_bad_inputs():
         create_teacher("oracle-labels", label_flip=1.5)
     with pytest.raises(SceneKDError):
         create_teacher("oracle-labels", embed_noise=float("nan"))
+    with pytest.raises(SceneKDError, match="oracle_realism"):
+        create_teacher("oracle-labels", oracle_realism="psychic")
+    with pytest.raises(SceneKDError, match="oracle_min_area_px"):
+        create_teacher("oracle-labels", oracle_min_area_px=0)
+
+
+# ---- the realistic oracle (the default) ------------------------------------------------------------------
+
+
+def street_render(seed, h=128, w=128, car=(4, 5)):
+    """A large building and a road on ground, with 12 cars of ``car`` = (rows, cols) pixels on the road."""
+    rng = np.random.default_rng(500 + seed)
+    labels = np.full((h, w), 2, np.int32)
+    labels[h // 2 :, :] = 11
+    labels[4:60, 8:68] = 6  # ~3,400 px building
+    inst = np.full((h, w), -1, np.int32)
+    inst[4:60, 8:68] = 99
+    ch, cw = car
+    for k in range(12):
+        r, c = divmod(k, 4)
+        y, x = h // 2 + 4 + r * (ch + 8) + rng.integers(3), 4 + c * (cw + 12) + rng.integers(4)
+        labels[y : y + ch, x : x + cw] = 20
+        inst[y : y + ch, x : x + cw] = k
+    ids = np.arange(h * w, dtype=np.int32).reshape(h, w)
+    K = np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1.0]])
+    cam = Camera(K=K, world_to_cam=np.eye(4), width=w, height=h, level=0, name=f"street{seed}")
+    return Render(camera=cam, rgb=np.zeros((h, w, 3), np.uint8), depth=np.full((h, w), 10.0, np.float32), ids=ids,
+                  labels=labels, instances=inst)
+
+
+def _mask_stats(teacher, renders):
+    """Per mask: (majority true class, decoded class, area)."""
+    d = _decode(teacher, renders, teacher.encode_views(renders))
+    return d[:, 0], d[:, 1], d[:, 2]
+
+
+def test_realistic_oracle_drops_20_pixel_cars_keeps_large_regions():
+    renders = [street_render(i) for i in range(6)]
+    t = create_teacher("oracle-labels", label_names=NAMES)  # the default is realistic
+    assert t.realism == "realistic"
+    true, dec, area = _mask_stats(t, renders)
+    assert 20 not in set(true.tolist())  # no car of 4 x 5 px gets a mask
+    big = true == 6
+    assert big.sum() == len(renders) and (dec[big] == 6).all()  # the building: one mask per view, right class
+    assert (area[big] >= 52 * 56).all() and (area[big] <= 60 * 64).all()  # boundary moved by <= 2 px
+    perfect = create_teacher("oracle-labels", label_names=NAMES, oracle_realism="perfect")
+    ptrue, pdec, _ = _mask_stats(perfect, renders)
+    assert (ptrue == 20).sum() == 12 * len(renders) and (pdec == ptrue).all()  # today's oracle sees every car
+
+
+def test_realistic_oracle_confuses_small_masks_more():
+    renders = [street_render(i, car=(9, 12)) for i in range(30)]  # 108-px cars: kept with p ~ 0.42
+    t = create_teacher("oracle-labels", label_names=NAMES, seed=4)
+    true, dec, area = _mask_stats(t, renders)
+    cars = true == 20
+    assert 40 < cars.sum() < 12 * len(renders) * 0.7  # some cars dropped (SAM's grid), many kept
+    wrong_small = float((dec[cars] != 20).mean())
+    expected = 0.5 * np.log(1024 / 108) / np.log(1024 / 64)
+    assert abs(wrong_small - expected) < 0.15, (wrong_small, expected)
+    big = area >= 1024
+    assert big.sum() >= len(renders) and (dec[big] == true[big]).all()  # large masks: no size confusion
+
+
+def test_realistic_oracle_boundaries_and_determinism():
+    renders = [street_render(i, car=(12, 16)) for i in range(4)]
+    a = create_teacher("oracle-labels", label_names=NAMES, seed=1).encode_views(renders)
+    b = create_teacher("oracle-labels", label_names=NAMES, seed=1).encode_views(renders)
+    c = create_teacher("oracle-labels", label_names=NAMES, seed=2).encode_views(renders)
+    for x, y in zip(a, b, strict=True):
+        assert np.array_equal(x.mask_ids, y.mask_ids) and torch.equal(x.embeddings, y.embeddings)
+    assert any(not np.array_equal(x.mask_ids, z.mask_ids) for x, z in zip(a, c, strict=True))
+    exact = create_teacher("oracle-labels", label_names=NAMES, oracle_realism="perfect").encode_views(renders)
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    square = np.ones((3, 3), bool)
+    moved = 0
+    for vm, ex in zip(a, exact, strict=True):
+        # each realistic mask is its exact region with the boundary moved by at most oracle_boundary_px = 2
+        real, ref = vm.mask_ids[0], ex.mask_ids[0]
+        for k in np.unique(real[real >= 0]):
+            mine = real == k
+            fits = []
+            for j in np.unique(ref[mine]):  # the exact region it comes from is one of those it overlaps
+                region = ref == j
+                if not (mine & ~binary_dilation(region, square, iterations=2)).any() and not (
+                        binary_erosion(region, square, iterations=2, border_value=1) & ~mine).any():
+                    fits.append(int((mine != region).sum()))
+            assert fits, k
+            moved += min(fits)
+    assert moved > 0

@@ -41,7 +41,7 @@ def _count_teacher_calls(monkeypatch):
 def test_features_stage_writes_format(tmp_path):
     run = tmp_path / "run"
     renders = make_run(run, n=5)
-    out = features_stage(run, OracleConfig(batch_size=2))
+    out = features_stage(run, OracleConfig(batch_size=2, oracle_realism="perfect"))
     assert out["views"] == 5 and out["teacher"] == "oracle-labels" and out["dim"] == 64
     t, meta = load_tensors(run / "features.safetensors")
     emb = t["embeddings"]

@@ -59,8 +59,13 @@ def main(args: Args) -> int:
                  f"{cov['points']:,} {'points' if summary['scene_kind'] == 'points' else 'Gaussians'}",
                  f"  seen in >= 1 view {100 * cov['seen_1']:5.1f} %, >= 3 views {100 * cov['seen_3']:5.1f} %, "
                  f"mean {cov['mean_views']:.1f} views"]
+        gsd = {row["level"]: row for row in (summary.get("plan") or {}).get("levels", [])}
         for level, c in cov["levels"].items():
-            lines.append(f"  level {level}: {c['views']:>3} views, >= 1 {100 * c['seen_1']:5.1f} %, "
+            row = gsd.get(int(level), {})
+            res = ""
+            if row.get("gsd_m") or row.get("gsd_seen_m"):
+                res = f" {row.get('kind', '')} GSD {row.get('gsd_m') or row.get('gsd_seen_m')} m/px,"
+            lines.append(f"  level {level}:{res} {c['views']:>3} views, >= 1 {100 * c['seen_1']:5.1f} %, "
                          f">= 3 {100 * c['seen_3']:5.1f} %")
         tw = summary.get("teacher_work")
         if tw:

@@ -1,4 +1,4 @@
-"""`scene-kd synth --kind urban|tabletop --out FILE`: write a labelled synthetic scene (optionally as Gaussians)."""
+"""`scene-kd synth --kind urban|district|tabletop --out FILE`: write a labelled synthetic scene (optionally as Gaussians)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ class Args:
 
     out: str = ""
     """Output scene file (.ply, .las, .laz, .npy, ...; with --as-splats: .ply as 3DGS PLY, .splat)."""
-    kind: Literal["urban", "tabletop"] = "urban"
-    """Which scene."""
+    kind: Literal["urban", "district", "tabletop"] = "urban"
+    """Which scene (district: a grid of urban blocks at 10 points/m^2, streamed block by block to .las/.laz)."""
     points: int | None = None
-    """Number of points (default: urban 200000, tabletop 60000)."""
+    """Number of points (default: urban 200000, district 10000000 = 1 km^2, tabletop 60000)."""
     seed: int = 0
     """Random seed; the same seed gives the same scene."""
     as_splats: bool = False
@@ -63,7 +63,20 @@ def main(args: Args) -> int:
     if not out.parent.exists():
         raise SceneKDError("the output folder does not exist", path=out.parent)
     sidecar = None
-    if args.kind == "urban":
+    if args.kind == "district" and ext in ("las", "laz") and not args.as_splats:
+        from scene_kd.scene.synthetic.district import write_district
+
+        plan = write_district(out, points=args.points or 10_000_000, seed=args.seed)
+        info = {"kind": args.kind, "out": str(out), "scene_kind": "points", "count": sum(plan.points),
+                "seed": args.seed, "blocks": [plan.nx, plan.ny], "size_m": list(plan.size)}
+        emit(info, args.json, f"wrote {out}: district of {plan.nx} x {plan.ny} blocks "
+                              f"({plan.size[0]:.0f} x {plan.size[1]:.0f} m), {sum(plan.points):,} points")
+        return 0
+    if args.kind == "district":
+        from scene_kd.scene.synthetic.district import make_district
+
+        scene = make_district(points=args.points or 10_000_000, seed=args.seed)
+    elif args.kind == "urban":
         scene = make_urban(points=args.points or 200_000, seed=args.seed)
     else:
         scene, sidecar = make_tabletop(seed=args.seed, points=args.points or 60_000)

@@ -8,13 +8,26 @@ from dataclasses import dataclass
 @dataclass
 class RenderConfig:
     preset: str = "aerial"
-    """View preset: aerial | orbit | street | cameras:FILE (transforms.json or a COLMAP folder)."""
+    """View preset: aerial (levels by ground sampling distance) | aerial-fixed (the old 1 + 4 + 9 nadir + 16
+    oblique plan, whatever the extent) | orbit | street | cameras:FILE (transforms.json or a COLMAP folder)."""
     width: int = 512
     """Image width, pixels."""
     height: int = 512
     """Image height, pixels."""
     levels: int = 3
-    """Granularity levels (aerial altitudes / orbit radii)."""
+    """Granularity levels of the orbit and aerial-fixed presets (orbit radii / fixed altitudes)."""
+    gsd: tuple[float, ...] = (1.0, 0.3, 0.1)
+    """aerial: nadir levels as ground sampling distances, metres per pixel at the median surface (any order; level 0
+    is the coarsest). 0.1 m/px is the finest default because a car (~4.5 x 1.8 m) then covers ~45 x 18 px and a tree
+    crown (~5 m) ~50 px, above what SAM's 32 x 32 point grid (one prompt per 16 px of a 512-px render) and CLIP's
+    224-px crops resolve, and a pole's 8 m shadow-free height reads in the obliques; 1.0 m/px puts a 500 m square,
+    i.e. several whole blocks, in one 512-px view; 0.3 m/px is the building scale between. A level coarser than
+    the GSD at which the whole extent fits one view is clamped to that GSD (and merged when two coincide)."""
+    oblique_gsd: float = 0.2
+    """aerial: GSD of the 45 deg oblique level at its look-at point, metres per pixel (0 = no obliques). At 0.2 m/px a
+    pole of 8 m spans ~40 px and a facade storey ~15 px."""
+    overlap: float = 0.2
+    """aerial: overlap between neighbouring views of one level, fraction of a view's footprint ([0, 0.9])."""
     point_size_px: float = 0.0
     """Fixed point footprint in pixels; 0 derives it from point_radius."""
     point_radius: float = 0.0

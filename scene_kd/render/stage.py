@@ -184,9 +184,15 @@ def _scene(ctx: StageContext) -> Any:
 
 def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, capture: Any = None,
             teacher_input: str = "auto") -> dict[str, Any]:
+    from scene_kd.render.cull import build_point_grid, render_point_view_culled
     from scene_kd.render.photos import capture_views, clear_photos, resolve_teacher_input, write_view_photo
     from scene_kd.render.points import estimate_point_radii, visible_in_view
-    from scene_kd.render.views import COVERAGE_TOLERANCE, coverage_from_counts, plan_views
+    from scene_kd.render.views import (
+        COVERAGE_TOLERANCE,
+        coverage_from_counts,
+        plan_summary,
+        plan_views_with_summary,
+    )
     from scene_kd.scene.runscene import save_run_scene
 
     run_dir = run.root
@@ -194,9 +200,10 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     teacher_input = resolve_teacher_input(teacher_input, capture is not None)
     cameras = capture_views(capture, cfg.width, cfg.height) if capture is not None else []
     n_photos = len(cameras)
+    plan: dict[str, Any] | None = None
     if capture is None or teacher_input == "both":
-        cameras += [dataclasses.replace(c, level=c.level + (1 if capture is not None else 0))
-                    for c in plan_views(scene, cfg)]
+        planned, plan = plan_views_with_summary(scene, cfg)
+        cameras += [dataclasses.replace(c, level=c.level + (1 if capture is not None else 0)) for c in planned]
     if not cameras:
         raise SceneKDError(f"view preset {cfg.preset!r} produced no cameras")
     xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32))
@@ -206,9 +213,11 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
 
     radius: float | torch.Tensor = float(cfg.point_radius)
     tensors: dict[str, torch.Tensor] = {}
+    grid = None
     if scene.kind == "points":
         if radius <= 0 and cfg.point_size_px <= 0:
             radius = estimate_point_radii(xyz)
+        grid = build_point_grid(xyz)  # each view projects only the points in its frustum's cells
     else:
         tensors = {n: torch.from_numpy(np.asarray(getattr(scene, n), dtype=np.float32))
                    for n in ("means", "quats", "log_scales", "opacity_logits", "sh")}
@@ -221,14 +230,18 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
         task = progress.add_task(f"render {len(cameras)} views", total=len(cameras))
         for i, cam in enumerate(cameras):
             if scene.kind == "points":
-                render = render_point_view(scene, cam, cfg, xyz, radius)
+                render, idx = render_point_view_culled(scene, cam, cfg, xyz, radius, grid)
             else:
-                render = render_gaussian_view(scene, cam, cfg, tensors)
+                render, idx = render_gaussian_view(scene, cam, cfg, tensors), None
             save_render(run_dir, i, render)
             if capture is not None and i < len(capture.cameras):
                 psnrs[i] = write_view_photo(run_dir, i, capture, i, render)
-            vis, _ = visible_in_view(xyz, cam, render.depth, tolerance=COVERAGE_TOLERANCE)
-            per_level[cam.level] += vis.numpy()
+            if idx is None:
+                vis, _ = visible_in_view(xyz, cam, render.depth, tolerance=COVERAGE_TOLERANCE)
+                per_level[cam.level] += vis.numpy()
+            elif len(idx):
+                vis, _ = visible_in_view(xyz[idx], cam, render.depth, tolerance=COVERAGE_TOLERANCE)
+                per_level[cam.level, idx] += vis.numpy()
             if preview:
                 thumbs.append((i, render.rgb, cam))
             progress.advance(task)
@@ -241,7 +254,10 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     clear_photos(run_dir, len(capture.cameras) if capture is not None else 0)
     coverage = coverage_from_counts(per_level.sum(0), per_level, cameras, cfg.min_views)
     levels = sorted({c.level for c in cameras})
+    if plan is None or capture is not None:  # per-level GSD and cost of the cameras actually rendered
+        plan = plan_summary(scene, cameras, cfg)
     write_json(run.views, {
+        "plan": plan,
         "scene_kind": scene.kind, "preset": cfg.preset, "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
         "photos": [i < n_photos for i in range(len(cameras))], "psnr": psnrs,
@@ -257,4 +273,5 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     return {"views": len(cameras), "levels": levels, "coverage": coverage, "preset": cfg.preset,
             "photo_views": n_photos,
             "psnr_median": round(float(np.median(finite)), 3) if finite else None,
-            "scene_kind": scene.kind, "teacher_work": {"views": len(cameras), "megapixels": round(megapixels, 3)}}
+            "scene_kind": scene.kind, "plan": plan,
+            "teacher_work": {"views": len(cameras), "megapixels": round(megapixels, 3)}}

@@ -3,10 +3,15 @@
 Scenes are z-up in their local frame (LAS/LAZ, the synthetic scenes). Cameras are OpenCV pinholes
 (x right, y down, z forward). Presets:
 
-* ``aerial``: nadir grids at ``cfg.levels`` altitudes (level 0 = one view of the whole extent at altitude h0,
-  level l at h0 / (l + 1), i.e. (l + 1) x finer ground sampling, on a grid with 15 % overlap), plus one oblique level
-  (level index ``cfg.levels``): 45 deg down-looking views from 4 diagonal headings at each cell of a 2 x 2 grid,
-  so every facade of an axis-aligned city faces two of them. 3 levels, square-ish scene -> 1 + 4 + 9 + 16 = 30 views.
+* ``aerial``: levels by ground sampling distance (GSD, metres per pixel at the median surface; ``cfg.gsd``, coarse
+  to fine = level 0, 1, ...): each level is a nadir grid whose view count follows from the extent, the image size
+  and ``cfg.overlap`` (a 1 km square at 0.1 m/px, 512 px, 20 % overlap: 25 x 25 views), plus one oblique level
+  (index = number of nadir levels) at ``cfg.oblique_gsd``: 45 deg down-looking views from 4 diagonal headings at each
+  cell of a grid spaced like a nadir level of that GSD, so every facade of an axis-aligned city faces two of them.
+  :func:`plan_aerial_levels` also returns each level's GSD, view count and megapixels (the teacher's work).
+* ``aerial-fixed``: the earlier plan, whatever the extent: nadir grids at ``cfg.levels`` altitudes (level 0 = one
+  view of the whole extent at altitude h0, level l at h0 / (l + 1), on a grid with 15 % overlap) plus 16 obliques
+  on a 2 x 2 grid. 3 levels, square-ish scene -> 1 + 4 + 9 + 16 = 30 views (on a 1 km tile: 0.77 m/px at best).
 * ``orbit``: ``cfg.levels`` radii (the whole bounding sphere in view at level 0, then x0.7, x0.5), each with
   6 headings at 20 deg and 6 at 50 deg elevation (staggered) plus one top view -> 13 views per level.
 * ``street``: up to 10 positions on open ground (grid cells with no structure above 0.5 m) in the inner 70 % of
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +36,15 @@ from scene_kd.errors import SceneKDError
 from scene_kd.render.config import RenderConfig
 from scene_kd.scene.types import Camera
 
-PRESETS = ("aerial", "orbit", "street", "cameras:FILE")
+PRESETS = ("aerial", "aerial-fixed", "orbit", "street", "cameras:FILE")
 AERIAL_FOV_DEG = 60.0
 ORBIT_FOV_DEG = 50.0
 STREET_FOV_DEG = 90.0
 COVERAGE_TOLERANCE = 0.02
 """Relative depth tolerance of the coverage count (tighter than lifting's OpenScene 0.25, which at aerial
 distances of ~100 m would accept points 25 m behind the visible surface)."""
+LIFT_BORDER_PX = 10
+"""Image border (pixels) that lifting and coverage ignore (OpenScene's 10 px); aerial grids tile the image less it."""
 STREET_EYE_HEIGHT = 1.6
 """Street cameras, metres above the ground (scene units are assumed metric)."""
 
@@ -82,7 +90,8 @@ def _check_size(cfg: RenderConfig) -> None:
         raise SceneKDError(f"image size must be positive, got {cfg.width}x{cfg.height}")
 
 
-def plan_aerial(xyz: np.ndarray, cfg: RenderConfig) -> list[Camera]:
+def plan_aerial_fixed(xyz: np.ndarray, cfg: RenderConfig) -> list[Camera]:
+    """The fixed-count aerial plan (preset ``aerial-fixed``; see the module docstring)."""
     lo, hi = _bounds(xyz)
     W, H = cfg.width, cfg.height
     K = intrinsics(W, H, AERIAL_FOV_DEG)
@@ -125,6 +134,155 @@ def plan_aerial(xyz: np.ndarray, cfg: RenderConfig) -> list[Camera]:
                 cams.append(Camera(K=K, world_to_cam=w2c, width=W, height=H, level=level,
                                    name=f"oblique-r{iy}c{ix}-h{int(heading)}-{k}"))
     return cams
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """One granularity level of a plan: ``kind`` nadir | oblique, planned GSD (metres per pixel at the median surface
+    for nadir levels, at the look-at point for obliques), the view grid (nx, ny) and the camera height above the
+    median surface (nadir) or distance to the look-at point (oblique), metres."""
+
+    level: int
+    kind: str
+    gsd: float
+    grid: tuple[int, int]
+    distance: float
+
+
+def _grid_centres(lo: float, extent: float, footprint: float, overlap: float) -> np.ndarray:
+    """Centres [n] of views of width ``footprint`` covering [lo, lo + extent] with at least ``overlap`` between
+    neighbours; the first and last views are flush with the bounds (one centred view when it fits)."""
+    if extent <= footprint:
+        return np.array([lo + 0.5 * extent])
+    step = footprint * (1.0 - overlap)
+    n = math.ceil((extent - footprint) / step - 1e-9) + 1
+    return lo + 0.5 * footprint + np.arange(n) * (extent - footprint) / (n - 1)
+
+
+def _level_gsds(gsd: tuple[float, ...], fit: float) -> list[float]:
+    """Coarse-to-fine GSDs: each clamped to ``fit`` (the GSD at which the extent fills one view), duplicates merged."""
+    out: list[float] = []
+    for g in sorted((float(g) for g in gsd), reverse=True):
+        g = min(g, fit)
+        if not out or g < out[-1] * 0.99:
+            out.append(g)
+    return out
+
+
+def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera], list[LevelPlan]]:
+    """The ``aerial`` preset: (cameras, one LevelPlan per level). Nadir level at GSD g: camera height
+    h = g * W / (2 tan(hfov / 2)) above the median surface (at least 2 m above the highest point), views on a
+    grid whose usable footprints (the image less LIFT_BORDER_PX on each side, times g) cover the extent with
+    ``cfg.overlap``. Oblique level: pitch 45 deg, 4 diagonal headings, look-at
+    points on a grid of the same spacing at ``cfg.oblique_gsd``, distance g * W / (2 tan(hfov / 2)).
+    Raises SceneKDError for a non-positive GSD or an overlap outside [0, 0.9]."""
+    if not cfg.gsd or any(not (float(g) > 0 and math.isfinite(float(g))) for g in cfg.gsd):
+        raise SceneKDError(f"render.gsd must be positive metres per pixel, got {cfg.gsd!r}")
+    if not (cfg.oblique_gsd >= 0 and math.isfinite(cfg.oblique_gsd)):
+        raise SceneKDError(f"render.oblique_gsd must be >= 0 (0 = no obliques), got {cfg.oblique_gsd}")
+    if not 0.0 <= cfg.overlap <= 0.9:
+        raise SceneKDError(f"render.overlap must be in [0, 0.9], got {cfg.overlap}")
+    lo, hi = _bounds(xyz)
+    W, H = cfg.width, cfg.height
+    K = intrinsics(W, H, AERIAL_FOV_DEG)
+    f = float(K[0, 0])
+    ground = float(np.percentile(xyz[:, 2], 2))
+    surface = float(np.percentile(xyz[:, 2], 50))
+    top = float(hi[2])
+    extent = np.maximum(hi[:2] - lo[:2], 1e-3)
+    usable = [max(n - 2 * LIFT_BORDER_PX, (n + 1) // 2) for n in (W, H)]  # pixels that count for lifting
+    fit = float(max(extent[0] / usable[0], extent[1] / usable[1])) * (1.0 + cfg.overlap)
+    cams: list[Camera] = []
+    levels: list[LevelPlan] = []
+    for level, g in enumerate(_level_gsds(tuple(cfg.gsd), fit)):
+        h = g * f
+        z = max(surface + h, top + 2.0)
+        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap) for i in (0, 1))
+        for iy, cy in enumerate(ys):
+            for ix, cx in enumerate(xs):
+                w2c = look_at(np.array([cx, cy, z]), np.array([cx, cy, z - 1.0]))
+                cams.append(Camera(K=K, world_to_cam=w2c, width=W, height=H, level=level,
+                                   name=f"aerial-L{level}-g{g:.3g}-r{iy}c{ix}"))
+        levels.append(LevelPlan(level, "nadir", g, (len(xs), len(ys)), z - surface))
+    if cfg.oblique_gsd > 0:
+        level = len(levels)
+        g = min(float(cfg.oblique_gsd), fit)
+        dist = g * f
+        pitch = math.radians(45.0)
+        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap) for i in (0, 1))
+        tz = 0.5 * (surface + ground)
+        for iy, cy in enumerate(ys):
+            for ix, cx in enumerate(xs):
+                for heading in (45.0, 135.0, 225.0, 315.0):
+                    a = math.radians(heading)
+                    fwd = np.array([math.cos(a) * math.cos(pitch), math.sin(a) * math.cos(pitch), -math.sin(pitch)])
+                    target = np.array([cx, cy, tz])
+                    cams.append(Camera(K=K, world_to_cam=look_at(target - dist * fwd, target), width=W, height=H,
+                                       level=level, name=f"oblique-g{g:.3g}-r{iy}c{ix}-h{int(heading)}"))
+        levels.append(LevelPlan(level, "oblique", g, (len(xs), len(ys)), dist))
+    return cams, levels
+
+
+def plan_aerial(xyz: np.ndarray, cfg: RenderConfig) -> list[Camera]:
+    """The ``aerial`` preset's cameras (see :func:`plan_aerial_levels`)."""
+    return plan_aerial_levels(xyz, cfg)[0]
+
+
+def seen_gsd(xyz: np.ndarray, cam: Camera, sample: int = 20000) -> float | None:
+    """Median metres per pixel over the points [N, 3] a camera sees (depth / focal length, no occlusion test,
+    a strided sample of at most ``sample`` points); None when it sees none."""
+    from scene_kd.render.points import pixel_index, project_points
+
+    pts = torch.as_tensor(np.asarray(xyz[:: max(1, len(xyz) // sample)], dtype=np.float32))
+    uv, z = project_points(pts, cam)
+    inside = pixel_index(uv, z, cam.width, cam.height) >= 0
+    if not bool(inside.any()):
+        return None
+    return float(z[inside].median()) / float(cam.K[0, 0])
+
+
+def plan_summary(scene: Any, cameras: list[Camera], cfg: RenderConfig,
+                 levels: list[LevelPlan] | None = None) -> dict[str, Any]:
+    """What a plan costs and resolves, for views.json and ``render --json``: {"views", "megapixels" (the teacher's
+    input), "levels": [{"level", "kind", "gsd_m" (planned, None for presets without one), "gsd_seen_m" (median
+    over the points the level's first views see), "views", "megapixels", "grid"}]}."""
+    xyz = np.asarray(scene.xyz, dtype=np.float32)
+    by_level: dict[int, list[Camera]] = defaultdict(list)
+    for c in cameras:
+        by_level[c.level].append(c)
+    planned = {lp.level: lp for lp in levels or []}
+    rows = []
+    for level in sorted(by_level):
+        cams = by_level[level]
+        probe = cams[:: max(1, len(cams) // 8)]  # a few views spread over the level
+        seen = [g for g in (seen_gsd(xyz, c) for c in probe) if g is not None]
+        lp = planned.get(level)
+        rows.append({"level": level, "kind": lp.kind if lp else _kind_of(cams[0]),
+                     "gsd_m": round(lp.gsd, 4) if lp else None,
+                     "gsd_seen_m": round(float(np.median(seen)), 4) if seen else None,
+                     "views": len(cams), "megapixels": round(sum(c.width * c.height for c in cams) / 1e6, 3),
+                     "grid": list(lp.grid) if lp else None})
+    return {"preset": str(cfg.preset), "views": len(cameras),
+            "megapixels": round(sum(c.width * c.height for c in cameras) / 1e6, 3), "levels": rows}
+
+
+def _kind_of(cam: Camera) -> str:
+    name = cam.name.split("-", 1)[0]
+    return {"aerial": "nadir", "oblique": "oblique", "orbit": "orbit", "street": "street"}.get(name, "camera")
+
+
+def plan_views_with_summary(scene: Any, cfg: RenderConfig) -> tuple[list[Camera], dict[str, Any]]:
+    """(cameras, :func:`plan_summary`) for any preset; the summary carries planned GSDs for ``aerial``."""
+    levels = None
+    if str(cfg.preset) == "aerial":
+        _check_size(cfg)
+        xyz = np.asarray(scene.xyz, dtype=np.float32)
+        if len(xyz) == 0 or not np.isfinite(xyz).all():
+            plan_views(scene, cfg)  # raises the usual error
+        cameras, levels = plan_aerial_levels(xyz, cfg)
+    else:
+        cameras = plan_views(scene, cfg)
+    return cameras, plan_summary(scene, cameras, cfg, levels)
 
 
 def plan_orbit(xyz: np.ndarray, cfg: RenderConfig) -> list[Camera]:
@@ -252,7 +410,7 @@ def plan_views(scene: Any, cfg: RenderConfig, *, camera_size: tuple[int, int] | 
             cams = scale_to_size(cams, *size)
         return cams
     _check_size(cfg)
-    planners = {"aerial": plan_aerial, "orbit": plan_orbit, "street": plan_street}
+    planners = {"aerial": plan_aerial, "aerial-fixed": plan_aerial_fixed, "orbit": plan_orbit, "street": plan_street}
     if preset not in planners:
         raise SceneKDError(f"unknown view preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     return planners[preset](xyz, cfg)

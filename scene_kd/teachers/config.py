@@ -49,6 +49,29 @@ class OracleConfig(_TeacherCommon):
     """Embedding dimension."""
     oracle_levels: Literal[1, 2] = 1
     """1 = connected regions per class and instance; 2 = also a coarse level ignoring instances."""
+    oracle_realism: Literal["realistic", "perfect"] = "realistic"
+    """"realistic" (sees like SAM + CLIP: small regions get no mask, boundaries off by a pixel or two,
+    small masks confused more often) | "perfect" (every region at any size, exact boundaries)."""
+    oracle_min_area_px: int = 64
+    """Realistic: regions under this many pixels never get a mask. An 8 x 8 region is half a ViT-B/16
+    patch side at CLIP's 224-px crop once upsampled ~28x (a blur) and a quarter of SAM's point-grid cell (below)."""
+    oracle_min_side_px: int = 4
+    """Realistic: regions whose bounding box is thinner than this (pixels) get no mask: SAM predicts
+    masks at 256 x 256 for its 1024-px input, i.e. one mask cell per 2 px of a 512-px render; a structure under
+    two cells wide does not survive the upsampled, thresholded mask."""
+    oracle_grid_px: int = 16
+    """Realistic: spacing of SAM's automatic point grid in render pixels (32 x 32 points on the
+    1024-px input = one per 16 px of a 512-px render). A region of A pixels gets a mask with probability
+    min(1, A / grid_px^2), the expected number of grid points inside it."""
+    oracle_reliable_area_px: int = 1024
+    """Realistic: masks of at least this many pixels (32 x 32) get no size-driven confusion; below it
+    the extra wrong-class probability grows log-linearly from 0 to ``oracle_small_confusion`` at the minimum area."""
+    oracle_small_confusion: float = 0.5
+    """Realistic: extra wrong-class probability of a mask of ``oracle_min_area_px`` pixels (on top of
+    ``label_flip``): CLIP's zero-shot accuracy on small crops falls towards chance."""
+    oracle_boundary_px: int = 2
+    """Realistic: each mask's boundary bleeds into its neighbours or erodes by up to this many pixels
+    (uniform in [-b, b], seeded): SAM's 256-px mask logits upsampled to a 512-px render are off by one cell."""
 
 
 @dataclass

@@ -6,6 +6,14 @@ text vector (:meth:`OracleTextEncoder.encode_class_names`, so every class is dis
 (seed, view content: labels, instances, ids, camera pose): ``label_flip`` gives round-to-expectation that fraction of each view's masks another class
 (one present in the view, else any other class of the scene); ``embed_noise`` adds N(0, embed_noise^2 / D) per
 component and re-normalises.
+
+Realism (``oracle_realism="realistic"``, the default; ``"perfect"`` keeps every region at every size): the oracle
+sees like SAM + CLIP on the render. A region gets no mask when it is under ``min_area_px`` pixels or thinner than
+``min_side_px``, else with probability min(1, area / grid_px^2) (the expected number of SAM's automatic grid points
+inside it); each kept mask's boundary bleeds into its neighbours or erodes by a seeded r in [-boundary_px,
+boundary_px] pixels; and on top of ``label_flip`` a mask of area A is given another class with probability
+small_confusion * clip(log(reliable / A) / log(reliable / min_area), 0, 1). Pixels of dropped or eroded masks belong
+to no mask. Defaults and their sources: :class:`scene_kd.teachers.config.TeacherConfig`.
 """
 
 from __future__ import annotations
@@ -65,20 +73,40 @@ class OracleTeacher:
     name = "oracle-labels"
 
     def __init__(self, *, label_names: dict[int, str] | None = None, oracle_dim: int = 64, label_flip: float = 0.0,
-                 embed_noise: float = 0.0, seed: int = 0, oracle_levels: int = 1):
+                 embed_noise: float = 0.0, seed: int = 0, oracle_levels: int = 1,
+                 oracle_realism: str = "realistic", oracle_min_area_px: int = 64, oracle_min_side_px: int = 4,
+                 oracle_grid_px: int = 16, oracle_reliable_area_px: int = 1024, oracle_small_confusion: float = 0.5,
+                 oracle_boundary_px: int = 2):
         if not 0.0 <= label_flip <= 1.0:
             raise SceneKDError(f"label_flip must be in [0, 1], got {label_flip}")
         if not (embed_noise >= 0.0 and np.isfinite(embed_noise)):
             raise SceneKDError(f"embed_noise must be a finite number >= 0, got {embed_noise}")
         if oracle_levels not in (1, 2):
             raise SceneKDError(f"oracle_levels must be 1 or 2, got {oracle_levels}")
+        if oracle_realism not in ("realistic", "perfect"):
+            raise SceneKDError(f"oracle_realism must be 'realistic' or 'perfect', got {oracle_realism!r}")
+        ints = {"oracle_min_area_px": oracle_min_area_px, "oracle_min_side_px": oracle_min_side_px,
+                "oracle_grid_px": oracle_grid_px, "oracle_reliable_area_px": oracle_reliable_area_px,
+                "oracle_boundary_px": oracle_boundary_px}
+        for k, v in ints.items():
+            if int(v) != v or v < (1 if k != "oracle_boundary_px" else 0):
+                raise SceneKDError(f"{k} must be an integer >= {1 if k != 'oracle_boundary_px' else 0}, got {v}")
+        if not 0.0 <= oracle_small_confusion <= 1.0:
+            raise SceneKDError(f"oracle_small_confusion must be in [0, 1], got {oracle_small_confusion}")
+        self.realism = oracle_realism
+        self.min_area, self.min_side, self.grid_px = int(oracle_min_area_px), int(oracle_min_side_px), int(oracle_grid_px)
+        self.reliable_area, self.boundary = max(int(oracle_reliable_area_px), self.min_area), int(oracle_boundary_px)
+        self.small_confusion = float(oracle_small_confusion)
         self.text_encoder = OracleTextEncoder(oracle_dim)
         self.text_encoder_id = self.text_encoder.id
         self.dim = self.text_encoder.dim
         self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()}
         self.label_flip, self.embed_noise, self.seed, self.levels = float(label_flip), float(embed_noise), int(seed), int(oracle_levels)
         self.cache_key = config_hash(self.name, self.text_encoder_id, sorted(self.label_names.items()), self.label_flip,
-                                     self.embed_noise, self.seed, self.levels)
+                                     self.embed_noise, self.seed, self.levels,
+                                     *(() if self.realism == "perfect" else (
+                                         self.realism, self.min_area, self.min_side, self.grid_px, self.reliable_area,
+                                         self.small_confusion, self.boundary)))
         self.model_calls = 0
         self._class_vectors: dict[int, torch.Tensor] = {}
 
@@ -139,20 +167,85 @@ class OracleTeacher:
         k = int(np.floor(self.label_flip * m + rng.random()))
         scene_classes = np.array(sorted(set(self.label_names) | set(present.tolist())), np.int64)
         for i in rng.permutation(m)[: min(k, m)]:
-            others = present[present != out[i]]
-            if others.size == 0:
-                others = scene_classes[scene_classes != out[i]]
-            if others.size:
-                out[i] = others[rng.integers(others.size)]
+            out[i] = self._other_class(out[i], present, scene_classes, rng)
         return out
+
+    @staticmethod
+    def _other_class(c: int, present: np.ndarray, scene_classes: np.ndarray, rng: np.random.Generator) -> int:
+        """A class other than ``c``: one present in the view, else any other class of the scene (else ``c``)."""
+        others = present[present != c]
+        if others.size == 0:
+            others = scene_classes[scene_classes != c]
+        return int(others[rng.integers(others.size)]) if others.size else int(c)
+
+    def small_mask_confusion(self, area: np.ndarray) -> np.ndarray:
+        """Extra wrong-class probability [M] of masks of ``area`` [M] pixels (0 at >= reliable area)."""
+        area = np.maximum(np.asarray(area, np.float64), 1.0)
+        if self.reliable_area <= self.min_area:
+            return np.zeros_like(area)
+        t = np.log(self.reliable_area / area) / np.log(self.reliable_area / self.min_area)
+        return self.small_confusion * np.clip(t, 0.0, 1.0)
+
+    def realistic_masks(self, ids: np.ndarray, cls: np.ndarray, levels: np.ndarray, rng: np.random.Generator
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Drop masks a real teacher would not produce and jitter the boundaries of the rest (module docstring).
+
+        ids [L, H, W] int32 (-1 none), cls [M], levels [M] -> (ids', cls' [K], levels' [K], area [K] pixels before
+        the boundary jitter), masks renumbered 0..K-1 in their original order."""
+        from scipy.ndimage import binary_dilation, binary_erosion, find_objects
+
+        m = cls.size
+        if m == 0:
+            return ids, cls, levels, np.zeros(0)
+        area = np.zeros(m, np.int64)
+        side = np.zeros(m, np.int64)
+        boxes: list[tuple[slice, slice] | None] = [None] * m
+        for lv in range(ids.shape[0]):
+            lab = ids[lv]
+            area += np.bincount(lab[lab >= 0], minlength=m)[:m]
+            for k, sl in enumerate(find_objects(lab + 1)):  # find_objects: label k + 1 -> mask k
+                if sl is not None:
+                    boxes[k] = sl
+                    side[k] = min(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+        p_hit = np.minimum(1.0, area / float(self.grid_px ** 2))
+        keep = (area >= self.min_area) & (side >= self.min_side) & (rng.random(m) < p_hit)
+        radius = rng.integers(-self.boundary, self.boundary + 1, size=m)
+        out = np.where(keep[np.maximum(ids, 0)] & (ids >= 0), ids, -1).astype(np.int32)
+        square = np.ones((3, 3), bool)
+        for k in rng.permutation(np.flatnonzero(keep & (radius != 0))):
+            lv, r, (sy, sx) = int(levels[k]), int(radius[k]), boxes[k]
+            h, w = ids.shape[1:]
+            win = (slice(max(sy.start - abs(r), 0), min(sy.stop + abs(r), h)),
+                   slice(max(sx.start - abs(r), 0), min(sx.stop + abs(r), w)))
+            mask = ids[lv][win] == k
+            dst = out[lv][win]
+            if r > 0:  # bleed into the neighbours (pixels without points carry no point: harmless)
+                dst[binary_dilation(mask, square, iterations=r) & ~mask] = k
+            else:
+                rim = mask & ~binary_erosion(mask, square, iterations=-r, border_value=1)
+                dst[rim & (dst == k)] = -1
+        alive = keep & (np.bincount(out[out >= 0], minlength=m)[:m] > 0)
+        new_id = np.full(m + 1, -1, np.int32)
+        new_id[np.flatnonzero(alive)] = np.arange(int(alive.sum()), dtype=np.int32)
+        out = new_id[out]  # -1 maps through new_id[-1] = -1
+        return out, cls[alive], levels[alive], area[alive].astype(np.float64)
 
     def encode_views(self, renders: Sequence[Render]) -> list[ViewMasks]:
         out = []
         for r in renders:
             ids, true_cls, levels = self.view_masks(r)
             rng = _view_seed(self.seed, r)
+            area = None
+            if self.realism == "realistic":
+                real_rng = np.random.default_rng(rng.integers(2 ** 63))
+                ids, true_cls, levels, area = self.realistic_masks(ids, true_cls, levels, real_rng)
             present = np.unique(true_cls)
             cls = self.corrupt_classes(true_cls, present, rng)
+            if area is not None and cls.size:
+                scene_classes = np.array(sorted(set(self.label_names) | set(present.tolist())), np.int64)
+                confused = (real_rng.random(cls.size) < self.small_mask_confusion(area)) & (cls == true_cls)
+                for i in np.flatnonzero(confused):
+                    cls[i] = self._other_class(cls[i], present, scene_classes, real_rng)
             table = self.class_vectors(np.unique(np.concatenate([cls, present])))
             emb = torch.stack([table[int(c)] for c in cls]) if cls.size else torch.zeros(0, self.dim)
             if self.embed_noise > 0 and cls.size:

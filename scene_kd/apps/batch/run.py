@@ -2,6 +2,16 @@
 
 ``run_batch(tiles, job, workers=..., address=..., force=...) -> summary dict`` writes ``DIR/summary.json`` and
 ``DIR/summary.csv`` (also when interrupted: unfinished tiles are listed with status "not run").
+
+On Ray, a LAS/LAZ tile of more than ``job.chunk_size`` points (pipeline and custom modes) is labelled as one Ray task
+per chunk (:func:`scene_kd.apps.batch.tiles.plan_chunks`: XY cells with a halo, planned the same way in every
+task), then one task assembles the labels and writes the tile, so one large tile spreads over the whole cluster.
+
+An existing cluster (``address``) with token authentication (``RAY_AUTH_MODE=token`` on its nodes; Ray >= 2.52)
+needs the driver in token mode with the cluster's token, which Ray looks for in ``RAY_AUTH_TOKEN``, the file
+``RAY_AUTH_TOKEN_PATH``, then ``~/.ray/auth_token`` (https://docs.ray.io/en/latest/ray-security/token-auth.html).
+When ``RAY_AUTH_MODE`` is unset and such a token exists, the driver turns token mode on (harmless against a
+cluster without authentication); without one, a failed connection says where to put the token.
 """
 
 from __future__ import annotations
@@ -10,12 +20,20 @@ import csv
 import glob
 import io
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from scene_kd.apps.batch.tiles import BatchJob, process_tile, tile_name
+from scene_kd.apps.batch.tiles import (
+    BatchJob,
+    make_labeller,
+    output_path,
+    plan_chunks,
+    process_tile,
+    tile_name,
+)
 from scene_kd.errors import SceneKDError
 
 RAY_MISSING = ("Ray is not installed; install the batch extra (pip install 'scene-kd[batch]') "
@@ -62,11 +80,73 @@ def run_in_process(tiles: Sequence[str], job: BatchJob, force: bool) -> Iterator
         yield process_tile(t, job, force)
 
 
+RAY_TOKEN_HELP = ("copy the cluster's token (`ray get-auth-token` on the head node) to ~/.ray/auth_token, or set "
+                  "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH")
+
+
+def find_ray_token() -> str | None:
+    """Where Ray would find an auth token for this driver (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token,
+    Ray's order), or None. Raises SceneKDError when RAY_AUTH_TOKEN_PATH names an unreadable or empty file (Ray
+    itself would abort)."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        try:
+            ok = bool(Path(path).expanduser().read_text().strip())
+        except OSError as e:
+            raise SceneKDError(f"RAY_AUTH_TOKEN_PATH={path} cannot be read ({e.strerror})") from None
+        if not ok:
+            raise SceneKDError(f"RAY_AUTH_TOKEN_PATH={path} is empty")
+        return f"RAY_AUTH_TOKEN_PATH={path}"
+    default = Path.home() / ".ray" / "auth_token"
+    try:
+        return str(default) if default.read_text().strip() else None
+    except OSError:
+        return None
+
+
+_AUTH_MODE_SET: list[bool] = []  # RAY_AUTH_MODE set by start_ray, unset by stop_ray
+
+
+def stop_ray() -> None:
+    """Disconnect / stop the Ray that start_ray started and undo its RAY_AUTH_MODE."""
+    import ray
+
+    try:
+        ray.shutdown()
+    finally:
+        if _AUTH_MODE_SET:
+            os.environ.pop("RAY_AUTH_MODE", None)
+            _AUTH_MODE_SET.clear()
+
+
+def _token_mode_for(address: str | None) -> str | None:
+    """Before Ray is imported: turn on token mode for a cluster address when a token is found and RAY_AUTH_MODE is
+    unset (Ray reads the mode from the environment once, when ray._raylet loads). Returns where the token is."""
+    if not address:
+        return None
+    token = find_ray_token()
+    if token and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        _AUTH_MODE_SET.append(True)
+        if "ray._raylet" in sys.modules:  # Ray already loaded in this process: refresh its cached config, as
+            try:  # ray._private.authentication.authentication_token_setup._enable_token_auth does
+                sys.modules["ray._raylet"].Config.initialize("")
+            except Exception:  # not this Ray's layout: the connection error below still explains
+                pass
+    return token
+
+
 def start_ray(workers: int, address: str | None) -> bool:
     """Connect to ``address`` or start a lean local Ray; returns True when this call started Ray (stop it after)."""
+    token = _token_mode_for(address)
     try:
         import ray
     except ImportError:
+        if _AUTH_MODE_SET:
+            os.environ.pop("RAY_AUTH_MODE", None)
+            _AUTH_MODE_SET.clear()
         raise SceneKDError(RAY_MISSING) from None
     if ray.is_initialized():
         return False
@@ -74,8 +154,16 @@ def start_ray(workers: int, address: str | None) -> bool:
     if address:
         try:
             ray.init(address=address, **common)
-        except Exception as e:  # ConnectionError etc.
-            raise SceneKDError(f"cannot connect to Ray at {address} ({type(e).__name__}: {e})") from None
+        except Exception as e:  # ConnectionError, AuthenticationError etc.
+            first = (str(e).strip().splitlines() or [""])[0]
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token" or not token:
+                hint = f"if the cluster uses token authentication, no token was found here: {RAY_TOKEN_HELP}"
+            else:
+                hint = f"if the cluster uses token authentication, it may have refused the token from {token}"
+            if _AUTH_MODE_SET:
+                os.environ.pop("RAY_AUTH_MODE", None)
+                _AUTH_MODE_SET.clear()
+            raise SceneKDError(f"cannot connect to Ray at {address} ({type(e).__name__}: {first}); {hint}") from None
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -84,23 +172,116 @@ def start_ray(workers: int, address: str | None) -> bool:
     return True
 
 
+def tile_point_count(tile: str) -> int | None:
+    """Points in a LAS/LAZ tile from its header (cheap), else None."""
+    if Path(tile).suffix.lower() not in (".las", ".laz"):
+        return None
+    try:
+        import laspy
+
+        with laspy.open(tile) as f:
+            return int(f.header.point_count)
+    except Exception:  # unreadable: process_tile reports it
+        return None
+
+
+def split_on_ray(tile: str, job: BatchJob, force: bool) -> bool:
+    """Label this tile as one Ray task per chunk? (pipeline/custom mode, more points than chunk_size, not current)."""
+    if job.mode == "student" or job.chunk_size <= 0:
+        return False
+    n = tile_point_count(tile)
+    if n is None or n <= job.chunk_size:
+        return False
+    if not force and output_path(job.out_dir, tile).exists():
+        from scene_kd.apps.batch.tiles import read_sidecar, sidecar_path
+        from scene_kd.runio import file_hash
+
+        rec = read_sidecar(sidecar_path(job.out_dir, tile))
+        if rec and rec.get("config_hash") == job.config_hash(file_hash(tile)):
+            return False  # process_tile skips it
+    return True
+
+
+def _tile_chunks(tile: str, job: BatchJob) -> tuple[Any, list[Any]]:
+    from scene_kd.scene.io import load_scene
+
+    scene = load_scene(tile)
+    return scene, plan_chunks(scene.xyz[:, :2], job.chunk_size, job.halo)
+
+
+def count_chunks(tile: str, job: BatchJob) -> int:
+    """Number of chunks of a tile (0 when it cannot be read or planned: process_tile then reports why)."""
+    try:
+        return len(_tile_chunks(tile, job)[1])
+    except Exception:
+        return 0
+
+
+def label_chunk(tile: str, job: BatchJob, k: int, force: bool) -> tuple[Any, Any, Any]:
+    """(core indices [K], label index [K], confidence [K]) of chunk ``k`` of a tile, labelled exactly as
+    :func:`scene_kd.apps.batch.tiles.label_in_chunks` labels it (same plan, context and tag)."""
+    import numpy as np
+
+    scene, chunks = _tile_chunks(tile, job)
+    ch = chunks[k]
+    idx, conf = make_labeller(job, tile, force)(scene.subset(ch.context), f"chunk{k:03d}")
+    idx, conf = np.asarray(idx).reshape(-1), np.asarray(conf).reshape(-1)
+    if len(idx) != len(ch.context) or len(conf) != len(ch.context):
+        raise SceneKDError(f"labeller returned {len(idx)} labels / {len(conf)} confidences for {len(ch.context)} points")
+    pos = np.searchsorted(ch.context, ch.core)
+    return ch.core, idx[pos].astype(np.int32), conf[pos].astype(np.float32)
+
+
+def finish_chunked_tile(tile: str, job: BatchJob, force: bool, n_points: int, *parts: tuple[Any, Any, Any]
+                        ) -> dict[str, Any]:
+    """Assemble the chunks' labels (Ray passes the chunk tasks' results) and write the tile via process_tile."""
+    import numpy as np
+
+    label_index = np.full(n_points, -1, np.int32)
+    confidence = np.zeros(n_points, np.float32)
+    for core, idx, conf in parts:
+        label_index[core], confidence[core] = idx, conf
+    return process_tile(tile, job, force, precomputed=(label_index, confidence, len(parts)))
+
+
+def _error_record(tile: str, e: Exception) -> dict[str, Any]:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return {"tile": tile, "status": "error", "points": 0, "seconds": 0.0, "counts": {},
+            "error": f"{type(e).__name__}: {msg}", "output": None}
+
+
 def run_on_ray(tiles: Sequence[str], job: BatchJob, force: bool) -> Iterator[dict[str, Any]]:
-    """One Ray task per tile (1 CPU each, no retries); a task that crashes its worker becomes an error record."""
+    """One Ray task per tile (1 CPU each, no retries), or for a tile above ``job.chunk_size`` points one task per
+    chunk plus one that writes it; a task that crashes its worker becomes an error record."""
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=0)(process_tile)
-    pending = {remote.remote(t, job, force): t for t in tiles}
+    opts = dict(num_cpus=1, max_retries=0)
+    tile_task, plan_task = ray.remote(**opts)(process_tile), ray.remote(**opts)(count_chunks)
+    chunk_task, finish_task = ray.remote(**opts)(label_chunk), ray.remote(**opts)(finish_chunked_tile)
+    pending: dict[Any, tuple[str, str]] = {}
+    for t in tiles:
+        if split_on_ray(t, job, force):
+            pending[plan_task.remote(t, job)] = (t, "plan")
+        else:
+            pending[tile_task.remote(t, job, force)] = (t, "tile")
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                tile = pending.pop(ref)
+                tile, stage = pending.pop(ref)
                 try:
-                    yield ray.get(ref)
-                except Exception as e:  # worker died (segfault, OOM kill): report the tile, keep going
-                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    yield {"tile": tile, "status": "error", "points": 0, "seconds": 0.0, "counts": {},
-                           "error": f"{type(e).__name__}: {msg}", "output": None}
+                    value = ray.get(ref)
+                except Exception as e:  # worker died (segfault, OOM kill) or a chunk failed: report, keep going
+                    yield _error_record(tile, e)
+                    continue
+                if stage != "plan":
+                    yield value
+                elif value <= 0:  # unreadable: process_tile writes the error record
+                    pending[tile_task.remote(tile, job, force)] = (tile, "tile")
+                else:
+                    parts = [chunk_task.remote(tile, job, k, force) for k in range(value)]
+                    n = tile_point_count(tile) or 0
+                    pending[finish_task.remote(tile, job, force, n, *parts)] = (tile, "finish")
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -197,7 +378,5 @@ def run_batch(
                                            / max(time.perf_counter() - t_ready, 1e-9), 1)}
         summary = write_summary(out_dir, ordered, job, meta)
         if started:
-            import ray
-
-            ray.shutdown()
+            stop_ray()
     return summary

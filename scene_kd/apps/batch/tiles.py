@@ -278,8 +278,10 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def process_tile(tile: str, job: BatchJob, force: bool = False) -> dict[str, Any]:
-    """Label one tile and write its output + sidecar; never raises for a bad tile (status "error")."""
+def process_tile(tile: str, job: BatchJob, force: bool = False,
+                 precomputed: tuple[np.ndarray, np.ndarray, int] | None = None) -> dict[str, Any]:
+    """Label one tile and write its output + sidecar; never raises for a bad tile (status "error").
+    ``precomputed``: (label_index [N], confidence [N], chunks) already labelled elsewhere (chunks as Ray tasks)."""
     from scene_kd.runio import atomic_path, file_hash, to_jsonable, write_json
 
     t0 = time.perf_counter()
@@ -300,7 +302,11 @@ def process_tile(tile: str, job: BatchJob, force: bool = False) -> dict[str, Any
         if scene.kind != "points":
             raise SceneKDError("batch segmentation needs a point cloud tile, not Gaussians", path=tile)
         n_chunks: int | None
-        if job.mode == "student":
+        if precomputed is not None:
+            label_index, confidence, n_chunks = precomputed
+            if len(label_index) != len(scene):
+                raise SceneKDError(f"{len(label_index)} precomputed labels for {len(scene)} points")
+        elif job.mode == "student":
             label_index, confidence = label_with_student(scene, job)
             n_chunks = 1 if job.chunk_size <= 0 or len(scene) <= job.chunk_size else None  # the student's tiling
         else:
