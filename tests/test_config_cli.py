@@ -102,6 +102,20 @@ def test_oracle_run_says_it_is_the_oracle(oracle_run):
     assert "oracle-labels test teacher" in write_report(oracle_run, []).read_text()
 
 
+def test_exported_files_say_they_come_from_the_oracle(oracle_run, tmp_path):
+    import laspy
+    from plyfile import PlyData
+
+    assert main(["segment", str(oracle_run), "--labels", "road,building,tree", "--out", str(tmp_path / "x.las")]) == 0
+    las = laspy.read(str(tmp_path / "x.las"))
+    prov = [v for v in las.header.vlrs if v.user_id == "scene_kd" and v.record_id == 2]
+    assert prov and json.loads(bytes(prov[0].record_data))["teacher"] == "oracle-labels"
+    assert "not CLIP" in json.loads(bytes(prov[0].record_data))["note"]
+    assert main(["query", str(oracle_run), "building", "--export", str(tmp_path / "hits.ply")]) == 0
+    comments = PlyData.read(str(tmp_path / "hits.ply")).comments
+    assert any(c.startswith("scene_kd provenance") and "oracle-labels" in c for c in comments)
+
+
 def test_oracle_on_an_unlabelled_scene_is_refused_before_any_work(tmp_path, capsys):
     import numpy as np
 

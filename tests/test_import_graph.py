@@ -1,4 +1,5 @@
-"""The package's import graph (every import statement, module-level or inside a function) has no cycle."""
+"""The package's import graph (every import statement that can run, module-level or inside a function) has no
+cycle. Imports under ``if TYPE_CHECKING:`` never run (annotations only) and are not edges."""
 
 from __future__ import annotations
 
@@ -19,7 +20,13 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():
         package = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and getattr(block.test, "id", getattr(block.test, "attr", "")) == "TYPE_CHECKING"
+                     for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

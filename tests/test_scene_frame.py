@@ -67,3 +67,23 @@ def test_camera_is_pushed_out_of_dense_gaussians():
     assert len(tree.query_ball_point(pos, 0.3)) == 0 and np.linalg.norm(pos) > 0.5
     outside = np.array([20.0, 0, 0])
     assert np.allclose(push_out_of_dense(outside, np.zeros(3), tree, probe=0.3), outside)
+
+
+def test_orbit_views_of_a_rotated_splat_capture_look_down_its_up_axis(splats):
+    from scene_kd.render.config import RenderConfig
+    from scene_kd.render.views import plan_views
+    from scene_kd.scene.types import GaussianSplats
+
+    R = Rotation.random(random_state=7)
+    means, quats, log_scales, logits = _rotated(splats, R, floaters=len(splats) // 20, rng=np.random.default_rng(7))
+    n = len(means)
+    scene = GaussianSplats(means=means.astype(np.float32), quats=quats.astype(np.float32), log_scales=log_scales,
+                           opacity_logits=logits, sh=np.zeros((n, 1, 3), np.float32), origin=np.zeros(3))
+    cams = plan_views(scene, RenderConfig(preset="orbit", width=64, height=64, levels=1))
+    top = next(c for c in cams if c.name.endswith("top"))
+    forward = np.asarray(top.world_to_cam)[2, :3]  # OpenCV: the camera looks along +z of its frame
+    assert forward @ R.apply([0.0, 0.0, -1.0]) > np.cos(np.radians(10))
+    tree = cKDTree(means[: len(splats)])
+    for c in cams:  # no camera sits inside the object's Gaussians
+        centre = -np.asarray(c.world_to_cam)[:3, :3].T @ np.asarray(c.world_to_cam)[:3, 3]
+        assert not tree.query_ball_point(centre, 0.01)

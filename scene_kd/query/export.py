@@ -217,8 +217,9 @@ def export_points(
             raise SceneKDError(f"label index out of range -1..{len(names) - 1}")
 
     info: dict[str, Any] = {"path": str(path), "format": fmt}
+    prov = field_provenance(field)
     if fmt == "ply":
-        copied = _copy_rows(path, run_dir, m, rel, lab, conf, names, n)
+        copied = _copy_rows(path, run_dir, m, rel, lab, conf, names, n, prov)
         if copied is not None:
             return {**info, **copied}
         pc = _field_points(field)
@@ -228,7 +229,7 @@ def export_points(
     else:
         las_src = _las_source(run_dir)
         if las_src is not None:  # annotate the input's own records (never rebuild them)
-            return {**info, **_annotate(path, las_src, m, rel, lab, conf, names, n)}
+            return {**info, **_annotate(path, las_src, m, rel, lab, conf, names, n, prov)}
         pc = _field_points(field)
         info["header_from"] = None
         if lab is not None:
@@ -245,14 +246,25 @@ def export_points(
         pc = pc.subset(m)
     if len(pc) == 0:
         raise SceneKDError("nothing to export: the selection is empty", path=path)
+    pc.meta["provenance"] = prov  # the LAS and PLY writers record it (VLR / header comment)
     with atomic_path(path) as tmp:
         save_scene(pc, tmp)
     info["count"] = len(pc)
     return info
 
 
+def field_provenance(field: FeatureField) -> dict[str, Any]:
+    """What an exported file says about the features it came from: teacher, text encoder and, for the oracle
+    test teacher, its note."""
+    from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
+
+    return {"teacher": field.teacher, "text_encoder": field.text_encoder,
+            **({"note": ORACLE_NOTE} if field.teacher == ORACLE else {})}
+
+
 def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, rel: np.ndarray | None,
-              lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int) -> dict[str, Any]:
+              lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int,
+              prov: dict[str, Any]) -> dict[str, Any]:
     """LAS/LAZ export from the run's input file: its records with classification + extra-bytes dims."""
     import laspy
 
@@ -275,16 +287,17 @@ def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, 
         raise SceneKDError("nothing to export: the selection is empty", path=path)
     with atomic_path(path) as tmp:
         out = annotate_las(source, tmp, classification=cls, dims=dims, keep=m, records=records,
-                           expect_hash=expect_hash, label_names=label_names_vlr)
+                           expect_hash=expect_hash, label_names=label_names_vlr, provenance=prov)
     return {**info, **out}
 
 
 def _copy_rows(path: Path, run_dir: str | Path | None, m: np.ndarray | None, rel: np.ndarray | None,
-               lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int) -> dict[str, Any] | None:
+               lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int,
+               prov: dict[str, Any]) -> dict[str, Any] | None:
     """PLY export from the run's input file (PLY points or 3DGS, LAS/LAZ): its rows with every original
     property, plus ``relevancy`` / ``label`` / ``confidence``; None when the run has no such source."""
     from scene_kd.scene.annotate import annotate_ply
-    from scene_kd.scene.formats.ply import LABEL_COMMENT
+    from scene_kd.scene.formats.ply import LABEL_COMMENT, provenance_comment
     from scene_kd.scene.io import label_names_to_json
 
     src = _las_source(run_dir, (".ply", ".las", ".laz"))
@@ -294,6 +307,7 @@ def _copy_rows(path: Path, run_dir: str | Path | None, m: np.ndarray | None, rel
     props = {k: v for k, v in (("relevancy", rel), ("label", None if lab is None else lab.astype(np.int32)),
                                ("confidence", conf)) if v is not None}
     comments = [LABEL_COMMENT + label_names_to_json(dict(enumerate(names)))] if lab is not None else []
+    comments.append(provenance_comment(prov))
     if m is not None and not m.any():
         raise SceneKDError("nothing to export: the selection is empty", path=path)
     with atomic_path(path) as tmp:

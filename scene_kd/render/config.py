@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -15,6 +16,10 @@ class RenderConfig:
     height: int = 512
     """Image height, pixels."""
     levels: int = 3
+    orbit_frame: Literal["auto", "scene"] = "auto"
+    """orbit: "auto" estimates the up axis and floater-robust bounds of a Gaussian-splat scene (captures arrive
+    in their trainer's frame, with background and floaters; render/scene_frame.py) and keeps cameras out of dense
+    Gaussians; "scene" uses the scene's own z axis and bounding box (point clouds always do)."""
     """Granularity levels of the orbit and aerial-fixed presets (orbit radii / fixed altitudes)."""
     gsd: tuple[float, ...] = (1.0, 0.3, 0.1)
     """aerial: nadir levels as ground sampling distances, metres per pixel at the median surface (any order; level 0

@@ -23,6 +23,7 @@ Scenes are z-up in their local frame (LAS/LAZ, the synthetic scenes). Cameras ar
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -34,11 +35,14 @@ import torch
 
 from scene_kd.errors import SceneKDError
 from scene_kd.render.config import RenderConfig
+from scene_kd.render.pinhole import bounds as _bounds
+from scene_kd.render.pinhole import intrinsics, look_at  # noqa: F401 (public here too)
 from scene_kd.scene.types import Camera
+
+log = logging.getLogger(__name__)
 
 PRESETS = ("aerial", "aerial-fixed", "orbit", "street", "cameras:FILE")
 AERIAL_FOV_DEG = 60.0
-ORBIT_FOV_DEG = 50.0
 STREET_FOV_DEG = 90.0
 COVERAGE_TOLERANCE = 0.02
 """Relative depth tolerance of the coverage count (tighter than lifting's OpenScene 0.25, which at aerial
@@ -47,42 +51,6 @@ LIFT_BORDER_PX = 10
 """Image border (pixels) that lifting and coverage ignore (OpenScene's 10 px); aerial grids tile the image less it."""
 STREET_EYE_HEIGHT = 1.6
 """Street cameras, metres above the ground (scene units are assumed metric)."""
-
-
-def look_at(center: np.ndarray, target: np.ndarray, up: np.ndarray = np.array([0.0, 0.0, 1.0])) -> np.ndarray:
-    """World-to-camera [4, 4] for an OpenCV camera at ``center`` looking at ``target`` with ``up`` roughly up."""
-    center, target = np.asarray(center, np.float64), np.asarray(target, np.float64)
-    forward = target - center
-    norm = np.linalg.norm(forward)
-    if norm < 1e-12:
-        raise ValueError("camera centre and target coincide")
-    forward /= norm
-    up = np.asarray(up, np.float64)
-    if abs(float(forward @ up)) > 0.999 * np.linalg.norm(up):  # looking straight along up: use +y as image up
-        up = np.array([0.0, 1.0, 0.0])
-    right = np.cross(forward, up)
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
-    R = np.stack([right, down, forward])
-    w2c = np.eye(4)
-    w2c[:3, :3] = R
-    w2c[:3, 3] = -R @ center
-    return w2c
-
-
-def intrinsics(width: int, height: int, hfov_deg: float) -> np.ndarray:
-    """K [3, 3] with square pixels and the given horizontal field of view."""
-    f = 0.5 * width / math.tan(math.radians(hfov_deg) / 2)
-    return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
-
-
-def _bounds(xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Robust bounds (0.1 / 99.9 percentiles, so a few outliers don't shrink the detail views)."""
-    if len(xyz) > 1000:
-        lo, hi = np.percentile(xyz, [0.1, 99.9], axis=0)
-    else:
-        lo, hi = xyz.min(axis=0), xyz.max(axis=0)
-    return lo.astype(np.float64), hi.astype(np.float64)
 
 
 def _check_size(cfg: RenderConfig) -> None:
@@ -285,31 +253,6 @@ def plan_views_with_summary(scene: Any, cfg: RenderConfig) -> tuple[list[Camera]
     return cameras, plan_summary(scene, cameras, cfg, levels)
 
 
-def plan_orbit(xyz: np.ndarray, cfg: RenderConfig) -> list[Camera]:
-    lo, hi = _bounds(xyz)
-    center = 0.5 * (lo + hi)
-    radius = max(float(np.linalg.norm(hi - lo)) / 2, 1e-3)
-    W, H = cfg.width, cfg.height
-    K = intrinsics(W, H, ORBIT_FOV_DEG)
-    half_fov = math.atan(min(0.5 * W / K[0, 0], 0.5 * H / K[1, 1]))
-    base = radius / math.sin(half_fov) * 1.05
-    cams: list[Camera] = []
-    for level in range(max(1, int(cfg.levels))):
-        dist = base * (0.7 ** level if level < 2 else 0.5 * 0.8 ** (level - 2))
-        stagger = 30.0 * (level % 2)
-        for elev, offset in ((20.0, 0.0), (50.0, 30.0)):
-            for k in range(6):
-                az = math.radians(k * 60.0 + offset + stagger)
-                e = math.radians(elev)
-                pos = center + dist * np.array([math.cos(az) * math.cos(e), math.sin(az) * math.cos(e), math.sin(e)])
-                cams.append(Camera(K=K, world_to_cam=look_at(pos, center), width=W, height=H, level=level,
-                                   name=f"orbit-L{level}-e{int(elev)}-a{int(math.degrees(az)) % 360}"))
-        pos = center + np.array([0.0, 0.0, dist])
-        cams.append(Camera(K=K, world_to_cam=look_at(pos, center), width=W, height=H, level=level,
-                           name=f"orbit-L{level}-top"))
-    return cams
-
-
 def _farthest_points(candidates: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Indices of k candidates [M, 2] spread out by farthest-point sampling (start: nearest the centroid)."""
     if len(candidates) <= k:
@@ -410,7 +353,11 @@ def plan_views(scene: Any, cfg: RenderConfig, *, camera_size: tuple[int, int] | 
             cams = scale_to_size(cams, *size)
         return cams
     _check_size(cfg)
-    planners = {"aerial": plan_aerial, "aerial-fixed": plan_aerial_fixed, "orbit": plan_orbit, "street": plan_street}
+    planners = {"aerial": plan_aerial, "aerial-fixed": plan_aerial_fixed, "street": plan_street}
+    if preset == "orbit":
+        from scene_kd.render.orbit import orbit_frame, plan_orbit
+
+        return plan_orbit(xyz, cfg, *orbit_frame(scene, cfg))
     if preset not in planners:
         raise SceneKDError(f"unknown view preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     return planners[preset](xyz, cfg)

@@ -122,6 +122,7 @@ def annotate_las(
     records: np.ndarray | None = None,
     expect_hash: str | None = None,
     label_names: Mapping[int, str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
     chunk_points: int = CHUNK_POINTS,
 ) -> dict[str, Any]:
     """Copy ``source``'s records to ``out`` (.las | .laz by extension), replacing classification and
@@ -132,7 +133,8 @@ def annotate_las(
     [N, k]} (existing dims of that name are overwritten, cast to their type), ``keep`` [N] bool (which
     points to write). ``records`` [N] int64: the file record of pipeline point i (ascending; None =
     identity, N must equal the file's point count). ``label_names`` {code: name}: written to scene-kd's
-    label-names VLR (give it for user codes only; ASPRS codes need none). Returns {"count", "version", "point_format",
+    label-names VLR (give it for user codes only; ASPRS codes need none). ``provenance``: the run's teacher (and
+    the oracle's note) as scene-kd's provenance VLR. Returns {"count", "version", "point_format",
     "header_from"}. Raises SceneKDError (source gone/changed, sizes disagree, codes out of range).
     """
     import laspy
@@ -157,6 +159,9 @@ def annotate_las(
                 raise SceneKDError(f"classification codes {int(c.min())}..{int(c.max())} do not fit point format "
                                    f"{fmt} (0..{hi})")
         header = output_header(src_header, dims, path=source, label_names=label_names)
+        from scene_kd.scene.formats.las import set_provenance
+
+        set_provenance(header.vlrs, provenance)
         # record -> pipeline point (or -1 when the pipeline dropped it) and which records are written
         if records is None:
             point_of = None

@@ -77,6 +77,19 @@ def output_path(out_dir: str | Path, tile: str | Path) -> Path:
     return Path(out_dir) / f"{tile_name(tile)}.laz"
 
 
+def job_provenance(job: BatchJob) -> dict[str, Any]:
+    """What a batch output says about its labels: the teacher (pipeline), the student's teacher (student) or the
+    custom labeller; the oracle test teacher's note when it is the source."""
+    from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
+
+    if job.mode == "custom":
+        return {"labeller": job.labeller}
+    teacher = job.teacher
+    if job.mode == "student" and job.student:
+        teacher = str(_student_meta(job.student).get("teacher", ""))
+    return {"mode": job.mode, "teacher": teacher, **({"note": ORACLE_NOTE} if teacher == ORACLE else {})}
+
+
 def sidecar_path(out_dir: str | Path, tile: str | Path) -> Path:
     return Path(out_dir) / f".{tile_name(tile)}.done.json"
 
@@ -325,7 +338,8 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
             del scene  # the writer streams the file; the loaded copy is no longer needed
             with atomic_path(out) as tmp:
                 annotate_las(tile, tmp, classification=cls, dims={**dims, "confidence": confidence.astype(np.float32)},
-                             records=rows, expect_hash=tile_hash, label_names=names)
+                             records=rows, expect_hash=tile_hash, label_names=names,
+                             provenance=job_provenance(job))
         else:
             from scene_kd.query.export import UNCLASSIFIED
             from scene_kd.scene.io import save_scene
@@ -335,6 +349,7 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
             scene.labels = lut[label_index]
             scene.label_names = {int(c): name for c, name in zip(codes, job.labels, strict=False)}
             scene.extra = {**scene.extra, "confidence": confidence.astype(np.float32)}
+            scene.meta["provenance"] = job_provenance(job)
             with atomic_path(out) as tmp:
                 save_scene(scene, tmp)
         counts = np.bincount(label_index[label_index >= 0], minlength=len(job.labels))

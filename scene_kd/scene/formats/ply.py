@@ -238,8 +238,11 @@ def _read_compressed(path: Path, ply, dec: dict[str, np.ndarray]) -> GaussianSpl
                           meta={**meta, "ply_kind": "3dgs_compressed"})
 
 
-def _comments(label_names: dict[int, str]) -> list[str]:
-    return [LABEL_COMMENT + label_names_to_json(label_names)] if label_names else []
+def _comments(label_names: dict[int, str], provenance: dict | None = None) -> list[str]:
+    out = [LABEL_COMMENT + label_names_to_json(label_names)] if label_names else []
+    if provenance:
+        out.append(provenance_comment(provenance))
+    return out
 
 
 def _write(path: Path, columns: list[tuple[str, np.ndarray]], comments: list[str]) -> None:
@@ -307,7 +310,7 @@ def write_ply(scene: PointCloud | GaussianSplats, path: Path) -> None:
                 )
             taken.add(pname)
             cols.append((pname, pv))
-    _write(path, cols, _comments(pc.label_names))
+    _write(path, cols, _comments(pc.label_names, pc.meta.get("provenance")))
 
 
 def write_3dgs_ply(g: GaussianSplats, path: Path) -> None:
@@ -328,3 +331,13 @@ def write_3dgs_ply(g: GaussianSplats, path: Path) -> None:
     if g.instances is not None:
         cols.append(("instance", g.instances.astype(np.int32)))
     _write(path, cols, _comments(g.label_names))
+
+
+PROVENANCE_COMMENT = "scene_kd provenance "
+
+
+def provenance_comment(provenance: dict) -> str:
+    """The PLY header comment carrying the JSON of scene-kd's provenance VLR (formats/las.py: provenance_vlr)."""
+    import json
+
+    return PROVENANCE_COMMENT + json.dumps(dict(provenance))
