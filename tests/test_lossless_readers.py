@@ -142,6 +142,10 @@ def test_3dgs_export_keeps_every_gaussian_property(tmp_path):
     assert info["count"] == len(want) == len(got)
     for k in raw.dtype.names:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    # the exported object loads back as the same Gaussians, bit for bit
+    back, sub = load_scene(tmp_path / "sel.ply"), g.subset(mask)
+    for k in ("means", "quats", "log_scales", "opacity_logits", "sh"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(sub, k), err_msg=k)
 
 
 def test_splat_zero_rows_dropped_with_count(tmp_path, caplog):

@@ -117,3 +117,66 @@ def test_viewer_query_in_chromium(urban_run):
             browser.close()
     finally:
         app.stop()
+
+
+@pytest.fixture(scope="module")
+def splat_run(tmp_path_factory) -> Path:
+    """A small Gaussian run (synthetic tabletop as splats, oracle teacher) made through the CLI."""
+    from scene_kd.cli import main
+
+    root = tmp_path_factory.mktemp("splat_run")
+    scene = root / "table.ply"
+    assert main(["synth", "--kind", "tabletop", "--as-splats", "--max-gaussians", "6000", "--points", "20000",
+                 "--out", str(scene)]) == 0
+    cfg = root / "cfg.yaml"
+    cfg.write_text("render: {preset: orbit, width: 256, height: 256, levels: 1}\n"
+                   "teacher: {name: oracle-labels, oracle_realism: perfect}\ndistill: {enabled: false}\n")
+    assert main(["run", str(scene), "--out", str(root / "run"), "--config", str(cfg), "--json"]) == 0
+    return root / "run"
+
+
+def test_gaussian_run_drawn_as_splats_with_a_query(splat_run):
+    pytest.importorskip("playwright")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (make setup installs it)")
+    from playwright.sync_api import sync_playwright
+
+    from scene_kd.apps.viewer.app import ViewerApp
+    from scene_kd.apps.viewer.colours import TURBO_HIGH, turbo
+
+    red = turbo(np.array([TURBO_HIGH]))[0].astype(np.float32)
+    ARTIFACTS.mkdir(exist_ok=True)
+    app = ViewerApp(splat_run, port=free_port()).start(background_load=True)
+    try:
+        assert app.wait_loaded(120)
+        assert hasattr(app.points, "rgbs"), "a Gaussian run must be drawn as a Gaussian-splat node"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(app.url)
+            page.get_by_text("Loaded 6,000 points").wait_for(timeout=60_000)
+            close = page.locator("button.mantine-Notification-closeButton")
+            if close.count():
+                close.first.click(timeout=5000)
+            page.wait_for_timeout(2000)
+            before = page.screenshot(path=str(ARTIFACTS / "viewer-splats-true-colour.png"))
+            box = gui_input(page, "Query")
+            box.fill("table")
+            box.press("Enter")
+            page.get_by_text("'table':").wait_for(timeout=30_000)
+            after, lit = before, 0
+            for _ in range(40):
+                page.wait_for_timeout(250)
+                after = page.screenshot()
+                lit = highlight_pixels(after, red, tol=60)
+                if lit > 2000:
+                    break
+            (ARTIFACTS / "viewer-splats-table.png").write_bytes(after)
+            assert lit > 2000 and lit > 5 * highlight_pixels(before, red, tol=60) + 500, lit
+            # the splat node carries the relevancy colours of the selected Gaussians
+            sel = app.selection[app.display_index]
+            rgbs = np.asarray(app.points.rgbs, np.float32)  # viser keeps uint8 colours
+            assert sel.any() and np.abs(rgbs[sel] - red).sum(1).mean() < np.abs(rgbs[~sel] - red).sum(1).mean()
+            browser.close()
+    finally:
+        app.stop()

@@ -258,8 +258,9 @@ def field_provenance(field: FeatureField) -> dict[str, Any]:
     test teacher, its note."""
     from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
-    return {"teacher": field.teacher, "text_encoder": field.text_encoder,
-            **({"note": ORACLE_NOTE} if field.teacher == ORACLE else {})}
+    teacher = getattr(field, "teacher", None)
+    return {"teacher": teacher, "text_encoder": getattr(field, "text_encoder", None),
+            **({"note": ORACLE_NOTE} if teacher == ORACLE else {})}
 
 
 def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, rel: np.ndarray | None,

@@ -14,6 +14,7 @@ thread, latest request wins, so typing never queues up stale work. The widgets a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -181,7 +182,11 @@ class ViewerApp:
             self._display_xyz = (xyz - centre).astype(np.float32)
             self._base_rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
             self.state.source = source
-        self.points = gui.add_points(self.server, self._display_xyz, self._base_rgb, extent=hi - lo)
+        splats = self._run_splats(index, centre) if fld.kind == "gaussians" else None
+        if splats is not None:  # a Gaussian run is drawn as Gaussians, recoloured like points
+            self.points = gui.add_splats(self.server, splats, extent=hi - lo)
+        else:
+            self.points = gui.add_points(self.server, self._display_xyz, self._base_rgb, extent=hi - lo)
         self.set_threshold(session.config.threshold)  # the run's hit threshold
         self.gui["threshold"].value = session.config.threshold
         note = f"{n:,} points"
@@ -194,6 +199,21 @@ class ViewerApp:
         self.set_status("ready", f"Loaded {n:,} points; features: {', '.join(fld.sources)}; "
                                   f"text encoder {fld.text_encoder}.")
         self._loaded.set()
+
+    def _run_splats(self, index: np.ndarray, centre: np.ndarray) -> Any:
+        """The run's Gaussians at the displayed ``index`` as splat-node arrays (centred like the points), or None
+        when the run folder has no copy of its Gaussians (then the centres are drawn as points)."""
+        from scene_kd.apps.viewer.splats import splat_node_arrays
+        from scene_kd.scene.runscene import load_run_scene
+
+        try:
+            scene = load_run_scene(self.run_dir)
+        except SceneKDError:
+            return None
+        if scene.kind != "gaussians" or len(scene) != len(self.field):
+            return None
+        node = splat_node_arrays(scene.subset(index) if len(index) < len(scene) else scene)
+        return dataclasses.replace(node, index=index, centers=(node.centers - centre).astype(np.float32))
 
     # ---- actions (GUI callbacks and tests call these) ----------------------------------------------
     def set_status(self, status: str | None, message: str) -> None:
@@ -334,7 +354,7 @@ class ViewerApp:
             colours = label_colours(st.label_index[idx])
         else:
             colours = self._base_rgb
-        self.points.colors = colours
+        gui.set_colours(self.points, colours)
 
     def inspect(self, index: int, top: int = 5) -> list[tuple[str, float]]:
         """Top labels (cosine similarity of the templated names) of field point ``index`` over the current

@@ -64,6 +64,14 @@ def add_source_dropdown(app: ViewerApp, sources: tuple[str, ...], initial: str) 
     return src
 
 
+def frame_initial_camera(server: Any, extent: np.ndarray) -> None:
+    """The browser's first view: from the south, above, at a distance that frames ``extent`` [3]."""
+    r = float(max(np.linalg.norm(extent), 1.0))
+    server.initial_camera.far = max(1000.0, 10 * r)
+    server.initial_camera.look_at = (0.0, 0.0, 0.0)
+    server.initial_camera.position = (0.0, -0.45 * r, 0.6 * r)
+
+
 def add_points(server: Any, xyz: np.ndarray, rgb: np.ndarray, extent: np.ndarray) -> Any:
     """The point cloud ([M, 3] float32 centred, [M, 3] uint8) with a point size from the mean spacing of the
     footprint ``extent`` [3], and an initial camera that frames it; returns the point-cloud handle."""
@@ -73,11 +81,25 @@ def add_points(server: Any, xyz: np.ndarray, rgb: np.ndarray, extent: np.ndarray
     size = float(np.clip(spacing * 1.6, 1e-4, max(float(extent.max()), 1e-3) / 50))
     points = server.scene.add_point_cloud("/scene", points=xyz, colors=rgb, point_size=size, point_shape="square",
                                           point_shading="flat", precision="float32")
-    r = float(max(np.linalg.norm(extent), 1.0))
-    server.initial_camera.far = max(1000.0, 10 * r)
-    server.initial_camera.look_at = (0.0, 0.0, 0.0)
-    server.initial_camera.position = (0.0, -0.45 * r, 0.6 * r)
+    frame_initial_camera(server, extent)
     return points
+
+
+def add_splats(server: Any, node: Any, extent: np.ndarray) -> Any:
+    """A Gaussian-splat node (viser) from :class:`scene_kd.apps.viewer.splats.SplatNode` arrays (centred), and
+    the same initial camera as the point view; returns the handle."""
+    handle = server.scene.add_gaussian_splats("/scene", centers=node.centers, covariances=node.covariances,
+                                              rgbs=node.rgbs, opacities=node.opacities)
+    frame_initial_camera(server, extent)
+    return handle
+
+
+def set_colours(handle: Any, colours: np.ndarray) -> None:
+    """Recolour the scene node: points (``colors``) or splats (``rgbs``), [M, 3] uint8."""
+    if hasattr(handle, "rgbs") and not hasattr(handle, "point_size"):
+        handle.rgbs = np.asarray(colours, np.float32) / 255.0
+    else:
+        handle.colors = colours
 
 
 def on_point_click(app: ViewerApp, origin: np.ndarray, direction: np.ndarray) -> None:
