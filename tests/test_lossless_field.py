@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import laspy
 import numpy as np
 import pytest
 from conftest import REAL_DATA
 from lossless_helpers import assert_records_kept, cli
+
+from scene_kd.errors import SceneKDError
 
 FIELD = REAL_DATA.parent / "field"
 pytestmark = pytest.mark.skipif(not FIELD.exists(), reason=f"field data not found at {FIELD}")
@@ -248,3 +251,37 @@ def test_labels_that_classification_cannot_hold_go_to_an_extra_label_dim(tmp_pat
     assert (np.asarray(las.classification) == 1).all() and (np.asarray(las["label"]) == 0).all()
     back = load_scene(out)
     assert (back.labels == 0).all() and back.label_names[0] == "thing0"
+
+
+def test_outputs_never_claim_copc_and_are_readable_by_others(tmp_path):
+    import stat
+
+    from scene_kd.apps.batch.tiles import output_path
+    from scene_kd.query.export import export_points
+
+    assert output_path(tmp_path, "tiles/simple.copc.laz").name == "simple.laz"
+    with pytest.raises(SceneKDError, match="not .copc.laz"):
+        export_points(tmp_path / "x.copc.laz", None, run_dir=None)
+    from scene_kd.runio import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})  # atomic writes get the umask's mode, not mkstemp's 0600
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_cloudcompare_classification_gets_asprs_names():
+    from scene_kd.scene.io import load_scene
+    from scene_kd.teachers.stage import scene_has_classes
+
+    pc = load_scene(FIELD / "ply_cloudcompare_scalar_Classification.ply")
+    assert pc.label_names[2] == "ground" and pc.label_names[6] == "building" and scene_has_classes(pc)
+
+
+def test_cameras_dir_accepts_a_nerf_synthetic_folder():
+    from scene_kd.scene.cameras import load_cameras_file
+
+    cams = load_cameras_file(FIELD / "blender_nerf_synthetic")
+    assert len(cams) == 8 and cams[0].width == 200 and abs(cams[0].K[0, 0] - 277.78) < 0.01

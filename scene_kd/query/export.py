@@ -204,6 +204,9 @@ def export_points(
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in EXPORT_FORMATS:
         raise SceneKDError(f"cannot export to '.{fmt}'; use one of {', '.join('.' + f for f in EXPORT_FORMATS)}", path=path)
+    if path.name.lower().endswith(".copc.laz"):
+        raise SceneKDError("scene-kd writes plain LAZ (no maintained Python library writes COPC); name the output "
+                           ".laz, not .copc.laz", path=path)
     n = len(field)
     m = _check_mask(mask, n)
     rel = _as_numpy(relevancy, n, "relevancy", np.float32)

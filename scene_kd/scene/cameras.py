@@ -58,12 +58,16 @@ def _shift(world_to_cam: np.ndarray, origin: np.ndarray | None) -> np.ndarray:
 def load_cameras_file(path: str | Path, *, origin: np.ndarray | None = None) -> list[Camera]:
     """Cameras from ``transforms.json`` or a COLMAP sparse folder (cameras/images/points3D, .txt or .bin).
 
-    A folder may also be a COLMAP project root holding ``sparse/0`` or ``sparse``.
+    A folder may also be a COLMAP project root holding ``sparse/0`` or ``sparse``, or a nerfstudio /
+    NeRF-synthetic folder holding ``transforms.json`` / ``transforms_train.json``.
     """
     path = Path(path)
     if not path.exists():
         raise SceneFormatError("no such file or folder", path=path)
     if path.is_dir():
+        for name in ("transforms.json", "transforms_train.json"):  # nerfstudio / NeRF-synthetic folders
+            if (path / name).is_file() and not (path / "sparse").exists():
+                return load_transforms_json(path / name, origin=origin)
         return load_colmap_cameras(path, origin=origin)
     if path.suffix.lower() == ".json":
         return load_transforms_json(path, origin=origin)

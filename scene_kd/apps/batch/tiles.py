@@ -69,8 +69,10 @@ class BatchJob:
 
 
 def tile_name(tile: str | Path) -> str:
-    """``tiles/a.b.laz`` -> ``a.b`` (the name of its output and sidecar)."""
-    return Path(tile).name.rsplit(".", 1)[0]
+    """``tiles/a.b.laz`` -> ``a.b`` (the name of its output and sidecar); ``x.copc.laz`` -> ``x`` (the output is
+    plain LAZ, so it must not claim to be COPC)."""
+    name = Path(tile).name.rsplit(".", 1)[0]
+    return name[:-5] if name.lower().endswith(".copc") else name
 
 
 def output_path(out_dir: str | Path, tile: str | Path) -> Path:

@@ -130,6 +130,10 @@ def read_ply(path: Path) -> PointCloud | GaussianSplats:
     lab_key = _first(names, _LABEL_KEYS)
     inst_key = _first(names, _INSTANCE_KEYS)
     labels = _whole_labels(data[lab_key], lab_key, path) if lab_key else None
+    if labels is not None and not label_names and "classification" in lab_key.lower():
+        from scene_kd.eval.labels import ASPRS_CLASSES
+
+        label_names = dict(ASPRS_CLASSES)  # a classification field (LAS, CloudCompare) holds ASPRS codes
     if labels is None:
         lab_key = None
     instances = np.asarray(data[inst_key]).astype(np.int32) if inst_key else None
