@@ -331,15 +331,7 @@ def run_batch(
 ) -> dict[str, Any]:
     """Label ``tiles`` with ``job``; ``workers`` 0 = in-process loop, else Ray with that many CPUs
     (``address``: an existing cluster, "auto" included). Returns the summary written to DIR/summary.json."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from scene_kd.progress import progress_bar
 
     out_dir = Path(job.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,12 +343,10 @@ def run_batch(
     t_ready = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}
     done_points = 0
-    bar = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(), TextColumn("tiles"),
-                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), disable=not progress, transient=False)
+    bar = progress_bar(progress, columns=("tiles", "{task.fields[rate]}"), transient=False)
     try:
         with bar:
-            task = bar.add_task("tiles", total=len(tiles), rate="")
+            task = bar.add_task("batch", total=len(tiles), rate="")
             results = run_on_ray(tiles, job, force) if use_ray else run_in_process(tiles, job, force)
             for rec in results:
                 records[rec["tile"]] = rec
