@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,77 +135,96 @@ FEATURES = FeaturesStage()
 _VERSION = "features-v2"
 
 
+@dataclass
+class EncodedViews:
+    """What the teacher (or the feature cache) gave for every view: one ViewMasks per view, the views taken from
+    the cache, seconds inside the teacher, and the rgb of the preview views."""
+
+    results: list[ViewMasks | None]
+    cached: int = 0
+    teacher_seconds: float = 0.0
+    preview_rgb: dict[int, np.ndarray] = dataclass_field(default_factory=dict)
+
+
 def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> dict[str, Any]:
+    """The features stage: plan (views, teacher, cache) -> encode every view -> write masks/ + features ->
+    preview; returns the summary."""
     t0 = time.perf_counter()
-    run_dir = run.root
-    cameras = load_cameras(run_dir)
-    n = len(cameras)
-    if n == 0:
-        raise RunStateError("views.json lists no views; nothing for the teacher to see", path=run_dir)
-    teacher = make_teacher(run_dir, cfg)
-    use_photos = photos_for_teacher(run_dir, cfg.teacher_input)
-    cache = FeatureCache(getattr(teacher, "cache_key", None) or config_hash(teacher.name, teacher_kwargs(cfg)))
-    dim = int(teacher.dim)
-    results: list[ViewMasks | None] = [None] * n
+    n, teacher, cache, use_photos = _plan_features(run, cfg)
     preview_idx = set(np.linspace(0, n - 1, min(n, PREVIEW_VIEWS)).round().astype(int).tolist()) if preview else set()
-    preview_rgb: dict[int, np.ndarray] = {}
-    teacher_seconds, cached = 0.0, 0
+    enc = _encode_views(run, teacher, cache, use_photos, n, max(1, cfg.batch_size), preview_idx)
+    summary = write_outputs(run.root, enc.results, teacher, key)
+    if preview:
+        shown = sorted(enc.preview_rgb)
+        write_preview(run.masks_png, [enc.preview_rgb[i] for i in shown],
+                      [np.asarray(enc.results[i].mask_ids) for i in shown],  # type: ignore[union-attr]
+                      [enc.results[i].embeddings for i in shown])  # type: ignore[union-attr]
+    summary.update(photo_views=sum(use_photos), cached_views=enc.cached, teacher_seconds=round(enc.teacher_seconds, 3),
+                   masks_per_s=round(summary["masks"] / enc.teacher_seconds, 2) if enc.teacher_seconds > 0 else None)
+    if hasattr(teacher, "model_seconds"):
+        summary["model_seconds"] = round(teacher.model_seconds(), 3)
+    log.info("features: %d masks over %d views (%s) in %.1f s", summary["masks"], n, teacher.name,
+             time.perf_counter() - t0)
+    return summary
+
+
+def _plan_features(run: RunDir, cfg: TeacherConfig) -> tuple[int, Teacher, FeatureCache, list[bool]]:
+    """(views, the teacher, its feature cache, which views feed the teacher a photo); RunStateError when the
+    run lists no views."""
+    n = len(load_cameras(run.root))
+    if n == 0:
+        raise RunStateError("views.json lists no views; nothing for the teacher to see", path=run.root)
+    teacher = make_teacher(run.root, cfg)
+    cache = FeatureCache(getattr(teacher, "cache_key", None) or config_hash(teacher.name, teacher_kwargs(cfg)))
+    return n, teacher, cache, photos_for_teacher(run.root, cfg.teacher_input)
+
+
+def _encode_views(run: RunDir, teacher: Teacher, cache: FeatureCache, use_photos: list[bool], n: int,
+                  batch_size: int, preview_idx: set[int]) -> EncodedViews:
+    """Every view's masks: from the cache where its content was seen before, else from the teacher in batches
+    of ``batch_size`` views (the photo where the view has one, render/photos.py)."""
+    enc = EncodedViews(results=[None] * n)
     pending: list[tuple[int, str, Render]] = []
     done_masks = 0
-
-    def flush(progress, task) -> None:
-        nonlocal teacher_seconds, done_masks
-        if not pending:
-            return
-        if hasattr(teacher, "load"):
-            teacher.load()  # model loading is not teacher time
-        t = time.perf_counter()
-        vms = teacher.encode_views([r for _, _, r in pending])
-        teacher_seconds += time.perf_counter() - t
-        if len(vms) != len(pending):
-            raise SceneKDError(f"teacher {teacher.name} returned {len(vms)} results for {len(pending)} views")
-        for (i, h, r), vm in zip(pending, vms, strict=True):
-            validate_view_masks(vm, r, dim, f"view {i:04d}")
-            cache.put(h, vm)
-            results[i] = vm
-            done_masks += vm.num_masks
-        progress.update(task, advance=len(pending),
-                        rate=f"{done_masks / max(teacher_seconds, 1e-9):.1f} masks/s")
-        pending.clear()
-
     with progress_bar(None, columns=("views", "{task.fields[rate]}")) as progress:
         task = progress.add_task(f"features ({teacher.name})", total=n, rate="")
-        for i, r in iter_teacher_renders(run_dir, use_photos):  # the photo where the view has one (render/photos.py)
+        for i, r in iter_teacher_renders(run.root, use_photos):
             if i in preview_idx:
-                preview_rgb[i] = r.rgb
+                enc.preview_rgb[i] = r.rgb
             h = render_content_hash(r)
             hit = cache.get(h)
             if hit is not None:
-                validate_view_masks(hit, r, dim, f"cached view {i:04d}")
-                results[i] = hit
-                cached += 1
+                validate_view_masks(hit, r, int(teacher.dim), f"cached view {i:04d}")
+                enc.results[i], enc.cached = hit, enc.cached + 1
                 progress.update(task, advance=1)
                 continue
             pending.append((i, h, r))
-            if len(pending) >= max(1, cfg.batch_size):
-                flush(progress, task)
-        flush(progress, task)
+            if len(pending) >= batch_size or i == n - 1:
+                done_masks += _process_batch(teacher, cache, pending, enc)
+                progress.update(task, advance=len(pending),
+                                rate=f"{done_masks / max(enc.teacher_seconds, 1e-9):.1f} masks/s")
+                pending.clear()
+        if pending:
+            done_masks += _process_batch(teacher, cache, pending, enc)
+            progress.update(task, advance=len(pending))
+    return enc
 
-    summary = write_outputs(run_dir, results, teacher, key)
-    summary["photo_views"] = sum(use_photos)
-    if preview:
-        write_preview(run.masks_png, [preview_rgb[i] for i in sorted(preview_rgb)],
-                      [np.asarray(results[i].mask_ids) for i in sorted(preview_rgb)],  # type: ignore[union-attr]
-                      [results[i].embeddings for i in sorted(preview_rgb)])  # type: ignore[union-attr]
-    seconds = time.perf_counter() - t0
-    model_seconds = teacher.model_seconds() if hasattr(teacher, "model_seconds") else None
-    summary.update(cached_views=cached,
-                   teacher_seconds=round(teacher_seconds, 3),
-                   masks_per_s=round(summary["masks"] / teacher_seconds, 2) if teacher_seconds > 0 else None)
-    if model_seconds is not None:
-        summary["model_seconds"] = round(model_seconds, 3)
-    log.info("features: %d masks over %d views (%s) in %.1f s", summary["masks"], n, teacher.name, seconds)
-    return summary
+
+def _process_batch(teacher: Teacher, cache: FeatureCache, pending: list[tuple[int, str, Render]],
+                   enc: EncodedViews) -> int:
+    """Run the teacher on one batch of views, validate and cache each result; returns the masks it made."""
+    if hasattr(teacher, "load"):
+        teacher.load()  # model loading is not teacher time
+    t = time.perf_counter()
+    vms = teacher.encode_views([r for _, _, r in pending])
+    enc.teacher_seconds += time.perf_counter() - t
+    if len(vms) != len(pending):
+        raise SceneKDError(f"teacher {teacher.name} returned {len(vms)} results for {len(pending)} views")
+    for (i, h, r), vm in zip(pending, vms, strict=True):
+        validate_view_masks(vm, r, int(teacher.dim), f"view {i:04d}")
+        cache.put(h, vm)
+        enc.results[i] = vm
+    return sum(vm.num_masks for vm in vms)
 
 
 def write_outputs(run_dir: Path, results: list[ViewMasks | None], teacher: Teacher, chash: str) -> dict[str, Any]:
