@@ -101,7 +101,7 @@ def load_transforms_json(path: str | Path, *, origin: np.ndarray | None = None) 
     cams = []
     for i, frame in enumerate(meta["frames"]):
         try:
-            cams.append(_frame_camera(frame, meta, path, origin))
+            cams.append(frame_camera(frame, meta, path, origin))
         except (KeyError, TypeError, ValueError) as e:
             raise SceneFormatError(
                 f"frame {i}: missing or bad field ({type(e).__name__}: {e})", path=path
@@ -109,7 +109,10 @@ def load_transforms_json(path: str | Path, *, origin: np.ndarray | None = None) 
     return cams
 
 
-def _frame_camera(frame: dict[str, Any], meta: dict[str, Any], path: Path, origin) -> Camera:
+def frame_camera(frame: dict[str, Any], meta: dict[str, Any], path: Path, origin) -> Camera:
+    """One transforms.json frame as a Camera: per-frame intrinsics over the file's (``fl_x``/``camera_angle_x``,
+    ``w``/``h`` or the image's own size), OpenGL camera-to-world to OpenCV world-to-camera, ``origin`` subtracted.
+    Used by the transforms.json reader and the capture loader (NeRF-synthetic folders)."""
     def get(key: str, default=None):
         return frame.get(key, meta.get(key, default))
 

@@ -288,7 +288,7 @@ def _nerfstudio(root: Path):
 
 
 def _nerf_synthetic(root: Path):
-    from scene_kd.scene.cameras import _frame_camera
+    from scene_kd.scene.cameras import frame_camera
 
     splits = [root / f"transforms_{s}.json" for s in ("train", "val", "test")]
     splits = [p for p in splits if p.is_file()]
@@ -305,7 +305,7 @@ def _nerf_synthetic(root: Path):
                     with Image.open(photo) as im:
                         meta["w"], meta["h"] = im.size
                 try:
-                    cam = _frame_camera(frame, meta, sp, origin)
+                    cam = frame_camera(frame, meta, sp, origin)
                 except (KeyError, TypeError, ValueError) as e:
                     raise SceneFormatError(f"frame {i}: missing or bad field ({e})", path=sp) from None
                 cams.append(cam)
