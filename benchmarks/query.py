@@ -92,7 +92,7 @@ def run(full: bool = False) -> dict:
 
     # baseline: plain float32 numpy, features pre-normalised
     text = embed_prompts(encoder, [query, *DEFAULT_NEGATIVES]).numpy()
-    f32 = field.features["fused"].float().numpy()
+    f32 = field.dense("fused").numpy()
     f32 /= np.linalg.norm(f32, axis=1, keepdims=True)
 
     def baseline() -> np.ndarray:
@@ -105,7 +105,7 @@ def run(full: bool = False) -> dict:
     out["speedup_float32_path_vs_numpy"] = round(med_b / med32, 2)
 
     sample = np.random.default_rng(1).choice(n, 20000, replace=False)
-    f64 = field.features["fused"][sample].double().numpy()
+    f64 = field.features["fused"].rows(torch.as_tensor(sample)).double().numpy()
     f64 /= np.linalg.norm(f64, axis=1, keepdims=True)
     s64 = f64 @ text.astype(np.float64).T
     ref = 1.0 / (1.0 + np.exp(-10.0 * (s64[:, 0] - s64[:, 1:].max(axis=1))))

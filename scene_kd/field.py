@@ -1,11 +1,14 @@
 """FeatureField: per-point (or per-Gaussian) language features and the metadata needed to query them.
 
 On disk: ``RUN/field.safetensors`` with
-  ``positions`` float32 [N, 3] (local), ``features.fused`` / ``features.distilled`` float16 [N, D] (either may
-  be absent), ``coverage`` int32 [N] (views that saw each point), optional ``rgb`` uint8 [N, 3] and
-  ``labels`` int32 [N] (ground truth, for evaluation);
+  ``positions`` float32 [N, 3] (local), the fused and distilled features (either may be absent) in one of the
+  stores of scene_kd/feature_store.py under ``features.fused`` / ``features.distilled``: dense float16 [N, D]
+  (``features.fused``), a mask mixture (``features.fused.bank`` [M, D] float16, ``.inv_norm`` [N] float32 and
+  per granularity g ``.crow.g`` [N+1] int32, ``.col.g`` / ``.val.g`` [nnz] int32 / float32) or low-rank codes
+  (``features.distilled.codes`` [N, r] float16, ``.decoder`` [r, D] float32), ``coverage`` int32 [N] (views
+  that saw each point), optional ``rgb`` uint8 [N, 3] and ``labels`` int32 [N] (ground truth, for evaluation);
 and ``RUN/field.json`` with format_version, kind, teacher, text_encoder, dim, origin (float64 [3]), units,
-source_hash, config_hash, label_names.
+source_hash, config_hash, label_names, storage ({source: store kind}). Version 1 files (dense only) load too.
 
 The ensemble (OpenScene 2D-3D) is not stored: it depends on the query vocabulary, so
 :meth:`FeatureField.features_for` computes it from fused + distilled for the given text embeddings.
@@ -21,19 +24,28 @@ import numpy as np
 import torch
 
 from scene_kd.errors import RunStateError
+from scene_kd.feature_store import FeatureRows, as_rows, from_tensors
 from scene_kd.runio import load_tensors, read_json, save_tensors, write_json
 from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SOURCES = ("fused", "distilled", "ensemble")
 ENSEMBLE_TIE_MARGIN = 2e-3  # cosine; float16 rows carry ~1e-3 rounding
+
+
+class _Stores(dict):
+    """source -> store; a tensor [N, D] assigned is wrapped as dense rows."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, as_rows(value))
 
 
 @dataclass
 class FeatureField:
     positions: np.ndarray  # [N, 3] float32 local
     origin: np.ndarray  # [3] float64
-    features: dict[str, torch.Tensor]  # "fused" / "distilled" -> [N, D] float16
+    features: dict[str, FeatureRows]  # "fused" / "distilled" -> a store (tensors [N, D] are wrapped as dense)
     teacher: str
     text_encoder: str
     dim: int
@@ -47,6 +59,9 @@ class FeatureField:
     config_hash: str = ""
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.features = _Stores({k: as_rows(v) for k, v in self.features.items()})
+
     def __len__(self) -> int:
         return int(self.positions.shape[0])
 
@@ -58,23 +73,28 @@ class FeatureField:
     def default_source(self) -> str:
         return self.sources[-1] if self.sources else "fused"
 
+    def dense(self, source: str) -> torch.Tensor:
+        """[N, D] float32 decoded features of a stored source ("fused" / "distilled"); for small fields and
+        tests (queries go through the store: scene_kd/query/similarity.py)."""
+        if source not in self.features:
+            raise RunStateError(f"this field has no {source} features (has: {', '.join(self.sources) or 'none'})")
+        return self.features[source].dense()
+
     def features_for(self, source: str, text_embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """[N, D] features for ``source``.
+        """[N, D] float32 decoded features for ``source`` (small fields: this is dense).
 
         For "ensemble", per point take fused or distilled, whichever has the higher max cosine similarity
         over ``text_embeddings`` [P, D] (the query vocabulary); required for that source.
         """
         if source in ("fused", "distilled"):
-            if source not in self.features:
-                raise RunStateError(f"this field has no {source} features (has: {', '.join(self.sources) or 'none'})")
-            return self.features[source]
+            return self.dense(source)
         if source != "ensemble":
             raise RunStateError(f"unknown feature source {source!r}; choose one of {', '.join(SOURCES)}")
         if "fused" not in self.features or "distilled" not in self.features:
             raise RunStateError("ensemble needs both fused and distilled features; run `scene-kd distill` first")
         if text_embeddings is None:
             raise ValueError("ensemble features need the query's text embeddings")
-        fused, distilled = self.features["fused"], self.features["distilled"]
+        fused, distilled = self.dense("fused"), self.dense("distilled")
         text = text_embeddings.to(torch.float32)
         best_f = _max_similarity(fused, text)
         best_d = _max_similarity(distilled, text)
@@ -92,9 +112,9 @@ class FeatureField:
         run_dir = Path(run_dir)
         tensors: dict[str, Any] = {"positions": self.positions}
         for k, v in self.features.items():
-            if v.shape != (len(self), self.dim):
-                raise RunStateError(f"{k} features have shape {tuple(v.shape)}, expected ({len(self)}, {self.dim})")
-            tensors[f"features.{k}"] = v.to(torch.float16)
+            if (v.n, v.dim) != (len(self), self.dim):
+                raise RunStateError(f"{k} features have shape {(v.n, v.dim)}, expected ({len(self)}, {self.dim})")
+            tensors.update(v.tensors(f"features.{k}"))
         for k in ("coverage", "rgb", "labels"):
             if getattr(self, k) is not None:
                 tensors[k] = getattr(self, k)
@@ -104,7 +124,8 @@ class FeatureField:
             "text_encoder": self.text_encoder, "dim": self.dim, "count": len(self),
             "origin": [float(x) for x in self.origin], "units": self.units, "sources": self.sources,
             "source_hash": self.source_hash, "config_hash": self.config_hash,
-            "label_names": {str(k): v for k, v in self.label_names.items()}, **self.extra_meta,
+            "label_names": {str(k): v for k, v in self.label_names.items()},
+            "storage": {k: v.kind for k, v in self.features.items()}, **self.extra_meta,
             **({"teacher_note": ORACLE_NOTE} if self.teacher == ORACLE else {}),
         })
 
@@ -115,20 +136,26 @@ class FeatureField:
         if not run_dir.is_dir():
             raise RunStateError("not a run folder", path=run_dir)
         meta = read_json(run_dir / "field.json")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise RunStateError(f"field format version {meta.get('format_version')} is not {FORMAT_VERSION}", path=run_dir)
+        if meta.get("format_version") not in READABLE_VERSIONS:
+            raise RunStateError(f"field format version {meta.get('format_version')} is not one of "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}", path=run_dir)
         if expect_text_encoder is not None and meta["text_encoder"] != expect_text_encoder:
             raise RunStateError(
                 f"field was made with text encoder {meta['text_encoder']!r}, not {expect_text_encoder!r}", path=run_dir
             )
         tensors, _ = load_tensors(run_dir / "field.safetensors")
         positions = tensors["positions"].numpy()
-        features = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("features.")}
-        for k, v in features.items():
-            if v.ndim != 2 or v.shape[0] != len(positions) or v.shape[1] != meta["dim"]:
-                raise RunStateError(f"{k} features have shape {tuple(v.shape)}; field.json says dim {meta['dim']}", path=run_dir)
+        features = {}
+        for k in ("fused", "distilled"):
+            store = from_tensors(tensors, f"features.{k}")
+            if store is None:
+                continue
+            if store.n != len(positions) or store.dim != meta["dim"]:
+                raise RunStateError(f"{k} features are {store.n} x {store.dim}; field.json says {len(positions)} points "
+                                    f"of dim {meta['dim']}", path=run_dir)
+            features[k] = store
         known = {"format_version", "kind", "teacher", "text_encoder", "dim", "count", "origin", "units", "sources",
-                 "source_hash", "config_hash", "label_names", "teacher_note"}
+                 "source_hash", "config_hash", "label_names", "teacher_note", "storage"}
         opt = lambda k: tensors[k].numpy() if k in tensors else None  # noqa: E731
         return cls(
             positions=positions, origin=np.array(meta["origin"], dtype=np.float64), features=features,

@@ -72,7 +72,7 @@ def test_feature_field_roundtrip_and_validation(tmp_path):
     g = FeatureField.load(tmp_path, expect_text_encoder="oracle:v2:d8")
     assert g.sources == ["fused", "distilled", "ensemble"]
     assert np.array_equal(g.origin, f.origin) and g.label_names == {0: "road"}
-    assert torch.equal(g.features["fused"], f.features["fused"])
+    assert torch.equal(g.features["fused"].data, f.features["fused"].data)
     with pytest.raises(RunStateError, match="text encoder"):
         FeatureField.load(tmp_path, expect_text_encoder="open_clip:ViT-B-16:laion2b_s34b_b88k")
     with pytest.raises(RunStateError, match="not a run folder"):
@@ -86,10 +86,11 @@ def test_feature_field_roundtrip_and_validation(tmp_path):
 
 def test_ensemble_takes_the_more_confident_source():
     f = _field()
-    text = torch.nn.functional.normalize(f.features["distilled"][10:12].float(), dim=1)
+    text = torch.nn.functional.normalize(f.features["distilled"].data[10:12].float(), dim=1)
     ens = f.features_for("ensemble", text)
     # rows 10 and 11 match the text exactly in distilled -> distilled wins there; uncovered rows -> distilled
-    assert torch.equal(ens[10], f.features["distilled"][10]) and torch.equal(ens[:10], f.features["distilled"][:10])
+    dist = f.dense("distilled")
+    assert torch.equal(ens[10], dist[10]) and torch.equal(ens[:10], dist[:10])
     with pytest.raises(RunStateError):
         _field(with_distilled=False).features_for("ensemble", text)
 

@@ -249,7 +249,7 @@ def test_save_load_apply_student_on_new_scene(scene, trained, tmp_path):
     # a new scene: another seed, translated (the student sees only relative heights and colours)
     xyz2, rgb2, lab2 = toy_scene(seed=5)
     cloud = PointCloud(xyz=xyz2 + np.float32([100, -50, 7]), rgb=rgb2, labels=lab2)
-    feats = apply_student(tmp_path, cloud)
+    feats = apply_student(tmp_path, cloud).dense()  # no decoder saved: the identity
     acc = ((feats.numpy() @ classes.T).argmax(1) == lab2).mean()
     assert acc > 0.7
     (tmp_path / "student.safetensors").write_bytes(b"garbage")
@@ -270,7 +270,7 @@ def test_apply_student_on_splats_uses_the_colour_rounding_it_trained_on(scene, t
     truncated = np.clip((0.5 + SH_C0 * splats.sh[:, 0]) * 255, 0, 255).astype(np.uint8)
     assert (splats.rgb_from_dc() != truncated).mean() > 0.5
     expected = predict(load_student(tmp_path), xyz, splats.rgb_from_dc())
-    assert torch.equal(apply_student(tmp_path, splats), expected)
+    assert torch.equal(apply_student(tmp_path, splats).codes, expected.half())
 
 
 # ---- the stage and its CLI --------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ def test_distill_stage_writes_student_and_field_then_skips(tmp_path, scene):
     assert not out["skipped"] and out["epochs"] == 2 and out["voxel_size"] == 0.5
     field = FeatureField.load(run)
     assert set(field.features) == {"fused", "distilled"} and field.sources == ["fused", "distilled", "ensemble"]
-    torch.testing.assert_close(field.features["fused"].float(), torch.from_numpy(scene[3]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(field.dense("fused"), torch.from_numpy(scene[3]), atol=1e-3, rtol=0)
     meta = json.loads((run / "student.json").read_text())
     assert meta["dim"] == 16 and meta["spec"]["channels"] == [8, 16] and meta["architecture"]
     assert (run / "student.ckpt.pt").exists()
@@ -306,9 +306,27 @@ def test_distill_stage_writes_student_and_field_then_skips(tmp_path, scene):
     assert (run / "student.safetensors").stat().st_mtime_ns == mtime
     # the student applies to the run's own points like the stored distilled features
     feats = apply_student(run, PointCloud(xyz=scene[0], rgb=scene[1]))
-    torch.testing.assert_close(feats.half().float(), field.features["distilled"].float(), atol=2e-3, rtol=0)
+    assert field.features["distilled"].kind == "low-rank" and torch.equal(feats.codes, field.features["distilled"].codes)
+    torch.testing.assert_close(feats.dense(), field.dense("distilled"), atol=2e-3, rtol=0)
     # a changed config retrains
     assert not distill_stage(run, dataclasses.replace(STAGE_CFG, epochs=1), progress=False)["skipped"]
+
+
+def test_student_predicts_in_a_principal_basis_when_the_rank_is_below_the_dim(tmp_path, scene):
+    """feature_rank r < D: the student has r outputs, the field stores [N, r] codes and the [r, D] orthonormal
+    basis, and queries see the decoded D-d features."""
+    from scene_kd.pipeline import distill_stage
+
+    run = make_run(tmp_path, scene)
+    distill_stage(run, dataclasses.replace(STAGE_CFG, feature_rank=4), progress=False)
+    field = FeatureField.load(run)
+    dist = field.features["distilled"]
+    assert dist.kind == "low-rank" and tuple(dist.codes.shape) == (len(scene[0]), 4) and dist.dim == 16
+    torch.testing.assert_close(dist.decoder @ dist.decoder.T, torch.eye(4), atol=1e-5, rtol=0)
+    meta = json.loads((run / "student.json").read_text())
+    assert meta["dim"] == 16 and meta["rank"] == 4
+    applied = apply_student(run, PointCloud(xyz=scene[0], rgb=scene[1]))
+    assert torch.equal(applied.decoder, dist.decoder) and torch.equal(applied.codes, dist.codes)
 
 
 def test_distill_stage_bad_runs_leave_files_untouched(tmp_path, scene):

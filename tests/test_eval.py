@@ -86,7 +86,7 @@ def test_eval_stage_end_to_end(tmp_path, capsys):
     vec = class_vectors(name_of)
     code_of = {name_of[c]: c for c in (2, 6, 11)}
     text = torch.stack([vec[code_of[n]] for n in vocab])
-    pred = (field.features["fused"].float() @ text.T).argmax(1).numpy()
+    pred = (field.dense("fused") @ text.T).argmax(1).numpy()
     gt = np.array([vocab.index(name_of[int(c)]) if name_of[int(c)] in vocab else -1 for c in field.labels])
     ious = []
     for k in range(3):

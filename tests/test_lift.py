@@ -178,22 +178,31 @@ def _reference_fusion(xyz, cams, depths, masks, E, cfg):
     return torch.nn.functional.normalize(total, dim=1).float(), coverage
 
 
+def _decoded(features):
+    return features if isinstance(features, torch.Tensor) else features.dense()
+
+
+@pytest.mark.parametrize("output,cull", [("dense", False), ("mixture", False), ("mixture", True)])
 @pytest.mark.parametrize("granularity", ["camera", "camera+mask"])
-def test_streamed_sparse_fusion_equals_the_dense_definition(granularity):
+def test_streamed_sparse_fusion_equals_the_dense_definition(granularity, output, cull):
     xyz, cams, depths, masks, E = _random_scene(1)
     cfg = FuseConfig(border_px=3, granularity=granularity)
     want, want_cov = _reference_fusion(xyz, cams, depths, masks, E, cfg)
     assert 0.5 < float((want_cov > 0).float().mean()) < 1.0  # some points unseen: the test means something
-    got, cov, per = fuse_points(xyz, cams, iter(depths), iter(masks), E, cfg)
+    got, cov, per = fuse_points(xyz, cams, iter(depths), iter(masks), E, cfg, output=output, cull=cull)
     assert torch.equal(cov, want_cov)
-    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    torch.testing.assert_close(_decoded(got), want, atol=2e-5, rtol=0)
     assert len(per) == (2 if granularity == "camera" else 4)
+    if output == "mixture":  # unit rows where covered, zero elsewhere, as stored norms say
+        covered = want_cov > 0
+        assert torch.equal(got.inv_norm() > 0, covered)
+        torch.testing.assert_close(got.dense()[covered].norm(dim=1), torch.ones(int(covered.sum())), atol=1e-5, rtol=0)
     # views streamed grouped by level (one granularity live at a time) give the same result
     order = sorted(range(len(cams)), key=lambda i: cams[i].level)
     got2, cov2, _ = fuse_points(xyz, [cams[i] for i in order], (depths[i] for i in order), (masks[i] for i in order),
-                                E, cfg)
+                                E, cfg, output=output)
     assert torch.equal(cov2, cov)
-    torch.testing.assert_close(got2, got, atol=2e-6, rtol=0)
+    torch.testing.assert_close(_decoded(got2), _decoded(got), atol=2e-6, rtol=0)
 
 
 def test_scene_normals_drive_the_view_angle_weight():

@@ -107,7 +107,7 @@ def test_fuse_stage_writes_fused_features_and_the_field(run_dir):
     pc = labelled_scene()
     assert summary["count"] == len(pc) and 0.0 < summary["coverage"] < 1.0
     tensors, meta = load_tensors(run_dir / "fused.safetensors")
-    assert tensors["features"].dtype == torch.float16 and tensors["features"].shape == (len(pc), 64)
+    assert "features" not in tensors and meta["storage"] == "mask-mixture"  # the field holds them, once
     assert meta["granularities"] == ["level0", "level1"] and meta["text_encoder"] == "oracle:v2:d64"
     cov = tensors["coverage"]
     assert int((cov > 0).sum()) == summary["covered"]
@@ -120,7 +120,7 @@ def test_fuse_stage_writes_fused_features_and_the_field(run_dir):
     np.testing.assert_array_equal(field.coverage, cov.numpy())
     assert field.rgb is not None and field.label_names[BUILDING] == "building"
     # uncovered points: exactly the zero rows; hidden ground under the roof among them
-    fused = field.features["fused"].float()
+    fused = field.dense("fused")
     assert torch.equal(fused.abs().sum(1) == 0, cov == 0)
     under_roof = (pc.xyz[:, 2] == 0) & (np.abs(pc.xyz[:, 0] - 9.5) < 0.6) & (np.abs(pc.xyz[:, 1] - 5.5) < 0.6)
     assert under_roof.any() and (cov.numpy()[under_roof] == 0).all()
@@ -226,7 +226,7 @@ def test_fuse_stage_lifts_onto_gaussians_through_topk_weights(tmp_path):
     summary = fuse_stage(run, FuseConfig(border_px=0))
     assert summary["kind"] == "gaussians" and summary["covered"] == 3
     field = FeatureField.load(run)
-    f = field.features["fused"].float()
+    f = field.dense("fused")
     assert field.kind == "gaussians" and field.coverage.tolist() == [1, 1, 1, 0, 0]
     torch.testing.assert_close(f[:3, :2], torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0]]), atol=1e-3, rtol=0)
     assert (f[3:] == 0).all() and field.rgb.shape == (n, 3)

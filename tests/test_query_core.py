@@ -117,7 +117,7 @@ def test_relevancy_sources_and_ensemble():
     field = make_field(sources=("fused", "distilled"))
     # distilled knows the cars; fused features of car points are zero (never seen)
     cars = np.where(field.labels == 3)[0]
-    field.features["fused"][cars] = 0
+    field.features["fused"].data[cars] = 0
     enc = BasisEncoder()
     assert field.sources == ["fused", "distilled", "ensemble"]
     rel_fused = relevancy(field, "car", source="fused", encoder=enc).numpy()
@@ -150,7 +150,7 @@ def test_relevancy_bad_input():
     with pytest.raises(RunStateError, match="16-d"):
         relevancy(field, "road", encoder=BasisEncoder(dim=8))
     bad = make_field()
-    bad.features["fused"][3, 2] = float("nan")
+    bad.features["fused"].data[3, 2] = float("nan")
     with pytest.raises(RunStateError, match="NaN"):
         relevancy(bad, "road", encoder=enc)
 

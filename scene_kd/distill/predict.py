@@ -86,21 +86,32 @@ def _tiles(xyz: Tensor, max_points: int, spec: StudentSpec):
         yield core, ctx
 
 
+DECODER_KEY = "feature_decoder"
+"""student.safetensors key of the [r, D] basis that decodes the student's r outputs to the text space."""
+
+
 def save_student(out_dir: str | Path, model: torch.nn.Module, *, config: DistillConfig | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
-    """``student.safetensors`` (weights + buffers) and ``student.json`` (architecture, spec, config, dims)."""
+                 decoder: Tensor | None = None, extra: dict[str, Any] | None = None) -> None:
+    """``student.safetensors`` (weights + buffers, and ``feature_decoder`` [r, D] when given) and
+    ``student.json`` (architecture, spec, config, dims: ``dim`` = the text space's D, ``rank`` = r)."""
     out_dir = Path(out_dir)
     spec: StudentSpec = model.spec
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if decoder is not None:
+        if decoder.ndim != 2 or decoder.shape[0] != spec.out_dim:
+            raise SceneKDError(f"decoder {tuple(decoder.shape)} does not match the student's {spec.out_dim} outputs")
+        state[DECODER_KEY] = decoder.to(torch.float32).contiguous()
     save_tensors(out_dir / "student.safetensors", state)
     write_json(out_dir / "student.json", {
         "format_version": STUDENT_FORMAT, "architecture": "minkunet-sparseconv", "in_dim": spec.in_dim,
-        "dim": spec.out_dim, "voxel_size": spec.voxel_size, "spec": spec.to_json(), "config": config, **(extra or {}),
+        "dim": int(decoder.shape[1]) if decoder is not None else spec.out_dim, "rank": spec.out_dim,
+        "voxel_size": spec.voxel_size, "spec": spec.to_json(), "config": config, **(extra or {}),
     })
 
 
 def load_student(student_dir: str | Path) -> StudentUNet:
-    """Rebuild a student saved by :func:`save_student` (torch backend, eval mode, CPU)."""
+    """Rebuild a student saved by :func:`save_student` (torch backend, eval mode, CPU); its decoder (identity
+    for students saved without one) is ``model.feature_decoder`` [r, D]."""
     student_dir = Path(student_dir)
     if not student_dir.is_dir():
         raise SceneKDError("student run folder not found", path=student_dir)
@@ -109,16 +120,19 @@ def load_student(student_dir: str | Path) -> StudentUNet:
         raise RunStateError(f"student format version {meta.get('format_version')} is not {STUDENT_FORMAT}", path=student_dir)
     spec = StudentSpec.from_json(meta["spec"])
     state, _ = load_tensors(student_dir / "student.safetensors")
+    decoder = state.pop(DECODER_KEY, None)
     model = StudentUNet(spec)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise RunStateError(f"student weights do not match student.json ({str(e).splitlines()[0]})", path=student_dir) from None
+    model.feature_decoder = decoder if decoder is not None else torch.eye(spec.out_dim)
     return model.eval()
 
 
-def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_500_000, progress: bool = False) -> Tensor:
-    """Run the student trained in ``student_dir`` (a run folder) on a new scene -> features [N, D] float32.
+def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_500_000, progress: bool = False) -> Any:
+    """Run the student trained in ``student_dir`` (a run folder) on a new scene -> its features as a
+    :class:`scene_kd.feature_store.LowRank` store (codes [N, r] float16 x the student's decoder [r, D]).
 
     ``scene``: a PointCloud, GaussianSplats (means + SH DC colour) or a scene file path.
     """
@@ -133,4 +147,7 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
         xyz, rgb, intensity = scene.xyz, scene.rgb, scene.intensity
     if len(xyz) == 0:
         raise SceneKDError("scene has no points")
-    return predict(model, xyz, rgb, intensity, max_points=max_points, progress=progress)
+    from scene_kd.feature_store import LowRank
+
+    codes = predict(model, xyz, rgb, intensity, max_points=max_points, progress=progress, dtype=torch.float16)
+    return LowRank(codes, model.feature_decoder)

@@ -20,20 +20,43 @@ from torch import Tensor
 from scene_kd.distill.config import DistillConfig
 from scene_kd.distill.sparseconv import SparseTensor
 from scene_kd.distill.unet import StudentSpec, voxel_inputs
+from scene_kd.errors import RunStateError
 
 
 def prepare_targets(fused: Tensor | np.ndarray, coverage: Tensor | np.ndarray | None) -> tuple[Tensor, Tensor]:
-    """(unit fused features [N, D] float32, covered mask [N] bool); covered = coverage > 0 and a finite, non-zero feature."""
-    f = torch.as_tensor(fused).to(torch.float32)
-    norm = f.norm(dim=1)
-    ok = torch.isfinite(f).all(dim=1) & (norm > 1e-6)
+    """(unit fused features [N, D] float32, covered mask [N] bool); covered = coverage > 0 and a finite, non-zero
+    feature. Built in row chunks: one [N, D] float32 result and no full-size temporaries (the input is not
+    modified)."""
+    src = torch.as_tensor(fused)
+    if src.ndim != 2:
+        raise RunStateError(f"fused features must be [N, D], got {tuple(src.shape)}")
+    out = torch.empty(src.shape, dtype=torch.float32)
+    ok = torch.empty(src.shape[0], dtype=torch.bool)
+    for s in range(0, src.shape[0], 262144):
+        f = src[s : s + 262144].to(torch.float32)
+        norm = f.norm(dim=1)
+        good = torch.isfinite(f).all(dim=1) & (norm > 1e-6)
+        out[s : s + 262144] = torch.where(good[:, None], f / norm.clamp_min(1e-6)[:, None], torch.zeros_like(f))
+        ok[s : s + 262144] = good
     if coverage is not None:
         ok &= torch.as_tensor(coverage).reshape(-1) > 0
-    f = torch.where(ok[:, None], f / norm.clamp_min(1e-6)[:, None], torch.zeros_like(f))
-    return f, ok
+        out[~ok] = 0
+    return out, ok
 
 
-def spherical_kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: int = 12, fit_samples: int = 20000) -> Tensor:
+class RowSubset:
+    """Rows ``index`` of ``x`` [N, D], gathered only when sliced (``rows[a:b]``, ``rows[idx]``): clustering the
+    covered points of a 10M-point tile without a second copy of its targets."""
+
+    def __init__(self, x: Tensor, index: Tensor):
+        self.x, self.index = x, index
+        self.shape = (int(index.numel()), *x.shape[1:])
+
+    def __getitem__(self, key):
+        return self.x[self.index[key]]
+
+
+def spherical_kmeans(x: Tensor | RowSubset, k: int, generator: torch.Generator, iterations: int = 12, fit_samples: int = 20000) -> Tensor:
     """Cluster unit vectors x [M, D] into k groups by cosine; returns labels [M] int64."""
     m = x.shape[0]
     k = max(1, min(k, m))
@@ -56,8 +79,9 @@ def spherical_kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: 
     return torch.cat([(x[s : s + 65536] @ centres.T).argmax(1) for s in range(0, m, 65536)])
 
 
-def balance_weights(fused_unit: Tensor, cfg: DistillConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """(loss weights [M] with mean 1: cluster frequency ** -balance_power, cluster labels [M]) for covered points."""
+def balance_weights(fused_unit: Tensor | RowSubset, cfg: DistillConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(loss weights [M] with mean 1: cluster frequency ** -balance_power, cluster labels [M]) for the M covered
+    points' unit features (a tensor [M, D] or a :class:`RowSubset`)."""
     if cfg.balance_clusters <= 1:
         return torch.ones(fused_unit.shape[0]), torch.zeros(fused_unit.shape[0], dtype=torch.int64)
     labels = spherical_kmeans(fused_unit, cfg.balance_clusters, generator)

@@ -101,19 +101,26 @@ _VERSION = "distill-v2"
 
 def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *, resume: bool,
                     progress: bool) -> dict[str, Any]:
+    """Train the point student on the fused features' coordinates in a rank-``cfg.feature_rank`` principal
+    basis (scene_kd/feature_store.py), predict every point, store the distilled features as low-rank codes."""
+    import torch
+
     from scene_kd.distill.train import predict, save_student, train_student
+    from scene_kd.feature_store import LowRank
 
     kind = "sparseconv"
     t0 = time.perf_counter()
     rgb, intensity = field.rgb, _run_scene_intensity(run_dir, len(field))
+    fused = field.features["fused"]
+    basis = student_basis(fused, cfg.feature_rank)
     model, history = train_student(
-        field.positions, field.features["fused"], field.coverage, rgb, cfg, intensity=intensity,
+        field.positions, fused.project(basis).half(), field.coverage, rgb, cfg, intensity=intensity,
         checkpoint=run_dir / CHECKPOINT, resume=resume, progress=progress,
     )
-    distilled = predict(model, field.positions, rgb, intensity, max_points=cfg.predict_points, device=cfg.device,
-                        progress=progress, threads=cfg.cpu_threads)
-    if distilled.shape != (len(field), field.dim):
-        raise RunStateError(f"student predicted {tuple(distilled.shape)}, field needs ({len(field)}, {field.dim})")
+    codes = predict(model, field.positions, rgb, intensity, max_points=cfg.predict_points, device=cfg.device,
+                    progress=progress, threads=cfg.cpu_threads, dtype=torch.float16)
+    if codes.shape != (len(field), basis.shape[0]):
+        raise RunStateError(f"student predicted {tuple(codes.shape)}, field needs ({len(field)}, {basis.shape[0]})")
     seconds = time.perf_counter() - t0
     summary = {
         "student": kind, "config_hash": chash, "points": len(field),
@@ -121,15 +128,34 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
         "voxel_size": history["spec"]["voxel_size"], "epochs": len(history["loss"]),
         "final_loss": history["loss"][-1] if history["loss"] else None, "steps": history["steps"],
         "points_per_second": history["points_per_second"], "train_seconds": round(seconds, 3),
+        "feature_rank": int(basis.shape[0]),
     }
-    save_student(run_dir, model, config=cfg, extra={
+    save_student(run_dir, model, config=cfg, decoder=basis, extra={
         "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,
         "distill_config_hash": chash, "history": {k: v for k, v in history.items() if k != "spec"},
     })
-    field.features["distilled"] = distilled.to(dtype=field.features["fused"].dtype)
+    field.features["distilled"] = LowRank(codes, basis)
     field.extra_meta["distill_config_hash"] = chash
     field.save(run_dir)
     return summary
+
+
+def student_basis(fused: Any, rank: int, sample: int = 200_000) -> Any:
+    """[r, D] orthonormal basis the point student predicts in: the top-``rank`` principal directions of the
+    mask embeddings (a mask mixture's bank) or of up to ``sample`` evenly spaced fused rows (dense stores);
+    the identity when ``rank >= D``."""
+    import torch
+
+    from scene_kd.feature_store import MaskMixture, principal_basis
+
+    if rank <= 0:
+        raise RunStateError(f"distill.feature_rank must be positive, got {rank}")
+    if rank >= fused.dim:
+        return principal_basis(torch.zeros(1, fused.dim), rank)
+    if isinstance(fused, MaskMixture):
+        return principal_basis(fused.bank, rank)
+    pick = torch.linspace(0, fused.n - 1, min(fused.n, sample)).long()
+    return principal_basis(fused.rows(pick), rank)
 
 
 def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash: str,
@@ -170,7 +196,7 @@ def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash
         raise RunStateError("views.json lists no cameras; rerun `scene-kd render`", path=run_dir)
     model, history = train_gaussian_field(splats, cameras, targets, None, gcfg,
                                           device="cpu" if cfg.device == "cpu" else "auto", progress=progress,
-                                          init_features=field.features["fused"].float())
+                                          init_features=field.dense("fused"))
     losses = [x for x in history["loss"] if x == x]  # without the NaNs of steps with no supervised pixel
     if not losses:
         raise RunStateError("no view had a pixel with a mask and opaque Gaussians; nothing to train on", path=run_dir)
@@ -181,7 +207,7 @@ def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash
         "distill_config_hash": chash, "config": dataclasses.asdict(gcfg), "backend": history["backend"],
         "final_loss": losses[-1], "seconds": round(seconds, 3),
     })
-    field.features["distilled"] = distilled.to(dtype=field.features["fused"].dtype)
+    field.features["distilled"] = distilled.to(torch.float16)
     field.extra_meta["distill_config_hash"] = chash
     field.save(run_dir)
     tail = losses[-min(len(losses), 20):]

@@ -37,6 +37,7 @@ from scene_kd.distill.predict import apply_student, load_student, predict, save_
 from scene_kd.distill.sampling import (
     Blocks,
     Holdout,
+    RowSubset,
     balance_weights,
     early_stopping,
     holdout_loss,
@@ -152,7 +153,7 @@ def _prepare(positions, fused, coverage, rgb, intensity, cfg: DistillConfig) -> 
 
     g = torch.Generator().manual_seed(cfg.seed)
     weights = torch.zeros(xyz.shape[0])
-    weights[covered], cluster_of_covered = balance_weights(target[covered], cfg, g)
+    weights[covered], cluster_of_covered = balance_weights(RowSubset(target, torch.nonzero(covered).flatten()), cfg, g)
     crop = cfg.crop_voxels * spec.voxel_size
     holdout = split_holdout(xyz, covered, Blocks.build(xyz, covered, crop), spec, cfg)
     train_covered = covered & ~holdout.held if holdout is not None else covered

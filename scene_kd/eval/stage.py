@@ -39,16 +39,20 @@ log = logging.getLogger(__name__)
 _VERSION = "eval-v1"
 
 
-def predict(features: torch.Tensor, text: torch.Tensor, chunk: int = 262144) -> np.ndarray:
-    """[N] int64 argmax over classes of cosine(features_i, text_c); -1 for all-zero feature rows."""
-    out = np.empty(features.shape[0], dtype=np.int64)
-    t = text.to(torch.float32)
-    for s in range(0, features.shape[0], chunk):
-        f = features[s : s + chunk].to(torch.float32)
-        pred = (f @ t.T).argmax(dim=1)
-        pred[f.abs().amax(dim=1) == 0] = -1
-        out[s : s + chunk] = pred.numpy()
-    return out
+def predict(field: Any, source: str, text: torch.Tensor) -> np.ndarray:
+    """[N] int64 argmax over classes of cosine(features_i, text_c) for a field source (fused, distilled,
+    ensemble), through the field's own store (no dense [N, D] copy); -1 for all-zero feature rows."""
+    from scene_kd.query.similarity import raw_dots, similarities
+
+    if source == "ensemble":
+        sims = similarities(field, text, source=source, precision="float32")  # [N, C]
+        pred = sims.argmax(dim=1)
+        pred[sims.abs().amax(dim=1) == 0] = -1
+        return pred.numpy().astype(np.int64)
+    dots, inv = raw_dots(field, source, text.to(torch.float32), precision="float32")  # [C, N]
+    pred = dots.argmax(dim=0)
+    pred[inv == 0] = -1
+    return pred.numpy().astype(np.int64)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -121,7 +125,7 @@ def _evaluate(run: RunDir, sources: Sequence[str] | None, query: Any) -> dict[st
     result: dict[str, Any] = {}
     confusions: dict[str, np.ndarray] = {}
     for src in srcs:
-        pred = predict(field.features_for(src, text), text)
+        pred = predict(field, src, text)
         if src == "fused":
             pred[~covered] = -1
         cm = confusion_matrix(targets, pred, len(vocabulary))

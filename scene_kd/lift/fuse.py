@@ -34,6 +34,8 @@ from scene_kd.lift.config import FuseConfig
 from scene_kd.scene.types import Camera
 
 GRANULARITY_MODES = ("camera", "camera+mask")
+CULL_MIN_POINTS = 200_000
+"""fuse_points culls each view's points through an xy grid from this many points up."""
 
 
 def granularity_key(camera_level: int, mask_level: int | None = None) -> str:
@@ -238,7 +240,9 @@ def fuse_points(
     *,
     normals: Tensor | np.ndarray | None = None,
     progress: Any = None,
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    output: str = "dense",
+    cull: bool | None = None,
+) -> tuple[Any, Tensor, dict[str, Tensor]]:
     """Fuse mask embeddings onto points, balanced across granularities.
 
     xyz: [N, 3] float32 local points.   cameras: V cameras (``level`` = granularity).
@@ -246,9 +250,17 @@ def fuse_points(
     mask_ids: V arrays [L, H, W] (or [H, W]) of global rows into ``embeddings`` (-1 none), same order.
     embeddings: [M, D] unit rows.   normals: optional [N, 3] point normals for the view-angle weight (else
     estimated from each depth image).   progress: optional callable ``progress(view_index)`` per view.
-    Returns (features [N, D] float32, unit rows where covered, zero rows elsewhere; coverage [N] int32 = number
-    of views that gave the point at least one mask; {granularity: [N] int32 views per point}).
+    output: "dense" (the reference: [N, D] float32 accumulators) or "mixture" (the same features held as
+    sparse per-point weights over the mask embeddings, :class:`scene_kd.lift.mixture.MixtureSums`; what the
+    fuse stage uses, so tile-scale 512-d fusion fits in memory).
+    cull: test only the points in the view frustum's cells of an xy grid (scene_kd/render/cull.py; same points
+    and pixels as testing all); None: when N >= ``CULL_MIN_POINTS``, so a tile's cost per view follows what it sees.
+    Returns (features: [N, D] float32 for "dense", a :class:`scene_kd.feature_store.MaskMixture` for
+    "mixture"; unit rows where covered, zero rows elsewhere; coverage [N] int32 = number of views that gave the
+    point at least one mask; {granularity: [N] int32 views per point}).
     """
+    from scene_kd.lift.mixture import MixtureSums
+    from scene_kd.render.cull import build_point_grid, visible_points_culled
     from scene_kd.render.points import visible_in_view
 
     cfg = cfg or FuseConfig()
@@ -267,8 +279,12 @@ def fuse_points(
         if tuple(normals_t.shape) != (n, 3):
             raise SceneKDError(f"normals must be [{n}, 3], got {tuple(normals_t.shape)}")
         normals_t = torch.nan_to_num(normals_t)
-    sums = GranularitySums(n, emb, balance=cfg.balance_granularities, views_per_level=views_per_level(cameras))
+    if output not in ("dense", "mixture"):
+        raise SceneKDError(f"unknown fusion output {output!r}; choose dense or mixture")
+    accumulator = GranularitySums if output == "dense" else MixtureSums
+    sums = accumulator(n, emb, balance=cfg.balance_granularities, views_per_level=views_per_level(cameras))
     coverage = torch.zeros(n, dtype=torch.int32)
+    grid = build_point_grid(xyz) if (cull if cull is not None else n >= CULL_MIN_POINTS) and n else None
     depth_it: Iterator = iter(depth_images)
     mask_it: Iterator = iter(mask_ids)
     for v, camera in enumerate(cameras):
@@ -280,9 +296,14 @@ def fuse_points(
         if tuple(depth.shape) != (camera.height, camera.width):
             raise SceneKDError(f"view {v}: depth image is {tuple(depth.shape)}, camera is {camera.height}x{camera.width}")
         masks = _check_mask_ids(masks, (camera.height, camera.width), emb.shape[0], v)
-        visible, flat = visible_in_view(xyz, camera, depth, tolerance=cfg.depth_tolerance, border_px=cfg.border_px)
-        idx = visible.nonzero().squeeze(1)  # ascending
-        pix = flat[idx]
+        if grid is None:
+            visible, flat = visible_in_view(xyz, camera, depth, tolerance=cfg.depth_tolerance, border_px=cfg.border_px)
+            idx = visible.nonzero().squeeze(1)  # ascending
+            pix = flat[idx]
+        else:
+            idx_np, pix = visible_points_culled(xyz, camera, depth, grid, tolerance=cfg.depth_tolerance,
+                                                border_px=cfg.border_px)
+            idx = torch.from_numpy(idx_np)  # ascending (the grid's indices are sorted)
         L = masks.shape[0]
         point_masks = masks.reshape(L, -1)[:, pix].T  # [n_vis, L]
         has_mask = point_masks >= 0

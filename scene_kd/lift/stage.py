@@ -1,11 +1,12 @@
 """The fuse stage: RUN/{scene, views.json, renders/, masks/, features.safetensors} -> RUN/fused.safetensors +
 RUN/field.safetensors/field.json.
 
-``RUN/fused.safetensors``: ``features`` float16 [N, D] (unit rows where covered, zero elsewhere), ``coverage``
-int32 [N] (views that gave each point / Gaussian a mask), ``coverage.<granularity>`` int32 [N] per granularity
-(e.g. ``coverage.level0``); metadata: teacher, text_encoder, dim, kind, granularities, config_hash.
-The field holds the fused features as ``features.fused`` (see scene_kd/field.py); the distill stage adds
-``features.distilled`` to it.
+``RUN/fused.safetensors``: ``coverage`` int32 [N] (views that gave each point / Gaussian a mask),
+``coverage.<granularity>`` int32 [N] per granularity (e.g. ``coverage.level0``); metadata: teacher,
+text_encoder, dim, kind, granularities, storage, config_hash.
+The field holds the fused features (unit rows where covered, zero elsewhere) as ``features.fused`` (see
+scene_kd/field.py): for points a mask mixture (sparse per-point weights over the mask embeddings, exact;
+scene_kd/feature_store.py), for Gaussians dense float16 rows; the distill stage adds ``features.distilled``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ FUSE = FuseStage()
 def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, Any]:
     import torch
 
+    from scene_kd.feature_store import as_rows
     from scene_kd.field import FeatureField
     from scene_kd.lift.fuse import fuse_points
     from scene_kd.lift.gaussians import lift_gaussians
@@ -155,7 +157,7 @@ def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, A
             if scene.kind == "points":
                 depths = _stream(run_dir, order, "renders", "depth", "render")
                 feats, coverage, per_gran = fuse_points(scene.xyz, cams, depths, masks, embeddings, cfg,
-                                                        normals=scene.normals, progress=advance)
+                                                        normals=scene.normals, progress=advance, output="mixture")
             else:
                 ids = _stream(run_dir, order, "renders", "topk_ids", "render")
                 weights = _stream(run_dir, order, "renders", "topk_weights", "render")
@@ -170,15 +172,15 @@ def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, A
         raise RunStateError("no point is covered by any mask in any view (check the views and the teacher's masks); "
                             "nothing written", path=run_dir)
 
-    feats16 = feats.to(torch.float16)
+    store = as_rows(feats.to(torch.float16) if isinstance(feats, torch.Tensor) else feats)
     per_gran_points = {k: int((v > 0).sum()) for k, v in per_gran.items()}
     save_tensors(run.fused,
-                 {"features": feats16, "coverage": coverage, **{f"coverage.{k}": v for k, v in per_gran.items()}},
+                 {"coverage": coverage, **{f"coverage.{k}": v for k, v in per_gran.items()}},
                  {"teacher": teacher, "text_encoder": text_encoder, "dim": dim, "kind": scene.kind,
-                  "granularities": sorted(per_gran), "config_hash": chash})
+                  "granularities": sorted(per_gran), "storage": store.kind, "config_hash": chash})
     rgb = scene.rgb if scene.kind == "points" else scene.rgb_from_dc()
     field = FeatureField(
-        positions=scene.xyz, origin=scene.origin, features={"fused": feats16}, teacher=teacher,
+        positions=scene.xyz, origin=scene.origin, features={"fused": store}, teacher=teacher,
         text_encoder=text_encoder, dim=dim, kind=scene.kind, coverage=coverage.numpy(), rgb=rgb,
         labels=scene.labels, label_names=dict(scene.label_names), source_hash=str(scene_meta.get("source_hash") or ""),
         config_hash=chash,
@@ -188,7 +190,7 @@ def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, A
     summary = {
         "kind": scene.kind, "count": len(scene), "covered": covered, "coverage": covered / max(len(scene), 1),
         "dim": dim, "teacher": teacher, "text_encoder": text_encoder, "views": len(cams),
-        "granularities": per_gran_points,
+        "granularities": per_gran_points, "storage": store.kind, "stored_mib": round(store.nbytes() / 2**20, 1),
     }
     log.info("fused %s of %s %s (%.1f s)", f"{covered:,}", f"{len(scene):,}", scene.kind, seconds)
     return summary

@@ -135,7 +135,7 @@ class QuerySession:
             raise SceneKDError(f"point index {index} out of range for {len(fld)} points")
         emb = self.embed(self.class_prompts(names))
         one = FeatureField(positions=fld.positions[index : index + 1], origin=fld.origin,
-                           features={k: v[index : index + 1] for k, v in fld.features.items()}, teacher=fld.teacher,
+                           features={k: v.rows(torch.tensor([int(index)])) for k, v in fld.features.items()}, teacher=fld.teacher,
                            text_encoder=fld.text_encoder, dim=fld.dim)
         return similarities(one, emb, source=source or self.config.source, precision="float32")[0]
 

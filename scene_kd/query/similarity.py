@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from scene_kd.errors import RunStateError, SceneKDError
-from scene_kd.field import FeatureField
+from scene_kd.feature_store import DenseRows
+from scene_kd.field import ENSEMBLE_TIE_MARGIN, FeatureField
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +105,24 @@ def _forget_field(key: int) -> None:
         _PREPARED.pop(k, None)
 
 
+def _store(field_: FeatureField, source: str) -> Any:
+    store = field_.features.get(source)
+    if store is None:
+        raise RunStateError(f"this field has no {source} features (has: {', '.join(field_.sources) or 'none'})")
+    if store.dim != field_.dim or store.n != len(field_):
+        raise RunStateError(f"{source} features are {store.n} x {store.dim}; the field has {len(field_)} points "
+                            f"of dim {field_.dim}")
+    return store
+
+
 def _prepared(field_: FeatureField, source: str) -> _Prepared:
-    feats = field_.features_for(source)  # raises RunStateError for a missing source
+    feats = _store(field_, source).data  # dense rows only (raw_dots sends the other stores their own way)
     key = (id(field_), source)
     prep = _PREPARED.get(key)
     if prep is not None and prep.features is feats:
         return prep
     if not any(k[0] == id(field_) for k in _PREPARED):
         weakref.finalize(field_, _forget_field, id(field_))
-    if feats.ndim != 2 or feats.shape[1] != field_.dim:
-        raise RunStateError(f"{source} features have shape {tuple(feats.shape)}; the field says dim {field_.dim}")
     inv = torch.empty(feats.shape[0], dtype=torch.float32)
     bad = 0
     with torch.no_grad():
@@ -170,7 +179,14 @@ def resolve_source(field_: FeatureField, source: str) -> str:
 def raw_dots(field_: FeatureField, source: str, text: torch.Tensor, *, precision: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """(dots [P, N] float32 = text @ features.T on un-normalised rows, inv_norm [N] float32) for a stored
     source ("fused" or "distilled"). ``text``: [P, D] float32 unit rows. Prompt-major, so reductions over
-    prompts run along contiguous memory."""
+    prompts run along contiguous memory. Dense rows follow ``precision``; a mask mixture or low-rank store
+    answers through its own (float32) ``dots``: each mask embedding / basis vector meets the text once."""
+    store = _store(field_, source)
+    if not isinstance(store, DenseRows):
+        if text.ndim != 2 or text.shape[1] != store.dim:
+            raise SceneKDError(f"text embeddings have shape {tuple(text.shape)}; the field has {store.dim}-d features")
+        with torch.no_grad():
+            return store.dots(text), store.inv_norm()
     prep = _prepared(field_, source)
     feats = prep.features
     n, d = feats.shape
@@ -209,5 +225,7 @@ def similarities(field_: FeatureField, text: torch.Tensor, *, source: str = "aut
     dist, inv_d = raw_dots(field_, "distilled", text, precision=precision)
     fused.mul_(inv_f)
     dist.mul_(inv_d)
-    take_fused = fused.amax(dim=0) > dist.amax(dim=0)
+    # points no view covered have zero fused features: the distilled ones win there; a float16-sized margin
+    # keeps storage rounding from flipping ties towards fused
+    take_fused = (fused.amax(dim=0) > dist.amax(dim=0) + ENSEMBLE_TIE_MARGIN) & (inv_f > 0)
     return torch.where(take_fused, fused, dist).T

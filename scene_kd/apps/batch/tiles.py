@@ -205,17 +205,16 @@ def label_with_student(scene: Any, job: BatchJob) -> tuple[np.ndarray, np.ndarra
     The student tiles big inputs itself (``apply_student(max_points=chunk_size)``: xy tiles with a context margin
     of its receptive field, per-point inputs computed on the whole tile), so chunked and whole agree.
     """
-    import torch
 
     from scene_kd.distill.train import apply_student
     from scene_kd.field import FeatureField
 
     meta = _student_meta(job.student)
     kwargs = {"max_points": job.chunk_size} if job.chunk_size > 0 else {}
-    feats = torch.as_tensor(apply_student(job.student, scene, **kwargs))
+    feats = apply_student(job.student, scene, **kwargs)  # low-rank codes + the student's decoder
     field = FeatureField(
-        positions=scene.xyz, origin=scene.origin, features={"distilled": feats.to(torch.float16)},
-        teacher=meta["teacher"], text_encoder=meta["text_encoder"], dim=int(feats.shape[1]),
+        positions=scene.xyz, origin=scene.origin, features={"distilled": feats},
+        teacher=meta["teacher"], text_encoder=meta["text_encoder"], dim=feats.dim,
     )
     del feats
     return _segment_field(field, job.labels, job.student)
