@@ -327,9 +327,13 @@ def tiny_capture(tmp_path_factory) -> Path:
 
 
 def _cfg(**teacher):
+    return _cfg_with({"render": {"width": 32, "height": 32}, "teacher": teacher})
+
+
+def _cfg_with(overrides):
     from scene_kd.config import load_config
 
-    return load_config("ci", {"render": {"width": 32, "height": 32}, "teacher": teacher})
+    return load_config("ci", overrides)
 
 
 def test_run_from_capture_writes_photos_and_feeds_them_to_the_teacher(tiny_capture, tmp_path):
@@ -398,6 +402,57 @@ def test_cli_run_and_synth_capture(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["capture"]["layout"] == "nerfstudio" and out["features"]["photo_views"] == 3
     assert main(["synth", "--kind", "urban", "--capture", str(tmp_path / "u")]) == 2
+
+
+def test_rgbd_frame_depth_drops_masks_behind_an_occluder_the_scene_lacks(tiny_capture, tmp_path):
+    """Frame 0's depth shows an occluder (a box at half the depth) that the point cloud lacks: its pixels are
+    counted in views.json and the points behind them get none of frame 0's masks; the other frames agree."""
+    import shutil
+
+    import torch
+
+    from scene_kd.lift.config import FuseConfig
+    from scene_kd.pipeline import run_pipeline
+    from scene_kd.render.points import pixel_index, project_points, visible_in_view
+    from scene_kd.render.types import load_cameras
+    from scene_kd.runio import load_tensors, read_json
+
+    cap = tmp_path / "cap"
+    shutil.copytree(tiny_capture, cap)
+    path = cap / "depth" / "frame_0000.png"
+    mm = np.asarray(Image.open(path)).astype(np.int64)  # 64 x 48
+    box = np.zeros(mm.shape, bool)
+    box[14:34, 20:44] = True
+    mm[box & (mm > 0)] //= 2
+    Image.fromarray(mm.astype(np.uint16)).save(path)
+    runs = {}
+    for check in (True, False):
+        run = tmp_path / f"run_{check}"
+        cfg = {"render": {"width": 64, "height": 64, "frame_depth_check": check}}
+        run_pipeline(cap, run, _cfg_with(cfg), until="fuse", progress=False)
+        runs[check] = run
+    views = read_json(runs[True] / "views.json")
+    assert read_json(runs[False] / "views.json")["depth_disagree"] == [None] * 3
+    n0, *others = views["depth_disagree"]
+    hit = int((box & (np.asarray(Image.open(path)) > 0)).sum())  # render 64 x 48 = the frame's size
+    assert 0.9 * hit <= n0 <= hit + 0.03 * 64 * 48 and all(d <= 0.03 * 64 * 48 for d in others), views
+    with np.load(runs[True] / "photos" / "0000.depth_check.npz") as z:
+        disagree = z["disagree"]
+    cov = {c: load_tensors(r / "fused.safetensors")[0]["coverage"].numpy() for c, r in runs.items()}
+    drop = cov[False] - cov[True]
+    assert set(np.unique(drop)) <= {0, 1}
+    cam = load_cameras(runs[True])[0]
+    with np.load(runs[True] / "renders" / "0000.npz") as z:
+        depth0 = z["depth"]
+    xyz = torch.from_numpy(np.asarray(load_capture(cap).scene.xyz, np.float32))
+    uv, zz = project_points(xyz, cam)
+    pix = pixel_index(uv, zz, cam.width, cam.height).numpy()
+    behind = (pix >= 0) & disagree.reshape(-1)[np.maximum(pix, 0)]
+    vis, _ = visible_in_view(xyz, cam, depth0, tolerance=FuseConfig().depth_tolerance,
+                             border_px=FuseConfig().border_px)
+    lifted = behind & vis.numpy()
+    assert lifted.sum() > 50 and drop[lifted].mean() > 0.9  # frame 0's masks no longer reach them
+    assert not drop[~behind].any()  # everything else got the same views
 
 
 @pytest.mark.slow
