@@ -133,6 +133,116 @@ def test_nerfstudio_dataparser_transform_maps_cameras_into_the_scene_frame(tmp_p
         np.testing.assert_allclose(z_g.numpy(), scale * z_w.numpy(), rtol=1e-4)
 
 
+# ns-process-data's applied_transform from COLMAP (colmap_utils.colmap_to_json) and the one nerfstudio implies for
+# a colmap/sparse/0 dataset without the field (nerfstudio_dataparser.py)
+COLMAP_APPLIED = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0]])
+LEGACY_APPLIED = np.array([[0.0, 1, 0, 0], [1, 0, 0, 0], [0, 0, -1, 0]])
+CENTRE = np.array([30.0, 12.0, 4.0])  # off the origin, so applied_transform's rotation moves the scene out of view
+
+
+def _h(m: np.ndarray) -> np.ndarray:
+    out = np.eye(4)
+    out[:3] = m[:3]
+    return out
+
+
+def _moved(cams: list[Camera], M: np.ndarray, origin=np.zeros(3)) -> list[Camera]:
+    """Known cameras under the similarity x' = M x (centres moved by M, rotations by M's rotation), written out
+    by hand: c2w' = [[R_M R, M C], [0, 1]] with R_M = M / cbrt(det M); ``origin`` subtracted."""
+    s = np.cbrt(np.linalg.det(M[:3, :3]))
+    out = []
+    for c in cams:
+        c2w = np.linalg.inv(c.world_to_cam)
+        new = np.eye(4)
+        new[:3, :3] = (M[:3, :3] / s) @ c2w[:3, :3]
+        new[:3, 3] = (M @ np.append(c2w[:3, 3], 1.0))[:3] - origin
+        out.append(Camera(K=c.K, world_to_cam=np.linalg.inv(new), width=c.width, height=c.height, name=c.name))
+    return out
+
+
+def _ns_processed(root: Path, applied: np.ndarray | None, *, legacy_colmap: bool = False):
+    """A folder as ns-process-data + splatfacto leave it: the known cameras (moved to look at CENTRE) in the
+    original (COLMAP) frame, transforms.json in applied @ original with per-frame intrinsics, sparse_pc.ply in
+    that frame too (ply_file_path), dataparser_transforms.json (T = orient @ applied, from the original frame)
+    and exports/splat/splat.ply in the dataparser frame. Returns (cams_original, points_original, A, T, s)."""
+    from scipy.spatial.transform import Rotation
+
+    root.mkdir(parents=True)
+    shift = np.eye(4)
+    shift[:3, 3] = CENTRE
+    cams = _moved(_cameras(), shift)
+    pts = _scene().xyz.astype(np.float64) + CENTRE
+    A = _h(applied if applied is not None else (LEGACY_APPLIED if legacy_colmap else np.eye(4)[:3]))
+    frames = []
+    for k, c in enumerate(cams):
+        c2w = A @ np.linalg.inv(c.world_to_cam) @ OPENGL_TO_OPENCV
+        frames.append({"file_path": f"images/frame_{k:04d}.png", "transform_matrix": c2w.tolist(),
+                       "fl_x": c.K[0, 0], "fl_y": c.K[1, 1], "cx": c.K[0, 2], "cy": c.K[1, 2], "w": W, "h": H})
+    meta = {"camera_model": "OPENCV", "frames": frames, "ply_file_path": "sparse_pc.ply"}
+    if applied is not None:
+        meta["applied_transform"] = applied.tolist()
+    (root / "transforms.json").write_text(json.dumps(meta))
+    if legacy_colmap:
+        (root / "colmap" / "sparse" / "0").mkdir(parents=True)
+    _write_photos(root, cams, labels=False)
+    save_scene(PointCloud(xyz=(pts @ A[:3, :3].T + A[:3, 3]).astype(np.float32)), root / "sparse_pc.ply")
+    orient = np.eye(4)
+    orient[:3, :3] = Rotation.from_euler("zyx", [30, 10, -20], degrees=True).as_matrix()
+    orient[:3, 3] = [0.3, -0.2, 0.5]
+    T, s = orient @ A, 0.25
+    (root / "dataparser_transforms.json").write_text(json.dumps({"transform": T[:3].tolist(), "scale": s}))
+    (root / "exports" / "splat").mkdir(parents=True)
+    save_scene(PointCloud(xyz=(s * (pts @ T[:3, :3].T + T[:3, 3])).astype(np.float32)),
+               root / "exports" / "splat" / "splat.ply")
+    save_scene(PointCloud(xyz=pts.astype(np.float32)), root / "original.ply")
+    return cams, pts, A, T, s
+
+
+@pytest.mark.parametrize("case", ["colmap", "legacy"])
+def test_nerfstudio_frames_with_applied_transform(tmp_path, case, caplog):
+    """Every scene frame of a processed nerfstudio folder gets the known cameras: the ply_file_path points
+    (transforms.json's frame = applied @ original), the splatfacto export (dataparser frame, whose transform
+    starts from the original frame) and a scene in the original frame (COLMAP points; ns-export pointcloud
+    --save-world-frame), found from the data where the file's origin suggests another frame."""
+    root = tmp_path / case
+    cams, pts, A, T, s = _ns_processed(root, COLMAP_APPLIED if case == "colmap" else None,
+                                       legacy_colmap=case == "legacy")
+    cap = load_capture(root)  # ply_file_path first: the sparse points in transforms.json's frame
+    assert cap.scene_path.name == "sparse_pc.ply" and cap.frame == "transforms"
+    _check_same(cap.cameras, _moved(cams, A, cap.scene.origin))
+    (root / "sparse_pc.ply").unlink()
+    cap = load_capture(root)  # the splatfacto export, dataparser frame
+    assert cap.scene_path.name == "splat.ply" and cap.frame == "dataparser"
+    _check_same(cap.cameras, _moved(cams, np.diag([s, s, s, 1.0]) @ T, cap.scene.origin))
+    with caplog.at_level("WARNING", logger="scene_kd.scene.capture"):  # expected dataparser, data says original
+        cap = load_capture(root, scene=root / "original.ply")
+    assert cap.frame == "original" and "not in the dataparser frame" in caplog.text
+    _check_same(cap.cameras, _moved(cams, np.eye(4), cap.scene.origin))
+    from scene_kd.render.points import project_points
+
+    for g, w in zip(cap.cameras, cams, strict=True):  # the original scene lands where the known cameras see it
+        uv_g, _ = project_points(cap.scene.xyz, g)
+        uv_w, _ = project_points((pts - cap.scene.origin).astype(np.float32), w)
+        np.testing.assert_allclose(uv_g.numpy(), uv_w.numpy(), atol=2e-3)
+    (root / "dataparser_transforms.json").unlink()  # without it: transforms.json's frame, or the original one
+    cap = load_capture(root, scene=root / "original.ply")
+    assert cap.frame == "original"
+    _check_same(cap.cameras, _moved(cams, np.eye(4), cap.scene.origin))
+
+
+def test_nerfstudio_rgbd_depth_scale_follows_the_frame(tmp_path):
+    root = tmp_path / "ns"
+    cams, pts, A, T, s = _ns_processed(root, COLMAP_APPLIED)
+    meta = json.loads((root / "transforms.json").read_text())
+    for k, f in enumerate(meta["frames"]):
+        f["depth_file_path"] = f"depth/frame_{k:04d}.png"
+    del meta["ply_file_path"]
+    (root / "transforms.json").write_text(json.dumps(meta))
+    cap = load_capture(root)
+    assert cap.layout == "rgbd" and cap.frame == "dataparser" and cap.depth_scale == pytest.approx(0.001 * s)
+    _check_same(cap.cameras, _moved(cams, np.diag([s, s, s, 1.0]) @ T, cap.scene.origin))
+
+
 def test_nerf_synthetic_layout(tmp_path):
     root = tmp_path / "lego"
     (root / "train").mkdir(parents=True)
@@ -217,9 +327,13 @@ def tiny_capture(tmp_path_factory) -> Path:
 
 
 def _cfg(**teacher):
+    return _cfg_with({"render": {"width": 32, "height": 32}, "teacher": teacher})
+
+
+def _cfg_with(overrides):
     from scene_kd.config import load_config
 
-    return load_config("ci", {"render": {"width": 32, "height": 32}, "teacher": teacher})
+    return load_config("ci", overrides)
 
 
 def test_run_from_capture_writes_photos_and_feeds_them_to_the_teacher(tiny_capture, tmp_path):
@@ -288,6 +402,57 @@ def test_cli_run_and_synth_capture(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["capture"]["layout"] == "nerfstudio" and out["features"]["photo_views"] == 3
     assert main(["synth", "--kind", "urban", "--capture", str(tmp_path / "u")]) == 2
+
+
+def test_rgbd_frame_depth_drops_masks_behind_an_occluder_the_scene_lacks(tiny_capture, tmp_path):
+    """Frame 0's depth shows an occluder (a box at half the depth) that the point cloud lacks: its pixels are
+    counted in views.json and the points behind them get none of frame 0's masks; the other frames agree."""
+    import shutil
+
+    import torch
+
+    from scene_kd.lift.config import FuseConfig
+    from scene_kd.pipeline import run_pipeline
+    from scene_kd.render.points import pixel_index, project_points, visible_in_view
+    from scene_kd.render.types import load_cameras
+    from scene_kd.runio import load_tensors, read_json
+
+    cap = tmp_path / "cap"
+    shutil.copytree(tiny_capture, cap)
+    path = cap / "depth" / "frame_0000.png"
+    mm = np.asarray(Image.open(path)).astype(np.int64)  # 64 x 48
+    box = np.zeros(mm.shape, bool)
+    box[14:34, 20:44] = True
+    mm[box & (mm > 0)] //= 2
+    Image.fromarray(mm.astype(np.uint16)).save(path)
+    runs = {}
+    for check in (True, False):
+        run = tmp_path / f"run_{check}"
+        cfg = {"render": {"width": 64, "height": 64, "frame_depth_check": check}}
+        run_pipeline(cap, run, _cfg_with(cfg), until="fuse", progress=False)
+        runs[check] = run
+    views = read_json(runs[True] / "views.json")
+    assert read_json(runs[False] / "views.json")["depth_disagree"] == [None] * 3
+    n0, *others = views["depth_disagree"]
+    hit = int((box & (np.asarray(Image.open(path)) > 0)).sum())  # render 64 x 48 = the frame's size
+    assert 0.9 * hit <= n0 <= hit + 0.03 * 64 * 48 and all(d <= 0.03 * 64 * 48 for d in others), views
+    with np.load(runs[True] / "photos" / "0000.depth_check.npz") as z:
+        disagree = z["disagree"]
+    cov = {c: load_tensors(r / "fused.safetensors")[0]["coverage"].numpy() for c, r in runs.items()}
+    drop = cov[False] - cov[True]
+    assert set(np.unique(drop)) <= {0, 1}
+    cam = load_cameras(runs[True])[0]
+    with np.load(runs[True] / "renders" / "0000.npz") as z:
+        depth0 = z["depth"]
+    xyz = torch.from_numpy(np.asarray(load_capture(cap).scene.xyz, np.float32))
+    uv, zz = project_points(xyz, cam)
+    pix = pixel_index(uv, zz, cam.width, cam.height).numpy()
+    behind = (pix >= 0) & disagree.reshape(-1)[np.maximum(pix, 0)]
+    vis, _ = visible_in_view(xyz, cam, depth0, tolerance=FuseConfig().depth_tolerance,
+                             border_px=FuseConfig().border_px)
+    lifted = behind & vis.numpy()
+    assert lifted.sum() > 50 and drop[lifted].mean() > 0.9  # frame 0's masks no longer reach them
+    assert not drop[~behind].any()  # everything else got the same views
 
 
 @pytest.mark.slow

@@ -6,7 +6,9 @@ RUN/field.safetensors/field.json.
 text_encoder, dim, kind, granularities, storage, config_hash.
 The field holds the fused features (unit rows where covered, zero elsewhere) as ``features.fused`` (see
 scene_kd/field.py): for points a mask mixture (sparse per-point weights over the mask embeddings, exact;
-scene_kd/feature_store.py), for Gaussians dense float16 rows; the distill stage adds ``features.distilled``.
+scene_kd/feature_store.py), for Gaussians dense float16 rows; the distill stage adds ``features.distilled``. Mask ids at the pixels the render
+stage's RGB-D depth check marked (``RUN/photos/NNNN.depth_check.npz``, scene_kd/render/photos.py) are dropped
+before lifting.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def _npz_array(path: Path, key: str, what: str) -> np.ndarray:
 def _stream(run_dir: Path, order: list[int], folder: str, key: str, what: str) -> Iterator[np.ndarray]:
     for i in order:
         yield _npz_array(run_dir / folder / f"{i:04d}.npz", key, what)
+
+
+def _masks(run_dir: Path, order: list[int]) -> Iterator[np.ndarray]:
+    """The views' mask ids in ``order``, with the pixels the render stage's RGB-D depth check marked dropped
+    (scene_kd/render/photos.py: the frame's own depth says the photo shows something else there)."""
+    from scene_kd.render.photos import drop_disagreeing
+
+    for i, m in zip(order, _stream(run_dir, order, "masks", "mask_ids", "features"), strict=True):
+        yield drop_disagreeing(run_dir, i, m)
 
 
 def load_features(run_dir: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -151,7 +162,7 @@ def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, A
     scene = load_run_scene(run_dir)
     order = sorted(range(len(cameras)), key=lambda i: (cameras[i].level, i))  # one granularity live at a time
     cams = [cameras[i] for i in order]
-    masks = _stream(run_dir, order, "masks", "mask_ids", "features")
+    masks = _masks(run_dir, order)
     with counter(len(cams), f"{'fuse' if scene.kind == 'points' else 'lift'} views") as advance:
         try:
             if scene.kind == "points":

@@ -41,3 +41,11 @@ class RenderConfig:
     """Target views per point for coverage reporting."""
     background: tuple[int, int, int] = (0, 0, 0)
     """RGB of empty pixels."""
+    frame_depth_check: bool = True
+    """RGB-D captures: compare each photo view's render depth with the frame's own depth image; pixels that
+    disagree (an occluder in the frame that the scene lacks, a moved object) give their masks to no point or
+    Gaussian (views.json ``depth_disagree`` counts them; scene_kd/render/photos.py). No effect on views without
+    a depth image."""
+    frame_depth_tolerance: float = 0.05
+    """Disagreement: |render depth - frame depth| > this x frame depth. 5 % is above the noise of consumer depth
+    sensors at a few metres (~1-2 %) and the nearest-pixel resize at depth edges only drops pixels there."""

@@ -4,9 +4,20 @@ render-vs-photo PSNR, and the teacher's view of a run (the photo where a view ha
 Files (per view index i, 4 digits): ``RUN/photos/NNNN.png`` the photo resized to the view's render size
 (Lanczos); ``RUN/photos/NNNN.labels.npz`` (``labels`` [H, W] int32, -1 unlabelled) the label image resized
 (nearest), when the capture has one. ``views.json`` gains ``"photos"`` ([V] bool: the teacher sees the photo),
-``"psnr"`` ([V] float dB of render vs photo, null without a photo) and ``"capture"`` ({"layout", "root"}).
+``"psnr"`` ([V] float dB of render vs photo, null without a photo), ``"capture"`` ({"layout", "root", "frame"}) and
+``"depth_disagree"`` ([V] pixels whose render depth disagrees with the frame's own depth, null where not
+checked).
 The render stage renders the capture's cameras (plus the preset's planned views, one level up, when
 ``teacher_input`` is ``both``); a run from a plain scene file renders the planned views only.
+
+RGB-D frames (``RenderConfig.frame_depth_check``, on by default; views without a depth image are not checked):
+the render's depth is compared with the frame's depth image (resized like the label image, scene units via
+``Capture.depth_scale``); pixels where both have depth and they differ by more than
+``RenderConfig.frame_depth_tolerance`` x the frame depth show something else in the photo than the scene does
+there (an occluder the scene lacks, a moved object), so they are written to ``RUN/photos/NNNN.depth_check.npz``
+(``disagree`` [H, W] bool) and lifting drops those pixels' mask ids (:func:`drop_disagreeing`): the points or
+Gaussians behind them get none of that view's masks. The rendered depth / ids still decide visibility
+everywhere else.
 
 Teacher input (``TeacherConfig.teacher_input``, read by the features stage): ``photos`` = the teacher sees the
 photo of every view that has one; ``renders`` = it sees the renders; ``both`` = photos where there are, renders
@@ -33,6 +44,10 @@ def photo_png(run_dir: str | Path, i: int) -> Path:
 
 def photo_labels_npz(run_dir: str | Path, i: int) -> Path:
     return Path(run_dir) / "photos" / f"{i:04d}.labels.npz"
+
+
+def depth_check_npz(run_dir: str | Path, i: int) -> Path:
+    return Path(run_dir) / "photos" / f"{i:04d}.depth_check.npz"
 
 
 def resolve_teacher_input(value: str, has_capture: bool) -> str:
@@ -94,14 +109,65 @@ def load_label_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     return lab.astype(np.int32)
 
 
+def load_depth_image(path: Path, size: tuple[int, int], scale: float) -> np.ndarray:
+    """[H, W] float32 depth in scene units (stored value x ``scale``; 0 / non-finite stored -> NaN, no
+    measurement) of a 16/32-bit depth image or a ``.npy`` array (nerfstudio's depth formats), resized to
+    ``size`` (W, H) by the nearest pixel centre. SceneKDError for a multi-channel or unreadable file."""
+    from PIL import Image
+
+    try:
+        if path.suffix.lower() == ".npy":
+            a = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                a = np.asarray(im)
+    except (OSError, ValueError) as e:
+        raise SceneKDError(f"unreadable depth image ({e})", path=path) from None
+    if a.ndim != 2:
+        raise SceneKDError(f"a depth image must be single-channel, got shape {a.shape}", path=path)
+    d = a.astype(np.float32) * np.float32(scale)
+    d[~np.isfinite(d) | (d <= 0)] = np.nan
+    if d.shape[::-1] != tuple(size):
+        ys = np.minimum(((np.arange(size[1]) + 0.5) * d.shape[0] / size[1]).astype(int), d.shape[0] - 1)
+        xs = np.minimum(((np.arange(size[0]) + 0.5) * d.shape[1] / size[0]).astype(int), d.shape[1] - 1)
+        d = d[ys][:, xs]
+    return d
+
+
+def depth_disagreement(render_depth: np.ndarray, frame_depth: np.ndarray, tolerance: float) -> np.ndarray:
+    """[H, W] bool: pixels where the render has a surface (finite depth), the frame has a measurement (finite)
+    and |render - frame| > ``tolerance`` x frame (both camera z in scene units)."""
+    r = np.asarray(render_depth, np.float32)
+    f = np.asarray(frame_depth, np.float32)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(r) & np.isfinite(f) & (np.abs(r - f) > np.float32(tolerance) * f)
+
+
+def drop_disagreeing(run_dir: str | Path, i: int, mask_ids: np.ndarray) -> np.ndarray:
+    """View ``i``'s mask ids ([H, W] or [L, H, W], -1 none) with -1 at the pixels its depth check marked (the
+    module docstring); unchanged without a check file. SceneKDError when the check's size differs."""
+    path = depth_check_npz(run_dir, i)
+    if not path.exists():
+        return mask_ids
+    with np.load(path) as z:
+        disagree = z["disagree"]
+    if disagree.shape != mask_ids.shape[-2:]:
+        raise SceneKDError(f"photos/{path.name} is {disagree.shape}, the view's masks {mask_ids.shape[-2:]}; "
+                           "rerun the render stage", path=run_dir)
+    return np.where(disagree, np.asarray(-1, mask_ids.dtype), mask_ids)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two uint8 images of one shape (inf when equal)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
-def write_view_photo(run_dir: Path, i: int, capture: Any, k: int, render: Render) -> float:
-    """Write photo ``k`` of ``capture`` (and its label image) as view ``i`` at the render's size; its PSNR."""
+def write_view_photo(run_dir: Path, i: int, capture: Any, k: int, render: Render, *,
+                     depth_tolerance: float | None = None) -> tuple[float, int | None]:
+    """Write photo ``k`` of ``capture`` (and its label image) as view ``i`` at the render's size; with
+    ``depth_tolerance`` and a frame depth image, the depth check (module docstring). Returns (PSNR dB,
+    disagreeing pixels or None when not checked)."""
     from PIL import Image
 
     from scene_kd.runio import atomic_path
@@ -112,15 +178,29 @@ def write_view_photo(run_dir: Path, i: int, capture: Any, k: int, render: Render
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
-    lab_out = photo_labels_npz(run_dir, i)
     lab_path = capture.labels[k] if capture.labels else None
-    if lab_path is not None:
-        with atomic_path(lab_out) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez_compressed(f, labels=load_label_image(lab_path, (w, h)))
-    elif lab_out.exists():
-        lab_out.unlink()
-    return round(psnr(render.rgb, rgb), 3)
+    _write_or_clear(photo_labels_npz(run_dir, i),
+                    None if lab_path is None else {"labels": load_label_image(lab_path, (w, h))})
+    depths = getattr(capture, "depths", None)
+    disagree = None
+    if depth_tolerance is not None and depths and depths[k] is not None and capture.depth_scale > 0:
+        frame_depth = load_depth_image(depths[k], (w, h), capture.depth_scale)
+        disagree = depth_disagreement(render.depth, frame_depth, depth_tolerance)
+    _write_or_clear(depth_check_npz(run_dir, i), None if disagree is None else {"disagree": disagree})
+    return round(psnr(render.rgb, rgb), 3), None if disagree is None else int(disagree.sum())
+
+
+def _write_or_clear(path: Path, arrays: dict[str, np.ndarray] | None) -> None:
+    """Write ``arrays`` as a compressed npz at ``path``, or remove a stale ``path`` when None."""
+    from scene_kd.runio import atomic_path
+
+    if arrays is None:
+        if path.exists():
+            path.unlink()
+        return
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
 
 
 def clear_photos(run_dir: Path, keep: int) -> None:

@@ -226,6 +226,8 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     per_level = np.zeros((n_levels, len(scene)), dtype=np.int32)
     thumbs: list[tuple[int, np.ndarray, Camera]] = []
     psnrs: list[float | None] = [None] * len(cameras)
+    disagree: list[int | None] = [None] * len(cameras)
+    depth_tolerance = float(cfg.frame_depth_tolerance) if cfg.frame_depth_check else None
     with progress_bar(None) as progress:
         task = progress.add_task(f"render {len(cameras)} views", total=len(cameras))
         for i, cam in enumerate(cameras):
@@ -235,7 +237,8 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
                 render, idx = render_gaussian_view(scene, cam, cfg, tensors), None
             save_render(run_dir, i, render)
             if capture is not None and i < len(capture.cameras):
-                psnrs[i] = write_view_photo(run_dir, i, capture, i, render)
+                psnrs[i], disagree[i] = write_view_photo(run_dir, i, capture, i, render,
+                                                         depth_tolerance=depth_tolerance)
             if idx is None:
                 vis, _ = visible_in_view(xyz, cam, render.depth, tolerance=COVERAGE_TOLERANCE)
                 per_level[cam.level] += vis.numpy()
@@ -261,10 +264,16 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
         "scene_kind": scene.kind, "preset": cfg.preset, "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
         "photos": [i < n_photos for i in range(len(cameras))], "psnr": psnrs,
-        "capture": None if capture is None else {"layout": capture.layout, "root": str(capture.root)},
+        "capture": None if capture is None else {"layout": capture.layout, "root": str(capture.root),
+                                                 "frame": capture.frame},
+        "depth_disagree": disagree,
     })
     if preview:
         contact_sheet(thumbs, run.views_png)
+    checked = [d for d in disagree if d is not None]
+    if checked:
+        log.info("RGB-D depth check: %d of %d photo views checked, %s pixels disagree with the frame's depth "
+                 "(their masks are not lifted)", len(checked), n_photos, f"{sum(checked):,}")
     seconds = time.perf_counter() - t0
     log.info("rendered %d views in %.1f s; %.1f%% of points seen >= 1x, %.1f%% >= 3x", len(cameras), seconds,
              100 * coverage["seen_1"], 100 * coverage["seen_3"])
@@ -273,5 +282,6 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     return {"views": len(cameras), "levels": levels, "coverage": coverage, "preset": cfg.preset,
             "photo_views": n_photos,
             "psnr_median": round(float(np.median(finite)), 3) if finite else None,
+            "depth_disagree_pixels": None if all(d is None for d in disagree) else sum(d or 0 for d in disagree),
             "scene_kind": scene.kind, "plan": plan,
             "teacher_work": {"views": len(cameras), "megapixels": round(megapixels, 3)}}

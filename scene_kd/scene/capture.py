@@ -7,10 +7,21 @@
   (camera-to-world 3x3, OpenCV axes), ``fx``, ``fy``, ``width``, ``height``, ``img_name`` (no extension). Photos
   are looked up in ``images/`` of the folder, else of the ``source_path`` recorded in ``cfg_args``.
 * ``rgbd``: a nerfstudio ``transforms.json`` whose frames have ``depth_file_path`` (posed RGB-D frames; depth
-  PNGs in ``depth_unit_scale_factor`` metres per unit, default 0.001 = millimetres, 0 = no depth).
-* ``nerfstudio``: ``transforms.json`` (per-frame intrinsics allowed). With ``dataparser_transforms.json``
-  (``transform`` 3x4, ``scale``) the scene is taken to be in the dataparser frame (splatfacto / ``ns-export``
-  output) and the cameras are mapped into it: c2w' = [T c2w], translation x scale.
+  PNGs in ``depth_unit_scale_factor`` metres per unit, default 0.001 = millimetres, 0 = no depth); frames as
+  ``nerfstudio``.
+* ``nerfstudio``: ``transforms.json`` (per-frame intrinsics ``fl_x``/``fl_y``/``cx``/``cy``/``w``/``h`` over the
+  file's). The scene may be in one of nerfstudio's frames (scene_kd/scene/nerfstudio.py, from the nerfstudio
+  source): transforms.json's own (the ``ply_file_path`` points, which ns-process-data wrote with
+  ``applied_transform`` applied), the dataparser frame of ``dataparser_transforms.json`` (``transform`` 3x4 from
+  the *original* frame, ``scale``: splatfacto, ``ns-export gaussian-splat`` / ``pointcloud``) or the original
+  frame before ``applied_transform`` (COLMAP's points, ``ns-export pointcloud --save-world-frame``). The frame
+  expected from where the scene file came from (ply_file_path -> transforms.json's; another file with a
+  dataparser_transforms.json -> dataparser; else transforms.json's) is checked against the data: the scene is
+  projected into each candidate frame's cameras and the expected frame is kept unless it sees the scene less
+  than ``MIN_SEEN_FRACTION`` or ``FRAME_MARGIN`` below another frame, which is then taken (a warning says so).
+  Where several frames see the scene alike (cameras around the world origin, which applied_transform's
+  rotation keeps), the data cannot tell and the expected frame stands. ``Capture.frame`` says which frame was
+  taken; depth images are scaled with it.
 * ``nerf-synthetic``: ``transforms_train.json`` (+ ``_val`` / ``_test``), Blender cameras, ``camera_angle_x``,
   ``file_path`` without extension (``.png`` added).
 * ``colmap``: ``sparse/0`` (or ``sparse``) with cameras/images ``.bin`` or ``.txt`` + ``images/``.
@@ -54,6 +65,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPG", ".JPEG", ".PNG")
 SCENE_EXTS = (".ply", ".splat", ".las", ".laz", ".pcd", ".npy")
 MIN_SEEN_FRACTION = 0.5
 """Fewer of the scene's central points than this fraction inside some image: the cameras are refused."""
+FRAME_MARGIN = 0.1
+"""nerfstudio: another candidate frame replaces the expected one when it sees this much more of the scene."""
 
 
 @dataclass
@@ -61,9 +74,12 @@ class Capture:
     """A capture folder, read.
 
     scene: the loaded scene (PointCloud / GaussianSplats).   cameras: [V] in the scene's local frame, photo size.
-    photos: [V] image paths.   depths: [V] depth image paths (RGB-D) or None.   depth_scale: metres per depth unit.
+    photos: [V] image paths.   depths: [V] depth image paths (RGB-D) or None.   depth_scale: scene units per
+    depth unit (metres per unit x the frame's scale, e.g. the dataparser scale).
     labels: [V] label image paths (None where a view has none) or None.   label_names: id -> name (labels.json).
     layout: which of ``LAYOUTS`` was found.   scene_path: the scene file.   root: the folder.
+    frame: nerfstudio layouts: the frame the cameras were put in (scene_kd/scene/nerfstudio.py ``FRAMES``), else
+    None.
     """
 
     root: Path
@@ -76,6 +92,7 @@ class Capture:
     depth_scale: float = 0.001
     labels: list[Path | None] | None = None
     label_names: dict[int, str] = field(default_factory=dict)
+    frame: str | None = None
 
     def fingerprint(self) -> list[Any]:
         """What of the capture changes a run: layout, cameras, and each photo/label/depth file's (name, size,
@@ -138,7 +155,7 @@ def load_capture(path: str | Path, *, scene: Any = None, layout: str | None = No
     reader = {"inria-3dgs": _inria, "rgbd": _nerfstudio, "nerfstudio": _nerfstudio,
               "nerf-synthetic": _nerf_synthetic, "colmap": _colmap}[layout]
     scene_path = Path(scene) if isinstance(scene, (str, Path)) else None
-    raw_scene_path, read_cams, extra = reader(root)  # read_cams(origin) -> (cameras, photos)
+    raw_scene_path, read_cams = reader(root)  # read_cams(scene, scene_path) -> (cameras, photos, extra fields)
     if scene is None or scene_path is not None:
         scene_path = scene_path or raw_scene_path
         if scene_path is None and layout == "colmap":
@@ -151,7 +168,7 @@ def load_capture(path: str | Path, *, scene: Any = None, layout: str | None = No
                                    "the folder, or pass one)", path=root)
         else:
             scene = load_scene(scene_path)
-    cameras, photos = read_cams(np.asarray(scene.origin, np.float64))
+    cameras, photos, extra = read_cams(scene, scene_path)
     for p in photos:
         if not p.is_file():
             raise SceneFormatError(f"{layout} capture: photo {p.name} not found", path=p.parent)
@@ -162,36 +179,66 @@ def load_capture(path: str | Path, *, scene: Any = None, layout: str | None = No
         scene.label_names = dict(cap.label_names)
     if check_frame:
         check_capture_frame(scene, cameras, layout=layout)
-    log.info("capture: %s layout, %d photos%s, scene %s", layout, len(photos),
-             " + label images" if cap.labels else "", Path(cap.scene_path).name)
+    log.info("capture: %s layout, %d photos%s, scene %s%s", layout, len(photos),
+             " + label images" if cap.labels else "", Path(cap.scene_path).name,
+             f" ({cap.frame} frame)" if cap.frame else "")
     return cap
 
 
 def check_capture_frame(scene: Any, cameras: list[Camera], *, layout: str = "capture",
                         min_fraction: float = MIN_SEEN_FRACTION) -> float:
-    """Fraction of the scene's central points (1-99 % bounds, up to 20k sampled) that project in front of and
-    inside at least one camera's image; SceneKDError when below ``min_fraction`` (cameras in another frame)."""
-    import torch
+    """:func:`seen_fraction` of the cameras; SceneKDError when below ``min_fraction`` (cameras in another frame)."""
+    frac = seen_fraction(_central_points(scene), cameras)
+    if frac < min_fraction:
+        raise SceneKDError(f"{layout} capture: the cameras do not match the scene's frame - only {100 * frac:.1f}% "
+                           f"of its points fall inside any of the {len(cameras)} photos (need "
+                           f"{100 * min_fraction:.0f}%); is the scene in another frame (e.g. nerfstudio's "
+                           "dataparser_transforms.json / applied_transform, or a different COLMAP model)?")
+    return frac
 
-    from scene_kd.render.points import pixel_index, project_points
+
+def _central_points(scene: Any):
+    """[n, 3] float32 tensor: the scene's points inside its 1-99 % bounds (all of up to 1000), up to 20k sampled."""
+    import torch
 
     xyz = np.asarray(scene.xyz, np.float32)
     if len(xyz) > 1000:
         lo, hi = np.percentile(xyz, [1, 99], axis=0)
         xyz = xyz[((xyz >= lo) & (xyz <= hi)).all(1)]
     xyz = xyz[:: max(1, len(xyz) // 20_000)]
-    pts = torch.from_numpy(np.ascontiguousarray(xyz))
-    seen = torch.zeros(len(pts), dtype=torch.bool)
+    return torch.from_numpy(np.ascontiguousarray(xyz))
+
+
+def seen_fraction(points: Any, cameras: list[Camera]) -> float:
+    """Fraction of ``points`` ([n, 3] float32 tensor, local frame) that project in front of and inside at least
+    one camera's image (0 for no points)."""
+    import torch
+
+    from scene_kd.render.points import pixel_index, project_points
+
+    seen = torch.zeros(len(points), dtype=torch.bool)
     for cam in cameras:
-        uv, z = project_points(pts, cam)
+        uv, z = project_points(points, cam)
         seen |= pixel_index(uv, z, cam.width, cam.height) >= 0
-    frac = float(seen.float().mean()) if len(seen) else 0.0
-    if frac < min_fraction:
-        raise SceneKDError(f"{layout} capture: the cameras do not match the scene's frame - only {100 * frac:.1f}% "
-                           f"of its points fall inside any of the {len(cameras)} photos (need "
-                           f"{100 * min_fraction:.0f}%); is the scene in another frame (e.g. nerfstudio's "
-                           "dataparser_transforms.json scale/transform, or a different COLMAP model)?")
-    return frac
+    return float(seen.float().mean()) if len(seen) else 0.0
+
+
+def choose_frame(scene: Any, candidates: dict[str, list[Camera]], expected: str, *, layout: str = "capture") -> str:
+    """The candidate frame whose cameras see ``scene``: ``expected`` unless it sees less than
+    ``MIN_SEEN_FRACTION`` of the central points or ``FRAME_MARGIN`` less than the best candidate, then the best
+    (a warning names both). With one candidate, that one (nothing projected)."""
+    if len(candidates) == 1:
+        return next(iter(candidates))
+    pts = _central_points(scene)
+    seen = {name: seen_fraction(pts, cams) for name, cams in candidates.items()}
+    best = max(seen, key=lambda n: (seen[n], n == expected))
+    shown = ", ".join(f"{n} {100 * f:.0f}%" for n, f in seen.items())
+    if seen[expected] >= MIN_SEEN_FRACTION and seen[expected] >= seen[best] - FRAME_MARGIN:
+        log.info("%s capture: scene in the %s frame, as expected (scene points seen: %s)", layout, expected, shown)
+        return expected
+    log.warning("%s capture: the scene is not in the %s frame its file suggests; its cameras see it in the %s "
+                "frame (scene points seen: %s)", layout, expected, best, shown)
+    return best
 
 
 # ---- layouts ----------------------------------------------------------------------------------------------
@@ -232,7 +279,8 @@ def _inria(root: Path):
         if m:
             images = Path(m.group(1)) / "images"
 
-    def read(origin: np.ndarray):
+    def read(scene: Any, scene_path: Path | None):
+        origin = np.asarray(scene.origin, np.float64)
         cams, photos = [], []
         for e in sorted(entries, key=lambda e: str(e.get("img_name", ""))):
             try:
@@ -245,46 +293,42 @@ def _inria(root: Path):
                 raise SceneFormatError(f"cameras.json: bad entry ({err})", path=root / "cameras.json") from None
             cams.append(Camera(K=K, world_to_cam=np.linalg.inv(c2w), width=w, height=h, name=str(e["img_name"])))
             photos.append(_find_image(images, str(e["img_name"])))
-        return cams, photos
+        return cams, photos, {}
 
-    return its[-1], read, {}
+    return its[-1], read
 
 
 def _nerfstudio(root: Path):
     from scene_kd.scene.cameras import load_transforms_json
+    from scene_kd.scene.nerfstudio import cameras_in_frame, expected_frame, frame_scale, frame_transforms
 
     tj = root / "transforms.json"
-    meta = json.loads(tj.read_text())
-    frames = meta["frames"]
-    scene_path = None
-    if meta.get("ply_file_path") and (root / meta["ply_file_path"]).is_file():
-        scene_path = root / meta["ply_file_path"]
+    try:
+        meta = json.loads(tj.read_text())
+        frames = meta["frames"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SceneFormatError(f"unreadable transforms.json ({e})", path=tj) from None
+    ply_file = root / meta["ply_file_path"] if meta.get("ply_file_path") else None
+    scene_path = ply_file if ply_file is not None and ply_file.is_file() else None
     for cand in (root / "exports" / "splat" / "splat.ply", root / "splat.ply"):
         if scene_path is None and cand.is_file():
             scene_path = cand
     scene_path = scene_path or _top_scene_file(root)
-    dp = root / "dataparser_transforms.json"
+    transforms = frame_transforms(root, meta)
 
-    def read(origin: np.ndarray):
-        if dp.is_file():
-            cams = load_transforms_json(tj)
-            d = json.loads(dp.read_text())
-            T = np.eye(4)
-            T[:3, :4] = np.asarray(d["transform"], np.float64).reshape(3, 4)
-            scale = float(d.get("scale", 1.0))
-            for c in cams:
-                c2w = T @ np.linalg.inv(c.world_to_cam)
-                c2w[:3, 3] = c2w[:3, 3] * scale - origin
-                c.world_to_cam = np.linalg.inv(c2w)
-        else:
-            cams = load_transforms_json(tj, origin=origin)
-        return cams, [root / f["file_path"] for f in frames]
+    def read(scene: Any, path: Path | None):
+        raw = load_transforms_json(tj)  # transforms.json's frame, world coordinates
+        origin = np.asarray(scene.origin, np.float64)
+        candidates = {name: cameras_in_frame(raw, M, origin) for name, M in transforms.items()}
+        is_ply = path is not None and ply_file is not None and path.resolve() == ply_file.resolve()
+        frame = choose_frame(scene, candidates, expected_frame(transforms, is_ply), layout="nerfstudio")
+        extra: dict[str, Any] = {"frame": frame}
+        if frames and frames[0].get("depth_file_path"):
+            extra["depths"] = [root / f["depth_file_path"] for f in frames]
+            extra["depth_scale"] = float(meta.get("depth_unit_scale_factor", 0.001)) * frame_scale(transforms[frame])
+        return candidates[frame], [root / f["file_path"] for f in frames], extra
 
-    extra: dict[str, Any] = {}
-    if frames and frames[0].get("depth_file_path"):
-        extra["depths"] = [root / f["depth_file_path"] for f in frames]
-        extra["depth_scale"] = float(meta.get("depth_unit_scale_factor", 0.001))
-    return scene_path, read, extra
+    return scene_path, read
 
 
 def _nerf_synthetic(root: Path):
@@ -293,7 +337,8 @@ def _nerf_synthetic(root: Path):
     splits = [root / f"transforms_{s}.json" for s in ("train", "val", "test")]
     splits = [p for p in splits if p.is_file()]
 
-    def read(origin: np.ndarray):
+    def read(scene: Any, scene_path: Path | None):
+        origin = np.asarray(scene.origin, np.float64)
         cams, photos = [], []
         for sp in splits:
             meta = json.loads(sp.read_text())
@@ -310,19 +355,19 @@ def _nerf_synthetic(root: Path):
                     raise SceneFormatError(f"frame {i}: missing or bad field ({e})", path=sp) from None
                 cams.append(cam)
                 photos.append(photo)
-        return cams, photos
+        return cams, photos, {}
 
-    return _top_scene_file(root), read, {}
+    return _top_scene_file(root), read
 
 
 def _colmap(root: Path):
     from scene_kd.scene.cameras import load_colmap_cameras
 
-    def read(origin: np.ndarray):
-        cams = load_colmap_cameras(root, origin=origin)
-        return cams, [root / "images" / c.name for c in cams]
+    def read(scene: Any, scene_path: Path | None):
+        cams = load_colmap_cameras(root, origin=np.asarray(scene.origin, np.float64))
+        return cams, [root / "images" / c.name for c in cams], {}
 
-    return _top_scene_file(root), read, {}
+    return _top_scene_file(root), read
 
 
 def _label_images(root: Path, photos: list[Path]) -> tuple[list[Path | None] | None, dict[int, str]]:
