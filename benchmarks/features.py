@@ -146,7 +146,7 @@ def run(full: bool = False) -> dict:
         row["seconds"], row["query_peak_rss_growth_mib"] = timed(lambda p=prec: relevancy(f_dense, "fused", text, p))
         out[f"dense_f16_{prec}"] = row
     out["mixture_speedup_vs_dense_f16_auto"] = out["dense_f16_auto"]["seconds"] / out["mixture"]["seconds"]
-    del f_dense, dense16
+    f_dense = dense16 = None  # free the dense rows before the next part
 
     # distilled: rank-64 codes vs their dense float16 decoding
     basis = principal_basis(mix.bank, 64)

@@ -6,9 +6,9 @@ RUN/field.safetensors/field.json.
 text_encoder, dim, kind, granularities, storage, config_hash.
 The field holds the fused features (unit rows where covered, zero elsewhere) as ``features.fused`` (see
 scene_kd/field.py): for points a mask mixture (sparse per-point weights over the mask embeddings, exact;
-scene_kd/feature_store.py), for Gaussians dense float16 rows; the distill stage adds ``features.distilled``. Mask ids at the pixels the render
-stage's RGB-D depth check marked (``RUN/photos/NNNN.depth_check.npz``, scene_kd/render/photos.py) are dropped
-before lifting.
+scene_kd/feature_store.py), for Gaussians dense float16 rows; the distill stage adds ``features.distilled``.
+Mask ids at the pixels the render stage's RGB-D depth check marked (``RUN/photos/NNNN.depth_check.npz``,
+scene_kd/render/photos.py) are dropped before lifting.
 """
 
 from __future__ import annotations
