@@ -10,7 +10,9 @@ fusion leaves them. The dense float16 rows are the same features, decoded. Timed
 warm-up): relevancy of a query against 4 negatives (LERF's formula, text embeddings given) through
 ``scene_kd.query.similarity.raw_dots``: the mask mixture, the dense float16 rows (precision auto = float32 on
 a CPU without bf16, and float16), and rank-64 codes vs their dense float16 decoding. Memory: bytes each store
-holds, and the peak RSS growth while one query runs (sampled every 5 ms). Accuracy: max |relevancy - dense
+holds, and the peak RSS growth while one query runs (sampled every 5 ms). "auto" precision is bfloat16 on
+CPUs with AVX512-BF16/AMX (after a one-off bf16 copy of the rows), float32 elsewhere; ``cpu_fast_bf16`` says
+which this machine is. Accuracy: max |relevancy - dense
 float32 relevancy| over all N points (the float32 reference is computed chunk by chunk from the decoded rows).
 
     .venv/bin/python benchmarks/features.py [--full]      (default N = 1M; --full: N = 10M, ~14 GB RAM)
@@ -125,8 +127,10 @@ def run(full: bool = False) -> dict:
     build_s = time.perf_counter() - t0
     text = torch.nn.functional.normalize(torch.randn(5, dim, generator=torch.Generator().manual_seed(9)), dim=1)
     kw = dict(positions=np.zeros((n, 3), np.float32), origin=np.zeros(3), teacher="bench", text_encoder="bench", dim=dim)
+    from scene_kd.query.similarity import cpu_has_fast_bf16
+
     out: dict = {"points": n, "dim": dim, "masks": mix.bank.shape[0], "weights_per_point": mix.nnz() / n,
-                 "build_s": round(build_s, 1)}
+                 "build_s": round(build_s, 1), "cpu_fast_bf16": cpu_has_fast_bf16(), "load_before": _load()}
 
     ref = reference(mix, text)
     f_mix = FeatureField(features={"fused": mix}, **kw)
@@ -166,7 +170,13 @@ def run(full: bool = False) -> dict:
     out["low_rank_decoded_dense_f16_auto"] = {"store_mib": decoded.numel() * 2 / 2**20}
     out["low_rank_decoded_dense_f16_auto"]["seconds"], _ = timed(lambda: relevancy(f_dec, "distilled", text))
     out["low_rank_speedup_vs_dense_f16_auto"] = out["low_rank_decoded_dense_f16_auto"]["seconds"] / out["low_rank_64"]["seconds"]
+    out["load_after"] = _load()
     return out
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other work on the machine skews absolute timings)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else ""
 
 
 if __name__ == "__main__":
