@@ -16,11 +16,11 @@ class RenderConfig:
     height: int = 512
     """Image height, pixels."""
     levels: int = 3
+    """Granularity levels of the orbit and aerial-fixed presets (orbit radii / fixed altitudes)."""
     orbit_frame: Literal["auto", "scene"] = "auto"
     """orbit: "auto" estimates the up axis and floater-robust bounds of a Gaussian-splat scene (captures arrive
     in their trainer's frame, with background and floaters; render/scene_frame.py) and keeps cameras out of dense
     Gaussians; "scene" uses the scene's own z axis and bounding box (point clouds always do)."""
-    """Granularity levels of the orbit and aerial-fixed presets (orbit radii / fixed altitudes)."""
     gsd: tuple[float, ...] = (1.0, 0.3, 0.1)
     """aerial: nadir levels as ground sampling distances, metres per pixel at the median surface (any order; level 0
     is the coarsest). 0.1 m/px is the finest default because a car (~4.5 x 1.8 m) then covers ~45 x 18 px and a tree
@@ -37,7 +37,16 @@ class RenderConfig:
     """Fixed point footprint in pixels; 0 derives it from point_radius."""
     point_radius: float = 0.0
     """World radius of each point (scene units); 0 estimates it from the point density."""
-    min_views: int = 3
-    """Target views per point for coverage reporting."""
+    min_views: int = 14
+    """aerial: views (all levels together) that should frame a typical point - the median point of the scene, inside
+    a view's image less the lifting border, no occlusion test (render/views.py framing_counts); 0 = the
+    extent-driven plan only. When the extent-driven plan frames it fewer times, the plan densifies (nadir grids
+    with more overlap, obliques from more headings; every level keeps its GSD) until it does. 14 because the
+    extent-driven plan already gives that to a tile of two or more blocks (district of 2 x 2 blocks 16, flat tiles
+    of 100 m to 2 km 14-25: those keep their plan, a 1 km square its 1442 views), while a scene of one block or
+    less, whose coarse levels merge into one view, gets 5-10 and too few views to outvote a teacher's wrong masks
+    (a 200k-point block: 15 views, fused mIoU 0.52 against 0.73 with the old 30-view plan). Also the count the
+    coverage report's seen_min_views measures, occlusion-tested (so lower: obliques frame points roofs and
+    trees hide)."""
     background: tuple[int, int, int] = (0, 0, 0)
     """RGB of empty pixels."""
