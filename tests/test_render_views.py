@@ -63,7 +63,7 @@ def test_gsd_levels_follow_the_extent():
 
 def test_small_scenes_clamp_and_merge_levels():
     scene = flat_tile(size=40.0, n=4000)
-    cams, summary = plan_views_with_summary(scene, RenderConfig())
+    cams, summary = plan_views_with_summary(scene, RenderConfig(min_views=0))  # the extent-driven plan
     gsds = [lv["gsd_m"] for lv in summary["levels"] if lv["kind"] == "nadir"]
     # 1.0 and 0.3 m/px are both coarser than the 40 m square needs (40 / 492 * 1.2 = 0.098 m/px): one level
     assert len(gsds) == 1 and gsds[0] == pytest.approx(40 / 492 * 1.2, rel=0.05)
@@ -76,20 +76,22 @@ def test_small_scenes_get_min_views_per_point():
     cfg = RenderConfig()  # min_views 14
     sparse_cams, sparse = plan_views_with_summary(scene, replace(cfg, min_views=0))  # the extent-driven plan
     cams, summary = plan_views_with_summary(scene, cfg)
-    assert sparse["views_per_point"] < cfg.min_views <= summary["views_per_point"] == pytest.approx(15, abs=1)
+    assert sparse["views_per_point"] < cfg.min_views <= summary["views_per_point"]
     # measured the way lifting sees (z-buffered, occlusion-tested): the median point is seen >= min_views times
     assert coverage_report(scene, sparse_cams, cfg)["seen_min_views"] < 0.5
     covered = coverage_report(scene, cams, cfg)
     assert covered["seen_min_views"] >= 0.5 and covered["seen_1"] == 1.0
-    # every level keeps its GSD (planned and seen) and gets at least as many views; obliques from more headings
+    # every level keeps its GSD (planned and seen) and gets several views: density 2, so a level that fitted one
+    # view gets 2 x 2 and the obliques 8 headings at each of 2 x 2 look-at points
     assert [lv["gsd_m"] for lv in summary["levels"]] == [lv["gsd_m"] for lv in sparse["levels"]]
+    assert sparse["levels"][0]["views"] == 1 and summary["levels"][0]["views"] == 4
     for lv, before in zip(summary["levels"], sparse["levels"], strict=True):
-        assert lv["views"] >= before["views"] and lv["gsd_seen_m"] == pytest.approx(lv["gsd_m"], rel=0.05)
-    assert sparse["levels"][-1]["headings"] == 4 < summary["levels"][-1]["headings"]
-    assert len({c.name for c in cams}) == len(cams) <= 2 * len(sparse_cams)
+        assert lv["views"] >= max(before["views"], 4) and lv["gsd_seen_m"] == pytest.approx(lv["gsd_m"], rel=0.05)
+    assert sparse["levels"][-1]["headings"] == 4 and summary["levels"][-1]["headings"] == 8
+    assert len({c.name for c in cams}) == len(cams) <= 48
     # a target out of reach stops at MAX_DENSITY
     _, capped = plan_views_with_summary(scene, replace(cfg, min_views=10_000))
-    assert capped["levels"][-1]["headings"] == round(4 * MAX_DENSITY)
+    assert capped["levels"][-1]["headings"] == 4 * MAX_DENSITY
 
 
 def test_large_tiles_keep_the_extent_driven_plan():

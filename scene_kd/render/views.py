@@ -9,8 +9,8 @@ Scenes are z-up in their local frame (LAS/LAZ, the synthetic scenes). Cameras ar
   (index = number of nadir levels) at ``cfg.oblique_gsd``: 45 deg down-looking views from 4 diagonal headings at each
   cell of a grid spaced like a nadir level of that GSD, so every facade of an axis-aligned city faces two of them.
   On a small scene, whose coarse levels merge into one view, that extent-driven plan frames a typical point in
-  too few views to outvote a teacher's wrong masks; then the plan densifies (nadir grids with more overlap,
-  obliques from more headings, every level at its GSD) until ``cfg.min_views`` views frame the median point.
+  too few views to outvote a teacher's wrong masks; then the plan densifies (denser, shifted grids, obliques from
+  more headings, every level at its GSD) until ``cfg.min_views`` views frame the median point.
   :func:`plan_aerial_levels` also returns each level's GSD, view count and megapixels (the teacher's work).
 * ``aerial-fixed``: the earlier plan, whatever the extent: nadir grids at ``cfg.levels`` altitudes (level 0 = one
   view of the whole extent at altitude h0, level l at h0 / (l + 1), on a grid with 15 % overlap) plus 16 obliques
@@ -122,21 +122,23 @@ class LevelPlan:
     headings: int = 1
 
 
-MAX_DENSITY = 8.0
+MAX_DENSITY = 4
 """The most an ``aerial`` plan densifies to reach ``cfg.min_views`` (density s: about s times the views per point)."""
-DENSITY_STEP = 0.5
-"""Density increments while planning (s = 1, 1.5, 2, ...: 4, 6, 8, ... oblique headings)."""
 FRAMING_SAMPLE = 4096
 """Points (a strided sample of the scene) on which :func:`framing_counts` counts views while planning."""
 
 
-def _grid_centres(lo: float, extent: float, footprint: float, overlap: float) -> np.ndarray:
+def _grid_centres(lo: float, extent: float, footprint: float, overlap: float, density: int = 1) -> np.ndarray:
     """Centres [n] of views of width ``footprint`` covering [lo, lo + extent] with at least ``overlap`` between
-    neighbours; the first and last views are flush with the bounds (one centred view when it fits)."""
+    neighbours; the first and last views are flush with the bounds (one centred view when it fits). At
+    ``density`` s > 1 the step shrinks by sqrt(s) and there are at least ceil(sqrt(s)) views, spread over the
+    extent (centres of equal parts) where it fits one view."""
+    overlap = 1.0 - (1.0 - overlap) / math.sqrt(density)
+    n_min = math.ceil(math.sqrt(density) - 1e-9)
     if extent <= footprint:
-        return np.array([lo + 0.5 * extent])
+        return lo + (np.arange(n_min) + 0.5) * extent / n_min
     step = footprint * (1.0 - overlap)
-    n = math.ceil((extent - footprint) / step - 1e-9) + 1
+    n = max(math.ceil((extent - footprint) / step - 1e-9) + 1, n_min)
     return lo + 0.5 * footprint + np.arange(n) * (extent - footprint) / (n - 1)
 
 
@@ -196,22 +198,21 @@ def _site(xyz: np.ndarray, cfg: RenderConfig) -> _Site:
     return _Site(lo[:2], extent, ground, surface, float(hi[2]), fit)
 
 
-def _aerial_at_density(site: _Site, cfg: RenderConfig, density: float) -> tuple[list[Camera], list[LevelPlan]]:
-    """The aerial plan at ``density`` s >= 1: nadir grids with a per-axis step shrunk by sqrt(s) (a level that fits
-    one view keeps it), obliques from round(4 s) evenly spaced headings starting at 45 deg; s = 1 is the
-    extent-driven plan."""
+def _aerial_at_density(site: _Site, cfg: RenderConfig, density: int) -> tuple[list[Camera], list[LevelPlan]]:
+    """The aerial plan at ``density`` s >= 1: nadir and oblique look-at grids with a per-axis step shrunk by
+    sqrt(s) and at least ceil(sqrt(s)) views per axis (:func:`_grid_centres`), obliques from 4 s evenly spaced
+    headings starting at 45 deg; s = 1 is the extent-driven plan."""
     W, H = cfg.width, cfg.height
     K = intrinsics(W, H, AERIAL_FOV_DEG)
     f = float(K[0, 0])
     usable = _usable_px(cfg)
     lo, extent, surface = site.lo, site.extent, site.surface
-    overlap = 1.0 - (1.0 - cfg.overlap) / math.sqrt(density)
     cams: list[Camera] = []
     levels: list[LevelPlan] = []
     for level, g in enumerate(_level_gsds(tuple(cfg.gsd), site.fit)):
         h = g * f
         z = max(surface + h, site.top + 2.0)
-        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], overlap) for i in (0, 1))
+        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap, density) for i in (0, 1))
         for iy, cy in enumerate(ys):
             for ix, cx in enumerate(xs):
                 w2c = look_at(np.array([cx, cy, z]), np.array([cx, cy, z - 1.0]))
@@ -223,10 +224,9 @@ def _aerial_at_density(site: _Site, cfg: RenderConfig, density: float) -> tuple[
         g = min(float(cfg.oblique_gsd), site.fit)
         dist = g * f
         pitch = math.radians(45.0)
-        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap) for i in (0, 1))
+        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap, density) for i in (0, 1))
         tz = 0.5 * (surface + site.ground)
-        n_headings = round(4 * density)
-        headings = [45.0 + k * 360.0 / n_headings for k in range(n_headings)]
+        headings = [45.0 + k * 90.0 / density for k in range(4 * density)]
         for iy, cy in enumerate(ys):
             for ix, cx in enumerate(xs):
                 for heading in headings:
@@ -247,8 +247,10 @@ def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera]
     points on a grid of the same spacing at ``cfg.oblique_gsd``, distance g * W / (2 tan(hfov / 2)).
 
     When fewer than ``cfg.min_views`` views frame the median point (:func:`framing_counts`; small scenes, whose
-    coarse levels merge into one view), the plan densifies - density s = 1.5, 2, ... up to MAX_DENSITY: nadir grids
-    with a per-axis step / sqrt(s), obliques from 4 s headings - until they do; every level keeps its GSD.
+    coarse levels merge into one view), the plan densifies in whole steps - density s = 2, 3, ... up to
+    MAX_DENSITY: every grid (nadir and oblique look-at points) with a per-axis step / sqrt(s) and at least
+    ceil(sqrt(s)) views per axis, obliques from 4 s headings - until they do; every level keeps its GSD. Whole
+    steps because fusion weighs each level equally: at s = 2 even a level that fitted one view gets 2 x 2 views.
     Raises SceneKDError for a non-positive GSD, an overlap outside [0, 0.9] or a negative min_views."""
     if not cfg.gsd or any(not (float(g) > 0 and math.isfinite(float(g))) for g in cfg.gsd):
         raise SceneKDError(f"render.gsd must be positive metres per pixel, got {cfg.gsd!r}")
@@ -259,13 +261,13 @@ def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera]
     if cfg.min_views < 0:
         raise SceneKDError(f"render.min_views must be >= 0 (0 = the extent-driven plan), got {cfg.min_views}")
     site = _site(xyz, cfg)
-    density = 1.0
+    density = 1
     cams, levels = _aerial_at_density(site, cfg, density)
     while density < MAX_DENSITY and cfg.min_views > 0 and _typical_views(xyz, cams) < cfg.min_views:
-        density += DENSITY_STEP
+        density += 1
         cams, levels = _aerial_at_density(site, cfg, density)
     if density > 1:
-        log.info("aerial plan densified x%.1f to %d views so that >= %d views frame a typical point", density,
+        log.info("aerial plan densified x%d to %d views so that >= %d views frame a typical point", density,
                  len(cams), cfg.min_views)
     return cams, levels
 
