@@ -5,7 +5,7 @@ Scenes are z-up in their local frame (LAS/LAZ, the synthetic scenes). Cameras ar
 
 * ``aerial``: levels by ground sampling distance (GSD, metres per pixel at the median surface; ``cfg.gsd``, coarse
   to fine = level 0, 1, ...): each level is a nadir grid whose view count follows from the extent, the image size
-  and ``cfg.overlap`` (a 1 km square at 0.1 m/px, 512 px, 20 % overlap: 25 x 25 views), plus one oblique level
+  and ``cfg.overlap`` (a 1 km square at 0.1 m/px, 512 px, 20 % overlap: 26 x 26 views), plus one oblique level
   (index = number of nadir levels) at ``cfg.oblique_gsd``: 45 deg down-looking views from 4 diagonal headings at each
   cell of a grid spaced like a nadir level of that GSD, so every facade of an axis-aligned city faces two of them.
   On a small scene, whose coarse levels merge into one view, that extent-driven plan frames a typical point in
