@@ -18,7 +18,7 @@ from scene_kd.render.cull import (
 )
 from scene_kd.render.points import estimate_point_radii, visible_in_view
 from scene_kd.render.stage import render_point_view
-from scene_kd.render.views import plan_views, plan_views_with_summary
+from scene_kd.render.views import MAX_DENSITY, coverage_report, plan_views, plan_views_with_summary
 from scene_kd.scene.types import PointCloud
 
 
@@ -31,6 +31,14 @@ def flat_tile(size: float = 1000.0, n: int = 20000, seed: int = 0) -> PointCloud
     z[box] += 10.0
     labels = box.astype(np.int32)
     return PointCloud(xyz=np.c_[xy, z], labels=labels, label_names={0: "ground", 1: "building"})
+
+
+def open_ground(size: float, n: int, seed: int = 0) -> PointCloud:
+    """Points on a gently undulating plane of ``size`` x ``size`` metres, nothing on it: what frames a point sees it."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, size, (n, 2))
+    return PointCloud(xyz=np.c_[xy, 0.5 * np.sin(xy[:, 0] / 50.0)], labels=np.zeros(n, dtype=np.int32),
+                      label_names={0: "ground"})
 
 
 def test_gsd_levels_follow_the_extent():
@@ -55,7 +63,7 @@ def test_gsd_levels_follow_the_extent():
 
 def test_small_scenes_clamp_and_merge_levels():
     scene = flat_tile(size=40.0, n=4000)
-    cams, summary = plan_views_with_summary(scene, RenderConfig())
+    cams, summary = plan_views_with_summary(scene, RenderConfig(min_views=0))  # the extent-driven plan
     gsds = [lv["gsd_m"] for lv in summary["levels"] if lv["kind"] == "nadir"]
     # 1.0 and 0.3 m/px are both coarser than the 40 m square needs (40 / 492 * 1.2 = 0.098 m/px): one level
     assert len(gsds) == 1 and gsds[0] == pytest.approx(40 / 492 * 1.2, rel=0.05)
@@ -63,10 +71,42 @@ def test_small_scenes_clamp_and_merge_levels():
     assert sorted({c.level for c in cams}) == [0, 1]
 
 
+def test_small_scenes_get_min_views_per_point():
+    scene = open_ground(60.0, 7200)
+    cfg = RenderConfig()  # min_views 14
+    sparse_cams, sparse = plan_views_with_summary(scene, replace(cfg, min_views=0))  # the extent-driven plan
+    cams, summary = plan_views_with_summary(scene, cfg)
+    assert sparse["views_per_point"] < cfg.min_views <= summary["views_per_point"]
+    # measured the way lifting sees (z-buffered, occlusion-tested): the median point is seen >= min_views times
+    assert coverage_report(scene, sparse_cams, cfg)["seen_min_views"] < 0.5
+    covered = coverage_report(scene, cams, cfg)
+    assert covered["seen_min_views"] >= 0.5 and covered["seen_1"] == 1.0
+    # every level keeps its GSD (planned and seen) and gets several views: density 2, so a level that fitted one
+    # view gets 2 x 2 and the obliques 8 headings at each of 2 x 2 look-at points
+    assert [lv["gsd_m"] for lv in summary["levels"]] == [lv["gsd_m"] for lv in sparse["levels"]]
+    assert sparse["levels"][0]["views"] == 1 and summary["levels"][0]["views"] == 4
+    for lv, before in zip(summary["levels"], sparse["levels"], strict=True):
+        assert lv["views"] >= max(before["views"], 4) and lv["gsd_seen_m"] == pytest.approx(lv["gsd_m"], rel=0.05)
+    assert sparse["levels"][-1]["headings"] == 4 and summary["levels"][-1]["headings"] == 8
+    assert len({c.name for c in cams}) == len(cams) <= 48
+    # a target out of reach stops at MAX_DENSITY
+    _, capped = plan_views_with_summary(scene, replace(cfg, min_views=10_000))
+    assert capped["levels"][-1]["headings"] == 4 * MAX_DENSITY
+
+
+def test_large_tiles_keep_the_extent_driven_plan():
+    scene = flat_tile()  # 1 km square: 1442 views, a typical point framed by ~24 of them
+    cams, summary = plan_views_with_summary(scene, RenderConfig())
+    base = plan_views(scene, RenderConfig(min_views=0))
+    assert summary["views_per_point"] >= RenderConfig().min_views
+    assert len(cams) == len(base) == 1442
+    assert [c.name for c in cams] == [c.name for c in base]
+
+
 def test_bad_plan_settings_are_clear_errors():
     scene = flat_tile(size=100.0, n=2000)
     for bad in (dict(gsd=()), dict(gsd=(0.1, 0.0)), dict(gsd=(float("nan"),)), dict(overlap=0.95),
-                dict(oblique_gsd=-1.0)):
+                dict(oblique_gsd=-1.0), dict(min_views=-1)):
         with pytest.raises(SceneKDError):
             plan_views(scene, replace(RenderConfig(), **bad))
     with pytest.raises(SceneKDError, match="aerial-fixed"):

@@ -16,11 +16,11 @@ class RenderConfig:
     height: int = 512
     """Image height, pixels."""
     levels: int = 3
+    """Granularity levels of the orbit and aerial-fixed presets (orbit radii / fixed altitudes)."""
     orbit_frame: Literal["auto", "scene"] = "auto"
     """orbit: "auto" estimates the up axis and floater-robust bounds of a Gaussian-splat scene (captures arrive
     in their trainer's frame, with background and floaters; render/scene_frame.py) and keeps cameras out of dense
     Gaussians; "scene" uses the scene's own z axis and bounding box (point clouds always do)."""
-    """Granularity levels of the orbit and aerial-fixed presets (orbit radii / fixed altitudes)."""
     gsd: tuple[float, ...] = (1.0, 0.3, 0.1)
     """aerial: nadir levels as ground sampling distances, metres per pixel at the median surface (any order; level 0
     is the coarsest). 0.1 m/px is the finest default because a car (~4.5 x 1.8 m) then covers ~45 x 18 px and a tree
@@ -37,8 +37,18 @@ class RenderConfig:
     """Fixed point footprint in pixels; 0 derives it from point_radius."""
     point_radius: float = 0.0
     """World radius of each point (scene units); 0 estimates it from the point density."""
-    min_views: int = 3
-    """Target views per point for coverage reporting."""
+    min_views: int = 14
+    """aerial: views (all levels together) that should frame a typical point - the median point of the scene, inside
+    a view's image less the lifting border, no occlusion test (render/views.py framing_counts); 0 = the
+    extent-driven plan only. A plan short of it densifies in whole steps s = 2, 3, 4 (every level about s times
+    the views per point: denser grids, a level that fitted one view gets 2 x 2 shifted views, obliques from 4 s
+    headings; every level keeps its GSD) until it is met. 14 because the extent-driven plan already frames a
+    typical point that often on a tile of two or more blocks (2 x 2 synthetic blocks 16, flat tiles of 100 m to
+    2 km 14-25: those keep their plan, a 1 km square its 1442 views), while on a scene of one block or less its
+    coarse levels merge into one view and it frames 5-10 times: too few to outvote a teacher's wrong masks, as
+    fusion weighs each level equally (200k-point synthetic block, realistic oracle, 20 % wrong masks: fused mIoU
+    0.52 with 15 views, 0.73 densified to 48, as with the old fixed 30-view plan). Also the count whose
+    occlusion-tested share the coverage report gives as seen_min_views (lower: obliques frame hidden points)."""
     background: tuple[int, int, int] = (0, 0, 0)
     """RGB of empty pixels."""
     frame_depth_check: bool = True

@@ -5,9 +5,12 @@ Scenes are z-up in their local frame (LAS/LAZ, the synthetic scenes). Cameras ar
 
 * ``aerial``: levels by ground sampling distance (GSD, metres per pixel at the median surface; ``cfg.gsd``, coarse
   to fine = level 0, 1, ...): each level is a nadir grid whose view count follows from the extent, the image size
-  and ``cfg.overlap`` (a 1 km square at 0.1 m/px, 512 px, 20 % overlap: 25 x 25 views), plus one oblique level
+  and ``cfg.overlap`` (a 1 km square at 0.1 m/px, 512 px, 20 % overlap: 26 x 26 views), plus one oblique level
   (index = number of nadir levels) at ``cfg.oblique_gsd``: 45 deg down-looking views from 4 diagonal headings at each
   cell of a grid spaced like a nadir level of that GSD, so every facade of an axis-aligned city faces two of them.
+  On a small scene, whose coarse levels merge into one view, that extent-driven plan frames a typical point in
+  too few views to outvote a teacher's wrong masks; then the plan densifies (denser, shifted grids, obliques from
+  more headings, every level at its GSD) until ``cfg.min_views`` views frame the median point.
   :func:`plan_aerial_levels` also returns each level's GSD, view count and megapixels (the teacher's work).
 * ``aerial-fixed``: the earlier plan, whatever the extent: nadir grids at ``cfg.levels`` altitudes (level 0 = one
   view of the whole extent at altitude h0, level l at h0 / (l + 1), on a grid with 15 % overlap) plus 16 obliques
@@ -107,23 +110,35 @@ def plan_aerial_fixed(xyz: np.ndarray, cfg: RenderConfig) -> list[Camera]:
 @dataclass(frozen=True)
 class LevelPlan:
     """One granularity level of a plan: ``kind`` nadir | oblique, planned GSD (metres per pixel at the median surface
-    for nadir levels, at the look-at point for obliques), the view grid (nx, ny) and the camera height above the
-    median surface (nadir) or distance to the look-at point (oblique), metres."""
+    for nadir levels, at the look-at point for obliques), the view grid (nx, ny), the camera height above the
+    median surface (nadir) or distance to the look-at point (oblique), metres, and the headings per grid cell
+    (1 for nadir; 4 x the plan's density for obliques)."""
 
     level: int
     kind: str
     gsd: float
     grid: tuple[int, int]
     distance: float
+    headings: int = 1
 
 
-def _grid_centres(lo: float, extent: float, footprint: float, overlap: float) -> np.ndarray:
+MAX_DENSITY = 4
+"""The most an ``aerial`` plan densifies to reach ``cfg.min_views`` (density s: about s times the views per point)."""
+FRAMING_SAMPLE = 4096
+"""Points (a strided sample of the scene) on which :func:`framing_counts` counts views while planning."""
+
+
+def _grid_centres(lo: float, extent: float, footprint: float, overlap: float, density: int = 1) -> np.ndarray:
     """Centres [n] of views of width ``footprint`` covering [lo, lo + extent] with at least ``overlap`` between
-    neighbours; the first and last views are flush with the bounds (one centred view when it fits)."""
+    neighbours; the first and last views are flush with the bounds (one centred view when it fits). At
+    ``density`` s > 1 the step shrinks by sqrt(s) and there are at least ceil(sqrt(s)) views, spread over the
+    extent (centres of equal parts) where it fits one view."""
+    overlap = 1.0 - (1.0 - overlap) / math.sqrt(density)
+    n_min = math.ceil(math.sqrt(density) - 1e-9)
     if extent <= footprint:
-        return np.array([lo + 0.5 * extent])
+        return lo + (np.arange(n_min) + 0.5) * extent / n_min
     step = footprint * (1.0 - overlap)
-    n = math.ceil((extent - footprint) / step - 1e-9) + 1
+    n = max(math.ceil((extent - footprint) / step - 1e-9) + 1, n_min)
     return lo + 0.5 * footprint + np.arange(n) * (extent - footprint) / (n - 1)
 
 
@@ -137,35 +152,67 @@ def _level_gsds(gsd: tuple[float, ...], fit: float) -> list[float]:
     return out
 
 
-def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera], list[LevelPlan]]:
-    """The ``aerial`` preset: (cameras, one LevelPlan per level). Nadir level at GSD g: camera height
-    h = g * W / (2 tan(hfov / 2)) above the median surface (at least 2 m above the highest point), views on a
-    grid whose usable footprints (the image less LIFT_BORDER_PX on each side, times g) cover the extent with
-    ``cfg.overlap``. Oblique level: pitch 45 deg, 4 diagonal headings, look-at
-    points on a grid of the same spacing at ``cfg.oblique_gsd``, distance g * W / (2 tan(hfov / 2)).
-    Raises SceneKDError for a non-positive GSD or an overlap outside [0, 0.9]."""
-    if not cfg.gsd or any(not (float(g) > 0 and math.isfinite(float(g))) for g in cfg.gsd):
-        raise SceneKDError(f"render.gsd must be positive metres per pixel, got {cfg.gsd!r}")
-    if not (cfg.oblique_gsd >= 0 and math.isfinite(cfg.oblique_gsd)):
-        raise SceneKDError(f"render.oblique_gsd must be >= 0 (0 = no obliques), got {cfg.oblique_gsd}")
-    if not 0.0 <= cfg.overlap <= 0.9:
-        raise SceneKDError(f"render.overlap must be in [0, 0.9], got {cfg.overlap}")
+def framing_counts(xyz: np.ndarray, cameras: list[Camera], sample: int = FRAMING_SAMPLE) -> np.ndarray:
+    """Views framing each point [n] of a strided sample of at most ``sample`` of the points [N, 3]: in front of the
+    camera and inside the image less LIFT_BORDER_PX (what lifting uses), with no occlusion test - an upper bound
+    of :func:`view_counts`, cheap enough to plan with (each camera projects ``sample`` points)."""
+    from scene_kd.render.points import pixel_index, project_points
+
+    pts = torch.as_tensor(np.asarray(xyz[:: max(1, len(xyz) // max(1, sample))], dtype=np.float32))
+    counts = torch.zeros(len(pts), dtype=torch.int32)
+    for cam in cameras:
+        uv, z = project_points(pts, cam)
+        counts += (pixel_index(uv, z, cam.width, cam.height, LIFT_BORDER_PX) >= 0).to(torch.int32)
+    return counts.numpy()
+
+
+def _typical_views(xyz: np.ndarray, cameras: list[Camera]) -> float:
+    """Views framing the median point (:func:`framing_counts`)."""
+    return float(np.median(framing_counts(xyz, cameras))) if len(xyz) and cameras else 0.0
+
+
+@dataclass(frozen=True)
+class _Site:
+    """What the aerial planner needs of a scene: xy bounds, extent, heights (2nd percentile, median, top) and the
+    GSD at which the extent fits one view."""
+
+    lo: np.ndarray
+    extent: np.ndarray
+    ground: float
+    surface: float
+    top: float
+    fit: float
+
+
+def _usable_px(cfg: RenderConfig) -> list[int]:
+    """Image width and height less LIFT_BORDER_PX on each side: the pixels that count for lifting."""
+    return [max(n - 2 * LIFT_BORDER_PX, (n + 1) // 2) for n in (cfg.width, cfg.height)]
+
+
+def _site(xyz: np.ndarray, cfg: RenderConfig) -> _Site:
+    usable = _usable_px(cfg)
     lo, hi = _bounds(xyz)
+    extent = np.maximum(hi[:2] - lo[:2], 1e-3)
+    ground, surface = (float(v) for v in np.percentile(xyz[:, 2], [2, 50]))
+    fit = float(max(extent[0] / usable[0], extent[1] / usable[1])) * (1.0 + cfg.overlap)
+    return _Site(lo[:2], extent, ground, surface, float(hi[2]), fit)
+
+
+def _aerial_at_density(site: _Site, cfg: RenderConfig, density: int) -> tuple[list[Camera], list[LevelPlan]]:
+    """The aerial plan at ``density`` s >= 1: nadir and oblique look-at grids with a per-axis step shrunk by
+    sqrt(s) and at least ceil(sqrt(s)) views per axis (:func:`_grid_centres`), obliques from 4 s evenly spaced
+    headings starting at 45 deg; s = 1 is the extent-driven plan."""
     W, H = cfg.width, cfg.height
     K = intrinsics(W, H, AERIAL_FOV_DEG)
     f = float(K[0, 0])
-    ground = float(np.percentile(xyz[:, 2], 2))
-    surface = float(np.percentile(xyz[:, 2], 50))
-    top = float(hi[2])
-    extent = np.maximum(hi[:2] - lo[:2], 1e-3)
-    usable = [max(n - 2 * LIFT_BORDER_PX, (n + 1) // 2) for n in (W, H)]  # pixels that count for lifting
-    fit = float(max(extent[0] / usable[0], extent[1] / usable[1])) * (1.0 + cfg.overlap)
+    usable = _usable_px(cfg)
+    lo, extent, surface = site.lo, site.extent, site.surface
     cams: list[Camera] = []
     levels: list[LevelPlan] = []
-    for level, g in enumerate(_level_gsds(tuple(cfg.gsd), fit)):
+    for level, g in enumerate(_level_gsds(tuple(cfg.gsd), site.fit)):
         h = g * f
-        z = max(surface + h, top + 2.0)
-        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap) for i in (0, 1))
+        z = max(surface + h, site.top + 2.0)
+        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap, density) for i in (0, 1))
         for iy, cy in enumerate(ys):
             for ix, cx in enumerate(xs):
                 w2c = look_at(np.array([cx, cy, z]), np.array([cx, cy, z - 1.0]))
@@ -174,20 +221,54 @@ def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera]
         levels.append(LevelPlan(level, "nadir", g, (len(xs), len(ys)), z - surface))
     if cfg.oblique_gsd > 0:
         level = len(levels)
-        g = min(float(cfg.oblique_gsd), fit)
+        g = min(float(cfg.oblique_gsd), site.fit)
         dist = g * f
         pitch = math.radians(45.0)
-        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap) for i in (0, 1))
-        tz = 0.5 * (surface + ground)
+        xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap, density) for i in (0, 1))
+        tz = 0.5 * (surface + site.ground)
+        headings = [45.0 + k * 90.0 / density for k in range(4 * density)]
         for iy, cy in enumerate(ys):
             for ix, cx in enumerate(xs):
-                for heading in (45.0, 135.0, 225.0, 315.0):
+                for heading in headings:
                     a = math.radians(heading)
                     fwd = np.array([math.cos(a) * math.cos(pitch), math.sin(a) * math.cos(pitch), -math.sin(pitch)])
                     target = np.array([cx, cy, tz])
                     cams.append(Camera(K=K, world_to_cam=look_at(target - dist * fwd, target), width=W, height=H,
-                                       level=level, name=f"oblique-g{g:.3g}-r{iy}c{ix}-h{int(heading)}"))
-        levels.append(LevelPlan(level, "oblique", g, (len(xs), len(ys)), dist))
+                                       level=level, name=f"oblique-g{g:.3g}-r{iy}c{ix}-h{int(heading) % 360}"))
+        levels.append(LevelPlan(level, "oblique", g, (len(xs), len(ys)), dist, len(headings)))
+    return cams, levels
+
+
+def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera], list[LevelPlan]]:
+    """The ``aerial`` preset: (cameras, one LevelPlan per level). Nadir level at GSD g: camera height
+    h = g * W / (2 tan(hfov / 2)) above the median surface (at least 2 m above the highest point), views on a
+    grid whose usable footprints (the image less LIFT_BORDER_PX on each side, times g) cover the extent with
+    ``cfg.overlap``. Oblique level: pitch 45 deg, 4 diagonal headings, look-at
+    points on a grid of the same spacing at ``cfg.oblique_gsd``, distance g * W / (2 tan(hfov / 2)).
+
+    When fewer than ``cfg.min_views`` views frame the median point (:func:`framing_counts`; small scenes, whose
+    coarse levels merge into one view), the plan densifies in whole steps - density s = 2, 3, ... up to
+    MAX_DENSITY: every grid (nadir and oblique look-at points) with a per-axis step / sqrt(s) and at least
+    ceil(sqrt(s)) views per axis, obliques from 4 s headings - until they do; every level keeps its GSD. Whole
+    steps because fusion weighs each level equally: at s = 2 even a level that fitted one view gets 2 x 2 views.
+    Raises SceneKDError for a non-positive GSD, an overlap outside [0, 0.9] or a negative min_views."""
+    if not cfg.gsd or any(not (float(g) > 0 and math.isfinite(float(g))) for g in cfg.gsd):
+        raise SceneKDError(f"render.gsd must be positive metres per pixel, got {cfg.gsd!r}")
+    if not (cfg.oblique_gsd >= 0 and math.isfinite(cfg.oblique_gsd)):
+        raise SceneKDError(f"render.oblique_gsd must be >= 0 (0 = no obliques), got {cfg.oblique_gsd}")
+    if not 0.0 <= cfg.overlap <= 0.9:
+        raise SceneKDError(f"render.overlap must be in [0, 0.9], got {cfg.overlap}")
+    if cfg.min_views < 0:
+        raise SceneKDError(f"render.min_views must be >= 0 (0 = the extent-driven plan), got {cfg.min_views}")
+    site = _site(xyz, cfg)
+    density = 1
+    cams, levels = _aerial_at_density(site, cfg, density)
+    while density < MAX_DENSITY and cfg.min_views > 0 and _typical_views(xyz, cams) < cfg.min_views:
+        density += 1
+        cams, levels = _aerial_at_density(site, cfg, density)
+    if density > 1:
+        log.info("aerial plan densified x%d to %d views so that >= %d views frame a typical point", density,
+                 len(cams), cfg.min_views)
     return cams, levels
 
 
@@ -212,8 +293,10 @@ def seen_gsd(xyz: np.ndarray, cam: Camera, sample: int = 20000) -> float | None:
 def plan_summary(scene: Any, cameras: list[Camera], cfg: RenderConfig,
                  levels: list[LevelPlan] | None = None) -> dict[str, Any]:
     """What a plan costs and resolves, for views.json and ``render --json``: {"views", "megapixels" (the teacher's
-    input), "levels": [{"level", "kind", "gsd_m" (planned, None for presets without one), "gsd_seen_m" (median
-    over the points the level's first views see), "views", "megapixels", "grid"}]}."""
+    input), "views_per_point" (views framing the median point, :func:`framing_counts`), "min_views" (the aerial
+    planner's target for it), "levels": [{"level", "kind", "gsd_m" (planned, None for presets without one),
+    "gsd_seen_m" (median over the points the level's first views see), "views", "megapixels", "grid", "headings"
+    (obliques per grid cell)}]}."""
     xyz = np.asarray(scene.xyz, dtype=np.float32)
     by_level: dict[int, list[Camera]] = defaultdict(list)
     for c in cameras:
@@ -229,9 +312,10 @@ def plan_summary(scene: Any, cameras: list[Camera], cfg: RenderConfig,
                      "gsd_m": round(lp.gsd, 4) if lp else None,
                      "gsd_seen_m": round(float(np.median(seen)), 4) if seen else None,
                      "views": len(cams), "megapixels": round(sum(c.width * c.height for c in cams) / 1e6, 3),
-                     "grid": list(lp.grid) if lp else None})
+                     "grid": list(lp.grid) if lp else None, "headings": lp.headings if lp else None})
     return {"preset": str(cfg.preset), "views": len(cameras),
-            "megapixels": round(sum(c.width * c.height for c in cameras) / 1e6, 3), "levels": rows}
+            "megapixels": round(sum(c.width * c.height for c in cameras) / 1e6, 3),
+            "views_per_point": _typical_views(xyz, cameras), "min_views": int(cfg.min_views), "levels": rows}
 
 
 def _kind_of(cam: Camera) -> str:
