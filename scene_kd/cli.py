@@ -118,7 +118,8 @@ def _check_section_flags(argv: list[str], cfg: Any, sections: tuple[str, ...]) -
             continue
         obj = getattr(cfg, section)
         names = {f.name for f in dataclasses.fields(obj)}
-        if key in names:
+        booleans = {f.name for f in dataclasses.fields(obj) if f.type in (bool, "bool")}
+        if key in names or (key.startswith("no_") and key[3:] in booleans):  # tyro's --section.no-FLAG
             continue
         if section == "teacher":
             owners = [n for n, c in TEACHER_CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)}]

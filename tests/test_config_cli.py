@@ -167,6 +167,17 @@ def test_a_yaml_setting_arrives_unchanged_and_conflicting_flags_are_refused(orac
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_boolean_option_is_honoured_in_both_forms_the_help_lists(oracle_run, capsys):
+    """--fuse.no-balance-granularities (tyro's negative form) arrives as False; --fuse.no-border-px does not exist."""
+    assert main(["fuse", str(oracle_run), "--fuse.no-balance-granularities", "--json"]) == 0
+    assert yaml.safe_load((oracle_run / "config.yaml").read_text())["fuse"]["balance_granularities"] is False
+    assert main(["fuse", str(oracle_run), "--fuse.balance-granularities", "--json"]) == 0
+    assert yaml.safe_load((oracle_run / "config.yaml").read_text())["fuse"]["balance_granularities"] is True
+    capsys.readouterr()
+    assert main(["fuse", str(oracle_run), "--fuse.no-border-px"]) == 2
+    assert "unknown option --fuse.no-border-px" in capsys.readouterr().err
+
+
 def test_help_shows_the_resolved_defaults(oracle_run, capsys):
     with pytest.raises(SystemExit):
         main(["distill", str(oracle_run), "--help"])
