@@ -131,3 +131,30 @@ def test_relevancy_through_the_mask_mixture_is_within_0_01_of_dense_float32():
     # and through a saved and reloaded field (float16 bank on disk)
     f16 = relevancy_from_similarities(similarities(FeatureField(features={"fused": dense.half()}, **kw), text))
     assert float((f16 - want).abs().max()) < 0.01
+
+
+def test_large_tensor_files_are_streamed_and_read_back_by_safetensors(tmp_path, monkeypatch):
+    """save_tensors above STREAM_BYTES writes the format itself (no bytes copy of the tensors); safetensors'
+    own reader gets every dtype, shape, value and the metadata back."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from scene_kd import runio
+
+    tensors = {"a.f16": torch.randn(7, 3).half(), "b.i32": torch.arange(11, dtype=torch.int32),
+               "c.f32": torch.randn(5), "d.u8": torch.arange(3, dtype=torch.uint8), "e.bool": torch.tensor([True, False]),
+               "f.i64": torch.arange(4), "g.empty": torch.zeros(0, 4)}
+    monkeypatch.setattr(runio, "STREAM_BYTES", 0)
+    runio.save_tensors(tmp_path / "s.safetensors", tensors, {"k": [1, "x"]})
+    back, meta = runio.load_tensors(tmp_path / "s.safetensors")
+    assert meta == {"k": [1, "x"]} and set(back) == set(tensors)
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v)
+    with safe_open(str(tmp_path / "s.safetensors"), framework="pt") as f:  # the library reads ours
+        assert f.metadata() == {"k": '[1, "x"]'} and all(torch.equal(f.get_tensor(k), tensors[k]) for k in tensors)
+    save_file(tensors, str(tmp_path / "lib.safetensors"), metadata={"k": '[1, "x"]'})  # and we read the library's
+    lib, lib_meta = runio.load_tensors(tmp_path / "lib.safetensors")
+    assert lib_meta == meta and all(torch.equal(lib[k], tensors[k]) for k in tensors)
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "s.safetensors").read_bytes()[:-3])
+    with pytest.raises(RunStateError, match="truncated"):
+        runio.load_tensors(tmp_path / "bad.safetensors")

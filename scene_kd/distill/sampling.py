@@ -23,14 +23,17 @@ from scene_kd.distill.unet import StudentSpec, voxel_inputs
 from scene_kd.errors import RunStateError
 
 
-def prepare_targets(fused: Tensor | np.ndarray, coverage: Tensor | np.ndarray | None) -> tuple[Tensor, Tensor]:
-    """(unit fused features [N, D] float32, covered mask [N] bool); covered = coverage > 0 and a finite, non-zero
-    feature. Built in row chunks: one [N, D] float32 result and no full-size temporaries (the input is not
-    modified)."""
+def prepare_targets(fused: Tensor | np.ndarray, coverage: Tensor | np.ndarray | None, *,
+                    inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """(unit fused features [N, D], covered mask [N] bool); covered = coverage > 0 and a finite, non-zero
+    feature. float16 input gives float16 targets (a 10M-point tile's rank-64 targets: 1.3 GB), anything else
+    float32. Built in row chunks, no full-size temporaries; ``inplace``: normalise a float16/float32 tensor in
+    its own memory (the caller gives up its copy), else the input is not modified."""
     src = torch.as_tensor(fused)
     if src.ndim != 2:
         raise RunStateError(f"fused features must be [N, D], got {tuple(src.shape)}")
-    out = torch.empty(src.shape, dtype=torch.float32)
+    dtype = torch.float16 if src.dtype == torch.float16 else torch.float32
+    out = src if inplace and src.dtype == dtype else torch.empty(src.shape, dtype=dtype)
     ok = torch.empty(src.shape[0], dtype=torch.bool)
     for s in range(0, src.shape[0], 262144):
         f = src[s : s + 262144].to(torch.float32)
@@ -53,7 +56,7 @@ class RowSubset:
         self.shape = (int(index.numel()), *x.shape[1:])
 
     def __getitem__(self, key):
-        return self.x[self.index[key]]
+        return self.x[self.index[key]].to(torch.float32)
 
 
 def spherical_kmeans(x: Tensor | RowSubset, k: int, generator: torch.Generator, iterations: int = 12, fit_samples: int = 20000) -> Tensor:
@@ -242,7 +245,7 @@ def holdout_loss(model: torch.nn.Module, xyz: Tensor, base: Tensor, target: Tens
         use = holdout.held[idx]
         rows, idx = rows[use].to(device), idx[use]
         w = weights[idx].to(device)
-        cos = (out[rows] * target[idx].to(device)).sum(dim=1)
+        cos = (out[rows] * target[idx].to(device, torch.float32)).sum(dim=1)
         num += float((w * (1 - cos)).sum())
         den += float(w.sum())
     model.train(was_training)

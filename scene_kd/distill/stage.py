@@ -115,7 +115,7 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
     basis = student_basis(fused, cfg.feature_rank)
     model, history = train_student(
         field.positions, fused.project(basis).half(), field.coverage, rgb, cfg, intensity=intensity,
-        checkpoint=run_dir / CHECKPOINT, resume=resume, progress=progress,
+        checkpoint=run_dir / CHECKPOINT, resume=resume, progress=progress, consume_fused=True,
     )
     codes = predict(model, field.positions, rgb, intensity, max_points=cfg.predict_points, device=cfg.device,
                     progress=progress, threads=cfg.cpu_threads, dtype=torch.float16)

@@ -103,13 +103,15 @@ def train_student(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[int, dict[str, list[float]]], None] | None = None,
+    consume_fused: bool = False,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train a student on one scene.
 
     positions [N, 3] float (local coordinates), fused [N, D] teacher features (any scale; zero rows = none),
     coverage [N] (views per point; 0 = uncovered) or None, rgb [N, 3] uint8 or None, intensity [N] or None.
     ``checkpoint``: path written after every epoch; ``resume``: continue from it; ``progress``: rich bar;
-    ``on_epoch_end(epoch, history)``: called after each epoch's checkpoint.
+    ``on_epoch_end(epoch, history)``: called after each epoch's checkpoint. ``consume_fused``: ``fused`` may be
+    normalised in place (the caller gives up its copy; saves one [N, D] on big scenes).
     Returns (model in eval mode on the CPU, with the best held-out epoch's weights when there is a held-out
     set; info) where info has per-epoch "train_loss" (also as "loss"), "holdout_loss" (empty without a
     held-out set) and "seconds", "stopped_early", "best_epoch" (1-based), "spec" (StudentSpec JSON), "steps",
@@ -117,7 +119,7 @@ def train_student(
     Raises SceneKDError for bad positions, RunStateError for unusable features or a mismatched checkpoint.
     """
     with cpu_threads(cfg.cpu_threads):
-        data = _prepare(positions, fused, coverage, rgb, intensity, cfg)
+        data = _prepare(positions, fused, coverage, rgb, intensity, cfg, consume_fused)
         device = resolve_device(cfg.device)
         state = _start(data, cfg, device, Path(checkpoint) if checkpoint else None, resume)
         points_seen, train_seconds = 0, 0.0
@@ -136,14 +138,14 @@ def train_student(
 
 
 # ---- the steps ---------------------------------------------------------------------------------------------
-def _prepare(positions, fused, coverage, rgb, intensity, cfg: DistillConfig) -> TrainingData:
+def _prepare(positions, fused, coverage, rgb, intensity, cfg: DistillConfig, consume_fused: bool = False) -> TrainingData:
     """Check the inputs; targets, balance weights, crop blocks and clusters, the held-out set, steps per epoch."""
     xyz = torch.as_tensor(positions).to(torch.float32)
     if xyz.ndim != 2 or xyz.shape[1] != 3 or xyz.shape[0] == 0:
         raise SceneKDError(f"positions must be a non-empty [N, 3] array, got shape {tuple(xyz.shape)}")
     if not torch.isfinite(xyz).all():
         raise SceneKDError("positions contain NaN or Inf")
-    target, covered = prepare_targets(fused, coverage)
+    target, covered = prepare_targets(fused, coverage, inplace=consume_fused)
     if target.shape[0] != xyz.shape[0]:
         raise RunStateError(f"fused features have {target.shape[0]} rows for {xyz.shape[0]} points")
     if int(covered.sum()) == 0:
@@ -270,7 +272,7 @@ def _train_step(state: TrainingState, data: TrainingData, cfg: DistillConfig, de
     use = data.train_covered[idx]
     rows, idx = point_rows[use].to(device), idx[use]
     w = data.weights[idx].to(device)
-    cos = (out[rows] * data.target[idx].to(device)).sum(dim=1)
+    cos = (out[rows] * data.target[idx].to(device, torch.float32)).sum(dim=1)
     loss = (w * (1 - cos)).sum() / w.sum().clamp_min(1e-8)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
