@@ -166,11 +166,15 @@ class MaskMixture(_Store):
             return torch.sparse_csr_tensor(crow[start : stop + 1] - a, col[a:b], val[a:b], (stop - start, self.bank.shape[0]))
 
     def _apply(self, mat: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
-        """sum over parts of W[start:stop] @ mat ([M, K] -> [stop - start, K] float32)."""
+        """sum over parts of W[start:stop] @ mat ([M, K] -> [stop - start, K] float32), in row blocks so the
+        temporaries stay small ([N, K] once, not once per part)."""
         stop = self.n if stop is None else stop
         out = torch.zeros(stop - start, mat.shape[1], dtype=torch.float32)
-        for part in self.parts:
-            out += self._csr(part, start, stop) @ mat
+        step = max(CHUNK_ROWS, (2**26) // max(1, mat.shape[1]))  # ~256 MB of float32 per temporary
+        for s in range(start, stop, step):
+            e = min(stop, s + step)
+            for part in self.parts:
+                out[s - start : e - start] += self._csr(part, s, e) @ mat
         return out
 
     def dots(self, text: Tensor) -> Tensor:
