@@ -159,7 +159,10 @@ def plan_chunks(xy: np.ndarray, chunk_size: int, halo: float = 0.0) -> list[Chun
         b = int(np.searchsorted(xs, centre[0] + half[0] + 1e-9, side="right"))
         cand = by_x[a:b]
         inside = np.all(np.abs(xy[cand] - centre) <= half + 1e-9, axis=1)
-        context = np.union1d(cand[inside], idx)
+        member = np.zeros(n, dtype=bool)  # the union with the core, sorted, without np.union1d's sort
+        member[cand[inside]] = True
+        member[idx] = True
+        context = np.flatnonzero(member)
         chunks.append(Chunk(np.sort(idx), context, (lo[0], lo[1], hi[0], hi[1])))
     return chunks
 
