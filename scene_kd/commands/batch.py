@@ -43,9 +43,10 @@ class Args:
     workers: int = -1
     """Parallel tiles (CPUs for the local Ray); 0 = in-process loop; -1 = all CPUs."""
     chunk_size: int = 0
-    """Label tiles with more points than this in chunks (with a halo); 0 = whole tiles."""
+    """Label tiles with more points than this in chunks (with a halo), on Ray one task per chunk; 0 = whole tiles."""
     halo: float = 0.0
-    """Context around each chunk in scene units; 0 = a quarter of the chunk's shorter side."""
+    """Context around each chunk in scene units; 0 = a quarter of the chunk's shorter side (with --student: at least
+    the student's receptive-field margin plus one ground cell, also the default)."""
     force: bool = False
     """Redo tiles whose output is already current."""
     json: bool = False

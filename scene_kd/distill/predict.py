@@ -13,7 +13,7 @@ from torch import Tensor
 from scene_kd.distill.config import DistillConfig
 from scene_kd.distill.model import cpu_threads, resolve_device
 from scene_kd.distill.sparseconv import SparseTensor
-from scene_kd.distill.unet import StudentSpec, StudentUNet, scene_point_features, voxel_inputs
+from scene_kd.distill.unet import SceneStats, StudentSpec, StudentUNet, scene_point_features, voxel_inputs
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.progress import track
 from scene_kd.runio import load_tensors, read_json, save_tensors, write_json
@@ -33,23 +33,25 @@ def predict(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     threads: int = 1,
+    stats: SceneStats | None = None,
 ) -> Tensor:
     """Student features [N, D] (unit vectors) for every point; scenes above ``max_points`` run in xy tiles
     with a context margin of the network's receptive field, keeping each tile's core points.
-    ``threads``: torch CPU threads meanwhile (0: leave as is; see DistillConfig.cpu_threads)."""
+    ``threads``: torch CPU threads meanwhile (0: leave as is; see DistillConfig.cpu_threads).
+    ``stats``: the whole scene's input constants when ``positions`` are a part of a scene (a batch chunk)."""
     with cpu_threads(threads):
         return _predict(model, positions, rgb, intensity, max_points=max_points, device=device, dtype=dtype,
-                        progress=progress)
+                        progress=progress, stats=stats)
 
 
 @torch.no_grad()
 def _predict(model, positions, rgb, intensity, *, max_points: int, device: str, dtype: torch.dtype,
-             progress: bool) -> Tensor:
+             progress: bool, stats: SceneStats | None) -> Tensor:
     spec: StudentSpec = model.spec
     xyz = torch.as_tensor(positions).to(torch.float32)
     if not torch.isfinite(xyz).all():
         raise SceneKDError("positions contain NaN or Inf")
-    base = scene_point_features(xyz, rgb, intensity, spec)
+    base = scene_point_features(xyz, rgb, intensity, spec, stats=stats)
     dev = resolve_device(device)
     model = model.to(dev).eval()
     n = xyz.shape[0]
@@ -67,9 +69,20 @@ def _predict(model, positions, rgb, intensity, *, max_points: int, device: str, 
     return out
 
 
+def context_margin(spec: StudentSpec) -> float:
+    """The xy context kept around a tile of points, scene units: about the network's receptive field radius."""
+    return 6 * spec.voxel_size * 2 ** (len(spec.channels) - 1)
+
+
+def chunk_halo(spec: StudentSpec) -> float:
+    """The least halo for labelling a part of a scene alone: the context margin plus one ground cell, so every
+    point within the margin of the part has its whole ground cell (its local-ground input) inside."""
+    return context_margin(spec) + spec.ground_cell
+
+
 def _tiles(xyz: Tensor, max_points: int, spec: StudentSpec):
     """(core indices, context indices) per xy tile; both sorted; context = core tile + margin."""
-    margin = 6 * spec.voxel_size * 2 ** (len(spec.channels) - 1)  # ~ receptive field radius
+    margin = context_margin(spec)
     lo, hi = xyz[:, :2].min(0).values, xyz[:, :2].max(0).values
     extent = (hi - lo).clamp_min(1e-6)
     tiles_needed = math.ceil(xyz.shape[0] / (max_points * 0.6))
@@ -130,11 +143,14 @@ def load_student(student_dir: str | Path) -> StudentUNet:
     return model.eval()
 
 
-def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_500_000, progress: bool = False) -> Any:
+def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_500_000, progress: bool = False,
+                  stats: SceneStats | None = None) -> Any:
     """Run the student trained in ``student_dir`` (a run folder) on a new scene -> its features as a
     :class:`scene_kd.feature_store.LowRank` store (codes [N, r] float16 x the student's decoder [r, D]).
 
-    ``scene``: a PointCloud, GaussianSplats (means + SH DC colour) or a scene file path.
+    ``scene``: a PointCloud, GaussianSplats (means + SH DC colour) or a scene file path. ``stats``: the whole
+    scene's input constants (:func:`scene_kd.distill.unet.scene_stats`) when ``scene`` is a part of it grown by
+    :func:`chunk_halo`.
     """
     if isinstance(scene, (str, Path)):
         from scene_kd.scene.io import load_scene
@@ -149,5 +165,6 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
         raise SceneKDError("scene has no points")
     from scene_kd.feature_store import LowRank
 
-    codes = predict(model, xyz, rgb, intensity, max_points=max_points, progress=progress, dtype=torch.float16)
+    codes = predict(model, xyz, rgb, intensity, max_points=max_points, progress=progress, dtype=torch.float16,
+                    stats=stats)
     return LowRank(codes, model.feature_decoder)

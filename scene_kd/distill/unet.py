@@ -72,17 +72,43 @@ def _quantile(x: Tensor, q: float, max_samples: int = 1_000_000) -> float:
     return float(torch.quantile(x.to(torch.float64), q))
 
 
+@dataclass(frozen=True)
+class SceneStats:
+    """The scene-wide constants of the input features, so that a chunk of a scene gets the whole scene's inputs."""
+
+    z_ref: float
+    """The scene's 2% z quantile (heights are measured from it)."""
+    intensity_median: float | None = None
+    intensity_iqr: float | None = None
+
+
+def scene_stats(xyz: Tensor | np.ndarray, intensity: Tensor | np.ndarray | None, spec: StudentSpec) -> SceneStats:
+    """:class:`SceneStats` of a whole scene (quantiles of at most 1M evenly spaced samples, as the features use)."""
+    z = torch.as_tensor(xyz)[:, 2].to(torch.float32)
+    med = iqr = None
+    if spec.use_intensity and intensity is not None:
+        i = torch.as_tensor(intensity).to(torch.float32).reshape(-1)
+        med, iqr = _quantile(i, 0.5), _quantile(i, 0.75) - _quantile(i, 0.25)
+    return SceneStats(z_ref=_quantile(z, 0.02), intensity_median=med, intensity_iqr=iqr)
+
+
 def scene_point_features(
-    xyz: Tensor, rgb: Tensor | np.ndarray | None, intensity: Tensor | np.ndarray | None, spec: StudentSpec
+    xyz: Tensor, rgb: Tensor | np.ndarray | None, intensity: Tensor | np.ndarray | None, spec: StudentSpec,
+    *, stats: SceneStats | None = None,
 ) -> Tensor:
     """Per-point features that do not depend on the voxel grid: [N, in_dim - 3] float32 (see module doc).
 
     xyz: [N, 3] float (local scene coordinates); rgb: [N, 3] uint8 or None; intensity: [N] or None.
+    ``stats``: the whole scene's constants when ``xyz`` is a part of it (default: computed from these points).
+    The local ground of a point is the lowest point of its ``ground_cell`` xy cell (an absolute grid) among the
+    points given, so a part agrees with the whole scene on points whose cell lies inside it.
     """
     xyz = torch.as_tensor(xyz, dtype=torch.float32)
     n = xyz.shape[0]
+    if stats is None:
+        stats = scene_stats(xyz, intensity, spec)
     z = xyz[:, 2]
-    cols = [(z - _quantile(z, 0.02)) / spec.height_scale]
+    cols = [(z - stats.z_ref) / spec.height_scale]
     cell = torch.floor(xyz[:, :2].to(torch.float64) / spec.ground_cell).to(torch.int64)
     cell_ids = torch.unique(cell, dim=0, return_inverse=True)[1]
     ground = torch.full((int(cell_ids.max()) + 1 if n else 0,), float("inf")).scatter_reduce(0, cell_ids, z, "amin")
@@ -91,11 +117,11 @@ def scene_point_features(
     if spec.use_rgb:
         out.append(torch.as_tensor(rgb).to(torch.float32) / 127.5 - 1.0 if rgb is not None else torch.zeros(n, 3))
     if spec.use_intensity:
-        if intensity is None:
+        if intensity is None or stats.intensity_median is None:
             out.append(torch.zeros(n, 1))
         else:
             i = torch.as_tensor(intensity).to(torch.float32).reshape(-1)
-            med, iqr = _quantile(i, 0.5), _quantile(i, 0.75) - _quantile(i, 0.25)
+            med, iqr = stats.intensity_median, stats.intensity_iqr
             out.append(((i - med) / max(iqr, 1e-6)).clamp(-4, 4)[:, None])
     return torch.cat(out, dim=1)
 

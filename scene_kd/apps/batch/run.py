@@ -3,9 +3,13 @@
 ``run_batch(tiles, job, workers=..., address=..., force=...) -> summary dict`` writes ``DIR/summary.json`` and
 ``DIR/summary.csv`` (also when interrupted: unfinished tiles are listed with status "not run").
 
-On Ray, a LAS/LAZ tile of more than ``job.chunk_size`` points (pipeline and custom modes) is labelled as one Ray task
-per chunk (:func:`scene_kd.apps.batch.tiles.plan_chunks`: XY cells with a halo, planned the same way in every
-task), then one task assembles the labels and writes the tile, so one large tile spreads over the whole cluster.
+On Ray, a LAS/LAZ tile of more than ``job.chunk_size`` points is labelled as one Ray task per chunk
+(:func:`scene_kd.apps.batch.tiles.plan_chunks`: XY cells with a halo), then one task assembles the labels and
+writes the tile, so one large tile spreads over the whole cluster. Pipeline/custom modes: every chunk task reads
+the tile and plans it the same way. Student mode: one task reads the tile once and stages each chunk's context
+points with the tile's scene-wide input constants in ``DIR/.<name>.chunks/`` (removed when the tile is done);
+the halo is at least the student's context margin plus one ground cell
+(:func:`scene_kd.apps.batch.tiles.student_halo`), so chunk labels match the whole-tile run's.
 
 An existing cluster (``address``) with token authentication (``RAY_AUTH_MODE=token`` on its nodes; Ray >= 2.52)
 needs the driver in token mode with the cluster's token, which Ray looks for in ``RAY_AUTH_TOKEN``, the file
@@ -20,6 +24,7 @@ import csv
 import glob
 import io
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +37,8 @@ from scene_kd.apps.batch.tiles import (
     output_path,
     plan_chunks,
     process_tile,
+    student_halo,
+    student_spec,
     tile_name,
 )
 from scene_kd.errors import SceneKDError
@@ -61,11 +68,15 @@ def expand_tiles(patterns: Sequence[str]) -> list[str]:
 
 
 def remove_stale_temps(out_dir: str | Path, tiles: Sequence[str]) -> int:
-    """Delete temp files a killed run left for these tiles (``.<name>.laz.*.tmp.laz`` etc.); returns the count."""
+    """Delete temp files a killed run left for these tiles (``.<name>.laz.*.tmp.laz`` etc., staged chunk folders);
+    returns the count."""
     out_dir = Path(out_dir)
     removed = 0
     for t in tiles:
         n = tile_name(t)
+        if chunk_dir(out_dir, t).is_dir():
+            shutil.rmtree(chunk_dir(out_dir, t), ignore_errors=True)
+            removed += 1
         for p in list(out_dir.glob(f".{glob.escape(n)}.laz.*.tmp.laz")) + list(out_dir.glob(f"..{glob.escape(n)}.done.json.*.tmp.json")):
             p.unlink(missing_ok=True)
             removed += 1
@@ -186,8 +197,8 @@ def tile_point_count(tile: str) -> int | None:
 
 
 def split_on_ray(tile: str, job: BatchJob, force: bool) -> bool:
-    """Label this tile as one Ray task per chunk? (pipeline/custom mode, more points than chunk_size, not current)."""
-    if job.mode == "student" or job.chunk_size <= 0:
+    """Label this tile as one Ray task per chunk? (more points than chunk_size, output not current)."""
+    if job.chunk_size <= 0:
         return False
     n = tile_point_count(tile)
     if n is None or n <= job.chunk_size:
@@ -202,26 +213,87 @@ def split_on_ray(tile: str, job: BatchJob, force: bool) -> bool:
     return True
 
 
+def chunk_dir(out_dir: str | Path, tile: str | Path) -> Path:
+    """Where a student-mode tile's chunk inputs are staged on Ray (``DIR/.<name>.chunks``)."""
+    return Path(out_dir) / f".{tile_name(tile)}.chunks"
+
+
+def planned_halo(job: BatchJob) -> float:
+    """The halo chunks are planned with: ``job.halo``, in student mode at least the student's (see student_halo)."""
+    return student_halo(job) if job.mode == "student" else job.halo
+
+
 def _tile_chunks(tile: str, job: BatchJob) -> tuple[Any, list[Any]]:
     from scene_kd.scene.io import load_scene
 
     scene = load_scene(tile)
-    return scene, plan_chunks(scene.xyz[:, :2], job.chunk_size, job.halo)
+    return scene, plan_chunks(scene.xyz[:, :2], job.chunk_size, planned_halo(job))
 
 
 def count_chunks(tile: str, job: BatchJob) -> int:
-    """Number of chunks of a tile (0 when it cannot be read or planned: process_tile then reports why)."""
+    """Number of chunks of a tile (0 when it cannot be read or planned: process_tile then reports why); in student
+    mode also stages every chunk's inputs (:func:`stage_student_chunks`)."""
     try:
-        return len(_tile_chunks(tile, job)[1])
+        scene, chunks = _tile_chunks(tile, job)
+        if job.mode == "student":
+            stage_student_chunks(scene, chunks, job, chunk_dir(job.out_dir, tile))
+        return len(chunks)
     except Exception:
+        shutil.rmtree(chunk_dir(job.out_dir, tile), ignore_errors=True)
         return 0
+
+
+def stage_student_chunks(scene: Any, chunks: Sequence[Any], job: BatchJob, folder: Path) -> None:
+    """Write ``folder/chunkNNN.npz`` per chunk: its context points (xyz, rgb, intensity), its core indices in the
+    tile and their positions in the context, and the whole tile's :class:`scene_kd.distill.unet.SceneStats`."""
+    import numpy as np
+
+    from scene_kd.distill.unet import scene_stats
+
+    stats = scene_stats(scene.xyz, scene.intensity, student_spec(job.student))
+    const = {"origin": scene.origin, "z_ref": np.float64(stats.z_ref),
+             "intensity_stats": np.array([np.nan if v is None else v
+                                          for v in (stats.intensity_median, stats.intensity_iqr)], np.float64)}
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for k, ch in enumerate(chunks):
+        arrays = {"xyz": scene.xyz[ch.context], "core": ch.core.astype(np.int64),
+                  "pos": np.searchsorted(ch.context, ch.core).astype(np.int64), **const}
+        if scene.rgb is not None:
+            arrays["rgb"] = scene.rgb[ch.context]
+        if scene.intensity is not None:
+            arrays["intensity"] = scene.intensity[ch.context]
+        tmp = folder / f".chunk{k:03d}.tmp.npz"
+        np.savez(tmp, **arrays)
+        tmp.replace(folder / f"chunk{k:03d}.npz")
+
+
+def label_staged_chunk(tile: str, job: BatchJob, k: int) -> tuple[Any, Any, Any]:
+    """(core indices [K], label index [K], confidence [K]) of student-mode chunk ``k``, from its staged inputs."""
+    import numpy as np
+
+    from scene_kd.apps.batch.tiles import label_with_student
+    from scene_kd.distill.unet import SceneStats
+    from scene_kd.scene.types import PointCloud
+
+    with np.load(chunk_dir(job.out_dir, tile) / f"chunk{k:03d}.npz") as z:
+        d = {key: z[key] for key in z.files}
+    med, iqr = (None if np.isnan(v) else float(v) for v in d["intensity_stats"])
+    stats = SceneStats(z_ref=float(d["z_ref"]), intensity_median=med, intensity_iqr=iqr)
+    scene = PointCloud(xyz=d["xyz"], origin=d["origin"], rgb=d.get("rgb"), intensity=d.get("intensity"))
+    idx, conf = label_with_student(scene, job, stats=stats, max_points=len(scene))  # the context in one piece
+    idx, conf = np.asarray(idx).reshape(-1), np.asarray(conf).reshape(-1)
+    return d["core"], idx[d["pos"]].astype(np.int32), conf[d["pos"]].astype(np.float32)
 
 
 def label_chunk(tile: str, job: BatchJob, k: int, force: bool) -> tuple[Any, Any, Any]:
     """(core indices [K], label index [K], confidence [K]) of chunk ``k`` of a tile, labelled exactly as
-    :func:`scene_kd.apps.batch.tiles.label_in_chunks` labels it (same plan, context and tag)."""
+    :func:`scene_kd.apps.batch.tiles.label_in_chunks` labels it (same plan, context and tag); student mode from
+    the inputs :func:`count_chunks` staged."""
     import numpy as np
 
+    if job.mode == "student":
+        return label_staged_chunk(tile, job, k)
     scene, chunks = _tile_chunks(tile, job)
     ch = chunks[k]
     idx, conf = make_labeller(job, tile, force)(scene.subset(ch.context), f"chunk{k:03d}")
@@ -241,6 +313,7 @@ def finish_chunked_tile(tile: str, job: BatchJob, force: bool, n_points: int, *p
     confidence = np.zeros(n_points, np.float32)
     for core, idx, conf in parts:
         label_index[core], confidence[core] = idx, conf
+    shutil.rmtree(chunk_dir(job.out_dir, tile), ignore_errors=True)
     return process_tile(tile, job, force, precomputed=(label_index, confidence, len(parts)))
 
 
@@ -259,9 +332,11 @@ def run_on_ray(tiles: Sequence[str], job: BatchJob, force: bool) -> Iterator[dic
     tile_task, plan_task = ray.remote(**opts)(process_tile), ray.remote(**opts)(count_chunks)
     chunk_task, finish_task = ray.remote(**opts)(label_chunk), ray.remote(**opts)(finish_chunked_tile)
     pending: dict[Any, tuple[str, str]] = {}
+    split: list[str] = []
     for t in tiles:
         if split_on_ray(t, job, force):
             pending[plan_task.remote(t, job)] = (t, "plan")
+            split.append(t)
         else:
             pending[tile_task.remote(t, job, force)] = (t, "tile")
     try:
@@ -285,6 +360,8 @@ def run_on_ray(tiles: Sequence[str], job: BatchJob, force: bool) -> Iterator[dic
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
+        for t in split:  # staged chunks of tiles that failed or were interrupted
+            shutil.rmtree(chunk_dir(job.out_dir, t), ignore_errors=True)
 
 
 # ---- summary ------------------------------------------------------------------------------------

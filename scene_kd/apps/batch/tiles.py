@@ -12,11 +12,13 @@ Per tile:
   whose output exists with a sidecar of the same hash.
 - ``DIR/runs/<name>/``: the per-tile pipeline run folder (pipeline mode only; one sub-folder per chunk).
 
-Large tiles are labelled in chunks so labels agree across chunk borders. Student mode: the student's own
-xy tiling (``apply_student(max_points=chunk_size)``, context margin = its receptive field, per-point inputs
-from the whole tile). Pipeline/custom modes: a kd split of the XY footprint into cells of at most
-``chunk_size`` points; each chunk is labelled with a ``halo`` of surrounding points as context and keeps
-the labels of its own (core) points only.
+Large tiles are labelled in chunks so labels agree across chunk borders. Student mode in one process: the
+student's own xy tiling (``apply_student(max_points=chunk_size)``, context margin = its receptive field,
+per-point inputs from the whole tile). Pipeline/custom modes, and student mode on Ray: a kd split of the XY
+footprint into cells of at most ``chunk_size`` points; each chunk is labelled with a ``halo`` of surrounding
+points as context and keeps the labels of its own (core) points only. A student chunk's halo is at least
+:func:`student_halo` (the student's context margin plus one ground cell) and its inputs use the whole tile's
+scene-wide constants, so its core points get the whole-tile run's inputs and context.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class BatchJob:
     chunk_size: int = 0
     """Max points per chunk; 0 labels each tile whole."""
     halo: float = 0.0
-    """Context margin around each chunk, scene units; 0 = a quarter of the chunk's shorter side."""
+    """Context margin around each chunk, scene units; 0 = a quarter of the chunk's shorter side (student mode:
+    at least :func:`student_halo`, which is also its default)."""
     identity: str = ""
     """Hash of the student/config the labels come from (filled in by :func:`make_job`)."""
 
@@ -119,8 +122,6 @@ class Chunk:
 def plan_chunks(xy: np.ndarray, chunk_size: int, halo: float = 0.0) -> list[Chunk]:
     """Split points [N, 2] into XY cells of at most ``chunk_size`` points (recursive median split along the
     longer side); each chunk's context is its cell grown by ``halo`` (0 = a quarter of the cell's shorter side)."""
-    from scipy.spatial import cKDTree
-
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
     if chunk_size <= 0 or n <= chunk_size:
@@ -147,15 +148,21 @@ def plan_chunks(xy: np.ndarray, chunk_size: int, halo: float = 0.0) -> list[Chun
         hi_l[axis], lo_r[axis] = cut, cut
         stack.append((idx[~left], lo_r, hi))
         stack.append((idx[left], lo, hi_l))
-    tree = cKDTree(xy)
+    by_x = np.argsort(xy[:, 0], kind="stable")
+    xs = xy[by_x, 0]
     chunks = []
     for idx, lo, hi in cells:
         h = halo if halo > 0 else 0.25 * float(min(hi - lo))
         centre, half = (lo + hi) / 2, (hi - lo) / 2 + h
-        # points within the grown rectangle: a ball query around its centre, then a box test
-        cand = np.asarray(tree.query_ball_point(centre, r=float(np.linalg.norm(half)) + 1e-9), dtype=np.int64)
+        # points within the grown rectangle: the x slab from the sorted x, then a box test
+        a = int(np.searchsorted(xs, centre[0] - half[0] - 1e-9, side="left"))
+        b = int(np.searchsorted(xs, centre[0] + half[0] + 1e-9, side="right"))
+        cand = by_x[a:b]
         inside = np.all(np.abs(xy[cand] - centre) <= half + 1e-9, axis=1)
-        context = np.union1d(cand[inside], idx)
+        member = np.zeros(n, dtype=bool)  # the union with the core, sorted, without np.union1d's sort
+        member[cand[inside]] = True
+        member[idx] = True
+        context = np.flatnonzero(member)
         chunks.append(Chunk(np.sort(idx), context, (lo[0], lo[1], hi[0], hi[1])))
     return chunks
 
@@ -199,19 +206,41 @@ def _student_meta(student_dir: str) -> dict[str, Any]:
     return read_json(Path(student_dir) / "field.json")
 
 
-def label_with_student(scene: Any, job: BatchJob) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the trained student of ``job.student`` to a whole tile, then segment its features.
+@functools.lru_cache(maxsize=4)
+def student_spec(student_dir: str) -> Any:
+    """The :class:`scene_kd.distill.unet.StudentSpec` of a student run folder (from student.json)."""
+    from scene_kd.distill.unet import StudentSpec
+    from scene_kd.runio import read_json
+
+    return StudentSpec.from_json(read_json(Path(student_dir) / "student.json")["spec"])
+
+
+def student_halo(job: BatchJob) -> float:
+    """The halo of a student-mode chunk: ``job.halo``, at least the student's context margin plus one ground cell
+    (:func:`scene_kd.distill.predict.chunk_halo`), so the chunk's core points see the whole tile's context and
+    local-ground inputs."""
+    from scene_kd.distill.predict import chunk_halo
+
+    return max(job.halo, chunk_halo(student_spec(job.student)))
+
+
+def label_with_student(scene: Any, job: BatchJob, *, stats: Any = None, max_points: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the trained student of ``job.student`` to a tile, then segment its features.
 
     The student tiles big inputs itself (``apply_student(max_points=chunk_size)``: xy tiles with a context margin
     of its receptive field, per-point inputs computed on the whole tile), so chunked and whole agree.
+    ``stats`` (:class:`scene_kd.distill.unet.SceneStats`): the whole tile's constants when ``scene`` is a chunk
+    (with a halo of :func:`student_halo`); ``max_points``: the student's tile size (default ``job.chunk_size``).
     """
 
     from scene_kd.distill.train import apply_student
     from scene_kd.field import FeatureField
 
     meta = _student_meta(job.student)
-    kwargs = {"max_points": job.chunk_size} if job.chunk_size > 0 else {}
-    feats = apply_student(job.student, scene, **kwargs)  # low-rank codes + the student's decoder
+    max_points = max_points or job.chunk_size
+    kwargs = {"max_points": max_points} if max_points > 0 else {}
+    feats = apply_student(job.student, scene, stats=stats, **kwargs)  # low-rank codes + the student's decoder
     field = FeatureField(
         positions=scene.xyz, origin=scene.origin, features={"distilled": feats},
         teacher=meta["teacher"], text_encoder=meta["text_encoder"], dim=feats.dim,
