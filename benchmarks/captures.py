@@ -5,7 +5,8 @@ then for each teacher seed run features -> fuse -> distill -> eval on copies of 
 ``teacher_input=photos`` (the oracle reads the label images beside the photos) and ``teacher_input=renders`` (it
 reads the labels of the renders from the same cameras): same views, same Gaussians, same label-flip rate (the
 flips themselves are drawn per view, so the seeds average them out). Prints fused / distilled mIoU (mean over
-seeds, and the per-seed differences) and the median render-vs-photo PSNR.
+seeds, the per-seed differences photos - renders
+and the standard error of their mean: sample std / sqrt(n)) and the median render-vs-photo PSNR.
 
 Setups: ``equal`` - the scene holds one Gaussian per point of the dense cloud the photos are drawn from;
 ``detail`` - the scene holds few Gaussians (coarse), the photos show the dense cloud.
@@ -18,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -64,6 +67,9 @@ def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, hei
         d = [a - b for a, b in zip(runs["photos"][src], runs["renders"][src], strict=True)]
         out[f"mean_{src}"] = {m: round(sum(runs[m][src]) / teacher_seeds, 4) for m in runs}
         out[f"delta_{src}"] = round(sum(d) / len(d), 4)
+        out[f"deltas_{src}"] = [round(x, 4) for x in d]
+        # standard error of the mean difference: sample std of the per-seed differences / sqrt(n)
+        out[f"se_{src}"] = round(statistics.stdev(d) / len(d) ** 0.5, 4) if len(d) > 1 else None
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -86,13 +92,13 @@ def main() -> None:
             results.append(run_setup(name, Path(tmp), views=args.views, flip=args.flip, width=args.width,
                                      height=args.height, seed=args.seed, teacher_seeds=args.teacher_seeds, photo_scale=args.photo_scale))
             r = results[-1]
-            if not args.json:
-                f, d = r["mean_fused"], r["mean_distilled"]
-                print(f"{name:<7} {r['gaussians']:>6} Gaussians, {r['views']} views, flip {r['label_flip']}, "
-                      f"PSNR {r['psnr_median_db']} dB | fused photos {f['photos']:.3f} renders {f['renders']:.3f} "
-                      f"(d {r['delta_fused']:+.3f}) | distilled photos {d['photos']:.3f} renders {d['renders']:.3f} "
-                      f"(d {r['delta_distilled']:+.3f}) | per seed {json.dumps(r['runs'])} [{r['seconds']} s]",
-                      flush=True)
+            # with --json the summary line goes to stderr, the JSON alone to stdout
+            f, d = r["mean_fused"], r["mean_distilled"]
+            print(f"{name:<7} {r['gaussians']:>6} Gaussians, {r['views']} views, flip {r['label_flip']}, "
+                  f"PSNR {r['psnr_median_db']} dB | fused photos {f['photos']:.3f} renders {f['renders']:.3f} "
+                  f"(d {r['delta_fused']:+.3f} +- {r['se_fused'] or 0:.3f} SE) | distilled photos {d['photos']:.3f} renders {d['renders']:.3f} "
+                  f"(d {r['delta_distilled']:+.3f} +- {r['se_distilled'] or 0:.3f} SE, n {args.teacher_seeds}) | per seed {json.dumps(r['runs'])} [{r['seconds']} s]",
+                  flush=True, file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(results))
 
