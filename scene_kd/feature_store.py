@@ -58,11 +58,18 @@ class FeatureRows(Protocol):
     def nbytes(self) -> int: ...
 
 
-def _inv(norm: Tensor) -> Tensor:
-    finite = torch.isfinite(norm)
-    if not bool(finite.all()):
-        raise RunStateError(f"features have {int((~finite).sum())} row(s) with NaN/Inf values")
-    return torch.where(norm > 0, 1.0 / norm.clamp_min(1e-30), torch.zeros_like(norm))
+def _inv_norms(norms: Iterator[tuple[int, int, Tensor]], n: int) -> Tensor:
+    """[n] float32 1 / norm (0 for zero rows) from (start, stop, row norms) blocks; RunStateError naming how
+    many rows have NaN/Inf values."""
+    inv = torch.empty(n, dtype=torch.float32)
+    bad = 0
+    for s, e, norm in norms:
+        finite = torch.isfinite(norm)
+        bad += int((~finite).sum())
+        inv[s:e] = torch.where(finite & (norm > 0), 1.0 / norm.clamp_min(1e-30), torch.zeros_like(norm))
+    if bad:
+        raise RunStateError(f"features have {bad} row(s) with NaN/Inf values")
+    return inv
 
 
 def _blocks(n: int, chunk: int = CHUNK_ROWS) -> Iterator[tuple[int, int]]:
@@ -85,10 +92,7 @@ class _Store:
     def inv_norm(self) -> Tensor:
         """[N] float32 1 / ||f_i|| (0 for zero rows); RunStateError for NaN/Inf rows. Cached."""
         if self._inv_norm is None:
-            inv = torch.empty(self.n, dtype=torch.float32)
-            for s, e in _blocks(self.n):
-                inv[s:e] = _inv(self.block(s, e).norm(dim=1))
-            self._inv_norm = inv
+            self._inv_norm = _inv_norms(((s, e, self.block(s, e).norm(dim=1)) for s, e in _blocks(self.n)), self.n)
         return self._inv_norm
 
     def project(self, basis: Tensor) -> Tensor:
@@ -112,8 +116,8 @@ class DenseRows(_Store):
     dim = property(lambda self: int(self.data.shape[1]))
 
     def dots(self, text: Tensor) -> Tensor:
-        t = text.to(torch.float32)
-        out = torch.empty(t.shape[0], self.n, dtype=torch.float32)
+        t = text.to(self.data.device, torch.float32)
+        out = torch.empty(t.shape[0], self.n, dtype=torch.float32, device=self.data.device)
         for s, e in _blocks(self.n):
             out[:, s:e] = t @ self.data[s:e].to(torch.float32).T
         return out
@@ -230,11 +234,13 @@ class LowRank(_Store):
     def inv_norm(self) -> Tensor:
         if self._inv_norm is None:
             gram = self.decoder @ self.decoder.T
-            inv = torch.empty(self.n, dtype=torch.float32)
-            for s, e in _blocks(self.n, 4 * CHUNK_ROWS):
-                z = self.codes[s:e].to(torch.float32)
-                inv[s:e] = _inv(((z @ gram) * z).sum(1).clamp_min(0).sqrt())
-            self._inv_norm = inv
+
+            def norms():
+                for s, e in _blocks(self.n, 4 * CHUNK_ROWS):
+                    z = self.codes[s:e].to(torch.float32)
+                    yield s, e, ((z @ gram) * z).sum(1).clamp_min(0).sqrt()
+
+            self._inv_norm = _inv_norms(norms(), self.n)
         return self._inv_norm
 
     def rows(self, index: Tensor) -> Tensor:

@@ -98,10 +98,7 @@ class FeatureField:
         text = text_embeddings.to(torch.float32)
         best_f = _max_similarity(fused, text)
         best_d = _max_similarity(distilled, text)
-        # points no view covered have zero fused features: the distilled ones always win there
-        # a margin of float16 resolution keeps storage rounding from flipping ties towards fused
-        covered = fused.abs().amax(dim=1) > 0
-        take_fused = (best_f > best_d + ENSEMBLE_TIE_MARGIN) & covered
+        take_fused = ensemble_takes_fused(best_f, best_d, fused.abs().amax(dim=1) > 0)
         return torch.where(take_fused[:, None], fused, distilled)
 
     def world_positions(self) -> np.ndarray:
@@ -165,6 +162,14 @@ class FeatureField:
             source_hash=meta.get("source_hash", ""), config_hash=meta.get("config_hash", ""),
             extra_meta={k: v for k, v in meta.items() if k not in known},
         )
+
+
+def ensemble_takes_fused(best_fused: torch.Tensor, best_distilled: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """OpenScene's 2D-3D ensemble rule, per point [N] bool: the fused features win when their best cosine over the
+    vocabulary beats the distilled one's by more than ``ENSEMBLE_TIE_MARGIN`` (float16-sized, so storage rounding
+    does not flip ties towards fused) and a view covered the point (uncovered points have zero fused features:
+    the distilled ones win there)."""
+    return (best_fused > best_distilled + ENSEMBLE_TIE_MARGIN) & covered
 
 
 def _max_similarity(features: torch.Tensor, text: torch.Tensor, chunk: int = 262144) -> torch.Tensor:

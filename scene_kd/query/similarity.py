@@ -23,7 +23,7 @@ import torch
 
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.feature_store import DenseRows
-from scene_kd.field import ENSEMBLE_TIE_MARGIN, FeatureField
+from scene_kd.field import FeatureField, ensemble_takes_fused
 
 log = logging.getLogger(__name__)
 
@@ -115,25 +115,25 @@ def _store(field_: FeatureField, source: str) -> Any:
     return store
 
 
+def _inv_norm(store: Any, source: str) -> torch.Tensor:
+    """The store's cached [N] inverse row norms; its NaN/Inf error names the source."""
+    try:
+        with torch.no_grad():
+            return store.inv_norm()
+    except RunStateError as e:
+        raise RunStateError(f"{source} {e}") from None
+
+
 def _prepared(field_: FeatureField, source: str) -> _Prepared:
-    feats = _store(field_, source).data  # dense rows only (raw_dots sends the other stores their own way)
+    store = _store(field_, source)
+    feats = store.data  # dense rows only (raw_dots sends the other stores their own way)
     key = (id(field_), source)
     prep = _PREPARED.get(key)
     if prep is not None and prep.features is feats:
         return prep
     if not any(k[0] == id(field_) for k in _PREPARED):
         weakref.finalize(field_, _forget_field, id(field_))
-    inv = torch.empty(feats.shape[0], dtype=torch.float32)
-    bad = 0
-    with torch.no_grad():
-        for s in range(0, feats.shape[0], _CHUNK_ROWS):
-            n = feats[s : s + _CHUNK_ROWS].to(torch.float32).norm(dim=1)
-            finite = torch.isfinite(n)
-            bad += int((~finite).sum())
-            inv[s : s + _CHUNK_ROWS] = torch.where(finite & (n > 0), 1.0 / n.clamp_min(1e-30), torch.zeros_like(n))
-    if bad:
-        raise RunStateError(f"{source} features have {bad} row(s) with NaN/Inf values")
-    prep = _Prepared(features=feats, inv_norm=inv)
+    prep = _Prepared(features=feats, inv_norm=_inv_norm(store, source))
     _PREPARED[key] = prep
     return prep
 
@@ -182,32 +182,28 @@ def raw_dots(field_: FeatureField, source: str, text: torch.Tensor, *, precision
     prompts run along contiguous memory. Dense rows follow ``precision``; a mask mixture or low-rank store
     answers through its own (float32) ``dots``: each mask embedding / basis vector meets the text once."""
     store = _store(field_, source)
-    if not isinstance(store, DenseRows):
-        if text.ndim != 2 or text.shape[1] != store.dim:
-            raise SceneKDError(f"text embeddings have shape {tuple(text.shape)}; the field has {store.dim}-d features")
+    if text.ndim != 2 or text.shape[1] != store.dim:
+        raise SceneKDError(f"text embeddings have shape {tuple(text.shape)}; the field has {store.dim}-d features")
+    dense = isinstance(store, DenseRows)
+    prec = resolve_precision(precision, store.n, store.dim, store.data.device if dense else torch.device("cpu"))
+    if prec == "float32" or not dense:  # every store's own dots (a mask mixture or low-rank codes: always)
         with torch.no_grad():
-            return store.dots(text), store.inv_norm()
+            dots = store.dots(text)
+        return dots, _inv_norm(store, source).to(dots.device)
     prep = _prepared(field_, source)
     feats = prep.features
     n, d = feats.shape
-    if text.ndim != 2 or text.shape[1] != d:
-        raise SceneKDError(f"text embeddings have shape {tuple(text.shape)}; the field has {d}-d features")
-    prec = resolve_precision(precision, n, d, feats.device)
     t = text.to(feats.device, torch.float32)
     out = torch.empty((t.shape[0], n), dtype=torch.float32, device=feats.device)
     with torch.no_grad():
-        if prec == "float32":
+        dtype = torch.float16 if prec == "float16" else torch.bfloat16
+        mat = feats if feats.dtype == dtype else prep.copies.get(prec)
+        if mat is None:
+            mat = torch.empty((n, d), dtype=dtype, device=feats.device)
             for s in range(0, n, _CHUNK_ROWS):
-                out[:, s : s + _CHUNK_ROWS] = t @ feats[s : s + _CHUNK_ROWS].to(torch.float32).T
-        else:
-            dtype = torch.float16 if prec == "float16" else torch.bfloat16
-            mat = feats if feats.dtype == dtype else prep.copies.get(prec)
-            if mat is None:
-                mat = torch.empty((n, d), dtype=dtype, device=feats.device)
-                for s in range(0, n, _CHUNK_ROWS):
-                    mat[s : s + _CHUNK_ROWS] = feats[s : s + _CHUNK_ROWS].to(torch.float32).to(dtype)
-                prep.copies[prec] = mat
-            out.copy_((mat @ t.T.to(dtype)).T)  # [N, P] matmul (the fast kernel), stored [P, N]
+                mat[s : s + _CHUNK_ROWS] = feats[s : s + _CHUNK_ROWS].to(torch.float32).to(dtype)
+            prep.copies[prec] = mat
+        out.copy_((mat @ t.T.to(dtype)).T)  # [N, P] matmul (the fast kernel), stored [P, N]
     return out, prep.inv_norm.to(out.device)
 
 
@@ -225,7 +221,5 @@ def similarities(field_: FeatureField, text: torch.Tensor, *, source: str = "aut
     dist, inv_d = raw_dots(field_, "distilled", text, precision=precision)
     fused.mul_(inv_f)
     dist.mul_(inv_d)
-    # points no view covered have zero fused features: the distilled ones win there; a float16-sized margin
-    # keeps storage rounding from flipping ties towards fused
-    take_fused = (fused.amax(dim=0) > dist.amax(dim=0) + ENSEMBLE_TIE_MARGIN) & (inv_f > 0)
+    take_fused = ensemble_takes_fused(fused.amax(dim=0), dist.amax(dim=0), inv_f > 0)
     return torch.where(take_fused, fused, dist).T
