@@ -151,7 +151,7 @@ def student_basis(fused: Any, rank: int, sample: int = 200_000) -> Any:
     if rank <= 0:
         raise RunStateError(f"distill.feature_rank must be positive, got {rank}")
     if rank >= fused.dim:
-        return principal_basis(torch.zeros(1, fused.dim), rank)
+        return torch.eye(fused.dim)  # what principal_basis gives at full rank, without reading any rows
     if isinstance(fused, MaskMixture):
         return principal_basis(fused.bank, rank)
     pick = torch.linspace(0, fused.n - 1, min(fused.n, sample)).long()

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from scene_kd.errors import SceneKDError
 from scene_kd.lift.config import FuseConfig
+from scene_kd.lift.levels import LevelStreams
 from scene_kd.scene.types import Camera
 
 GRANULARITY_MODES = ("camera", "camera+mask")
@@ -106,7 +107,7 @@ def sample_weights(
     return w
 
 
-class GranularitySums:
+class GranularitySums(LevelStreams):
     """Streamed, per-granularity sparse (row x mask) @ embeddings accumulation with sample balancing.
 
     ``add(key, rows, cols, vals, level=...)`` adds one view's CSR block (``rows`` ascending) to granularity
@@ -118,29 +119,18 @@ class GranularitySums:
 
     def __init__(self, n_rows: int, embeddings: Tensor, *, balance: bool = True,
                  views_per_level: dict[int, int] | None = None):
+        super().__init__(views_per_level)
         self.n_rows = int(n_rows)
         self.embeddings = embeddings
         self.balance = balance
-        self.remaining = Counter(views_per_level or {})
-        self.keys_of_level: dict[int, set[str]] = {}
         self.live: dict[str, Tensor] = {}
         self.counts: dict[str, Tensor] = {}
-        self.done: list[str] = []
         self.total: Tensor | None = None
         self._per_row: Tensor | None = None
         self._crow: Tensor | None = None
 
-    def end_view(self, level: int) -> None:
-        self.remaining[level] -= 1
-        if self.remaining[level] <= 0:
-            for key in sorted(self.keys_of_level.get(level, ())):
-                self.finish(key)
-
     def _acc(self, key: str, level: int | None) -> Tensor:
-        if key in self.done:
-            raise SceneKDError(f"granularity {key} received a view after it was finished")
-        if level is not None:
-            self.keys_of_level.setdefault(int(level), set()).add(key)
+        self.open_key(key, level)
         acc = self.live.get(key)
         if acc is None:
             acc = self.live[key] = torch.zeros(self.n_rows, self.embeddings.shape[1], dtype=torch.float32)

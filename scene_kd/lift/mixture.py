@@ -11,13 +11,12 @@ of the 20 GB of dense float32 512-d accumulators. Own code (the fusion is the pr
 
 from __future__ import annotations
 
-from collections import Counter
-
 import torch
 from torch import Tensor
 
 from scene_kd.errors import SceneKDError
 from scene_kd.feature_store import CHUNK_ROWS, MaskMixture
+from scene_kd.lift.levels import LevelStreams
 
 _MAX_NNZ = 2**31 - 1
 
@@ -36,7 +35,7 @@ def _scale_rows(crow: Tensor, val: Tensor, scale: Tensor) -> None:
             val[a:b] *= torch.repeat_interleave(scale[s:e], _row_lengths(crow, s, e))
 
 
-class MixtureSums:
+class MixtureSums(LevelStreams):
     """Streamed per-granularity sparse weights over ``embeddings`` [M, D]; ``result()`` -> MaskMixture.
 
     ``add_rows(key, rows, cols, vals, seen, level=...)``: one view's rows (unique, ascending) [n] with L entries
@@ -48,29 +47,18 @@ class MixtureSums:
 
     def __init__(self, n_rows: int, embeddings: Tensor, *, balance: bool = True,
                  views_per_level: dict[int, int] | None = None):
+        super().__init__(views_per_level)
         self.n_rows = int(n_rows)
         self.bank = embeddings.to(torch.float32).contiguous()
         self.balance = balance
-        self.remaining = Counter(views_per_level or {})
-        self.keys_of_level: dict[int, set[str]] = {}
         self.pending: dict[str, list[tuple[Tensor, Tensor, Tensor, Tensor]]] = {}
         self.entries: dict[str, Tensor] = {}
         self.counts: dict[str, Tensor] = {}
         self.parts: list[tuple[Tensor, Tensor, Tensor]] = []
-        self.done: list[str] = []
-
-    def end_view(self, level: int) -> None:
-        self.remaining[level] -= 1
-        if self.remaining[level] <= 0:
-            for key in sorted(self.keys_of_level.get(level, ())):
-                self.finish(key)
 
     def add_rows(self, key: str, rows: Tensor, cols: Tensor, vals: Tensor, seen: Tensor, *,
                  level: int | None = None) -> None:
-        if key in self.done:
-            raise SceneKDError(f"granularity {key} received a view after it was finished")
-        if level is not None:
-            self.keys_of_level.setdefault(int(level), set()).add(key)
+        self.open_key(key, level)
         if key not in self.pending:
             self.pending[key] = []
             self.entries[key] = torch.zeros(self.n_rows, dtype=torch.int64)
