@@ -120,6 +120,13 @@ def find_ray_token() -> str | None:
 _AUTH_MODE_SET: list[bool] = []  # RAY_AUTH_MODE set by start_ray, unset by stop_ray
 
 
+def _undo_token_mode() -> None:
+    """Unset the RAY_AUTH_MODE that :func:`_token_mode_for` set (one the user set stays)."""
+    if _AUTH_MODE_SET:
+        os.environ.pop("RAY_AUTH_MODE", None)
+        _AUTH_MODE_SET.clear()
+
+
 def stop_ray() -> None:
     """Disconnect / stop the Ray that start_ray started and undo its RAY_AUTH_MODE."""
     import ray
@@ -127,9 +134,7 @@ def stop_ray() -> None:
     try:
         ray.shutdown()
     finally:
-        if _AUTH_MODE_SET:
-            os.environ.pop("RAY_AUTH_MODE", None)
-            _AUTH_MODE_SET.clear()
+        _undo_token_mode()
 
 
 def _token_mode_for(address: str | None) -> str | None:
@@ -155,9 +160,7 @@ def start_ray(workers: int, address: str | None) -> bool:
     try:
         import ray
     except ImportError:
-        if _AUTH_MODE_SET:
-            os.environ.pop("RAY_AUTH_MODE", None)
-            _AUTH_MODE_SET.clear()
+        _undo_token_mode()
         raise SceneKDError(RAY_MISSING) from None
     if ray.is_initialized():
         return False
@@ -171,15 +174,12 @@ def start_ray(workers: int, address: str | None) -> bool:
                 hint = f"if the cluster uses token authentication, no token was found here: {RAY_TOKEN_HELP}"
             else:
                 hint = f"if the cluster uses token authentication, it may have refused the token from {token}"
-            if _AUTH_MODE_SET:
-                os.environ.pop("RAY_AUTH_MODE", None)
-                _AUTH_MODE_SET.clear()
+            _undo_token_mode()
             raise SceneKDError(f"cannot connect to Ray at {address} ({type(e).__name__}: {first}); {hint}") from None
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(num_cpus=max(workers, 1), include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 logging_level="warning", object_store_memory=80 * 1024 * 1024,
-                 _system_config={"metrics_report_interval_ms": 60_000})
+        ray.init(num_cpus=max(workers, 1), object_store_memory=80 * 1024 * 1024,
+                 _system_config={"metrics_report_interval_ms": 60_000}, **common)
     return True
 
 
