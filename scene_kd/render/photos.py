@@ -101,12 +101,17 @@ def load_label_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """[H, W] int32 class ids (-1 unlabelled) resized to ``size`` (W, H), nearest neighbour."""
     from scene_kd.scene.capture import read_label_image
 
-    lab = read_label_image(path)
-    if lab.shape[::-1] != tuple(size):
-        ys = np.minimum(((np.arange(size[1]) + 0.5) * lab.shape[0] / size[1]).astype(int), lab.shape[0] - 1)
-        xs = np.minimum(((np.arange(size[0]) + 0.5) * lab.shape[1] / size[0]).astype(int), lab.shape[1] - 1)
-        lab = lab[ys][:, xs]
-    return lab.astype(np.int32)
+    return resize_nearest(read_label_image(path), size).astype(np.int32)
+
+
+def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[H, W] image ``a`` resampled to ``size`` (W, H) by the nearest pixel centre (class ids and depths must not
+    be blended); ``a`` itself when already that size."""
+    if a.shape[::-1] == tuple(size):
+        return a
+    ys = np.minimum(((np.arange(size[1]) + 0.5) * a.shape[0] / size[1]).astype(int), a.shape[0] - 1)
+    xs = np.minimum(((np.arange(size[0]) + 0.5) * a.shape[1] / size[0]).astype(int), a.shape[1] - 1)
+    return a[ys][:, xs]
 
 
 def load_depth_image(path: Path, size: tuple[int, int], scale: float) -> np.ndarray:
@@ -127,11 +132,7 @@ def load_depth_image(path: Path, size: tuple[int, int], scale: float) -> np.ndar
         raise SceneKDError(f"a depth image must be single-channel, got shape {a.shape}", path=path)
     d = a.astype(np.float32) * np.float32(scale)
     d[~np.isfinite(d) | (d <= 0)] = np.nan
-    if d.shape[::-1] != tuple(size):
-        ys = np.minimum(((np.arange(size[1]) + 0.5) * d.shape[0] / size[1]).astype(int), d.shape[0] - 1)
-        xs = np.minimum(((np.arange(size[0]) + 0.5) * d.shape[1] / size[0]).astype(int), d.shape[1] - 1)
-        d = d[ys][:, xs]
-    return d
+    return resize_nearest(d, size)
 
 
 def depth_disagreement(render_depth: np.ndarray, frame_depth: np.ndarray, tolerance: float) -> np.ndarray:
