@@ -223,8 +223,10 @@ def photo_flags(run_dir: str | Path) -> list[bool]:
 
 
 def as_photo_render(run_dir: str | Path, i: int, render: Render) -> Render:
-    """The teacher's view i: the render with rgb = the photo and, when a label image exists, labels = it
-    (depth, ids, instances, Gaussian weights stay the render's: they say which scene element each pixel is)."""
+    """The teacher's view i: the render with rgb = the photo and, when a label image exists, labels = it and no
+    instances (a label image holds classes only; the render's instances, drawn from the scene, would cut the
+    photo's regions into fragments wherever the two disagree). Depth, ids and Gaussian weights stay the
+    render's: they say which scene element each pixel is."""
     from dataclasses import replace
 
     from PIL import Image
@@ -234,12 +236,12 @@ def as_photo_render(run_dir: str | Path, i: int, render: Render) -> Render:
     if rgb.shape != render.rgb.shape:
         raise SceneKDError(f"photo {i:04d} is {rgb.shape[1]}x{rgb.shape[0]}, its render "
                            f"{render.rgb.shape[1]}x{render.rgb.shape[0]}; rerun the render stage", path=run_dir)
-    labels = render.labels
+    labels, instances = render.labels, render.instances
     lab = photo_labels_npz(run_dir, i)
-    if lab.exists():
+    if lab.exists():  # a label image holds classes only: the render's instances would cut its regions apart
         with np.load(lab) as z:
-            labels = z["labels"]
-    return replace(render, rgb=rgb, labels=labels)
+            labels, instances = z["labels"], None
+    return replace(render, rgb=rgb, labels=labels, instances=instances)
 
 
 def photos_for_teacher(run_dir: str | Path, teacher_input: str) -> list[bool]:

@@ -298,9 +298,29 @@ def _inria(root: Path):
     return its[-1], read
 
 
-def _nerfstudio(root: Path):
+def nerfstudio_cameras(tj: Path, scene: Any, *, is_ply: bool = False
+                       ) -> tuple[list[Camera], str, dict[str, np.ndarray]]:
+    """The cameras of nerfstudio's ``tj`` (transforms.json) in the frame ``scene`` is in: each frame of
+    :func:`scene_kd.scene.nerfstudio.frame_transforms` is a candidate, the one :func:`choose_frame` picks wins
+    (``is_ply``: the scene is transforms.json's own ``ply_file_path``). Returns (cameras, frame name, the
+    candidate transforms). SceneFormatError for an unreadable file."""
     from scene_kd.scene.cameras import load_transforms_json
-    from scene_kd.scene.nerfstudio import cameras_in_frame, expected_frame, frame_scale, frame_transforms
+    from scene_kd.scene.nerfstudio import cameras_in_frame, expected_frame, frame_transforms
+
+    try:
+        meta = json.loads(Path(tj).read_text())
+    except (OSError, ValueError) as e:
+        raise SceneFormatError(f"unreadable transforms.json ({e})", path=tj) from None
+    transforms = frame_transforms(Path(tj).parent, meta)
+    raw = load_transforms_json(tj)  # transforms.json's frame, world coordinates
+    origin = np.asarray(scene.origin, np.float64)
+    candidates = {name: cameras_in_frame(raw, M, origin) for name, M in transforms.items()}
+    frame = choose_frame(scene, candidates, expected_frame(transforms, is_ply), layout="nerfstudio")
+    return candidates[frame], frame, transforms
+
+
+def _nerfstudio(root: Path):
+    from scene_kd.scene.nerfstudio import frame_scale
 
     tj = root / "transforms.json"
     try:
@@ -314,19 +334,15 @@ def _nerfstudio(root: Path):
         if scene_path is None and cand.is_file():
             scene_path = cand
     scene_path = scene_path or _top_scene_file(root)
-    transforms = frame_transforms(root, meta)
 
     def read(scene: Any, path: Path | None):
-        raw = load_transforms_json(tj)  # transforms.json's frame, world coordinates
-        origin = np.asarray(scene.origin, np.float64)
-        candidates = {name: cameras_in_frame(raw, M, origin) for name, M in transforms.items()}
         is_ply = path is not None and ply_file is not None and path.resolve() == ply_file.resolve()
-        frame = choose_frame(scene, candidates, expected_frame(transforms, is_ply), layout="nerfstudio")
+        cameras, frame, transforms = nerfstudio_cameras(tj, scene, is_ply=is_ply)
         extra: dict[str, Any] = {"frame": frame}
         if frames and frames[0].get("depth_file_path"):
             extra["depths"] = [root / f["depth_file_path"] for f in frames]
             extra["depth_scale"] = float(meta.get("depth_unit_scale_factor", 0.001)) * frame_scale(transforms[frame])
-        return candidates[frame], [root / f["file_path"] for f in frames], extra
+        return cameras, [root / f["file_path"] for f in frames], extra
 
     return scene_path, read
 
