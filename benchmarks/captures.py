@@ -9,7 +9,9 @@ seeds, the per-seed differences photos - renders
 and the standard error of their mean: sample std / sqrt(n)) and the median render-vs-photo PSNR.
 
 Setups: ``equal`` - the scene holds one Gaussian per point of the dense cloud the photos are drawn from;
-``detail`` - the scene holds few Gaussians (coarse), the photos show the dense cloud.
+``detail`` - the scene holds few Gaussians (coarse), the photos show the dense cloud; ``blurred`` - one Gaussian
+per point, but each at least 3 cm wide along the surface (an under-trained splat: its renders are blurred, the
+photos are not).
 
     PYTHONPATH=. python benchmarks/captures.py [--views 8] [--flip 0.2] [--setups equal,detail] [--json]
 """
@@ -26,13 +28,14 @@ import time
 from pathlib import Path
 
 SETUPS = {
-    "equal": {"points": 6000, "scene_gaussians": None},
-    "detail": {"points": 8000, "scene_gaussians": 1000},
+    "equal": {"points": 6000, "scene_gaussians": None, "scene_blur": None},
+    "detail": {"points": 8000, "scene_gaussians": 1000, "scene_blur": None},
+    "blurred": {"points": 6000, "scene_gaussians": None, "scene_blur": 0.03},
 }
 
 
 def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, height: int, seed: int,
-              teacher_seeds: int, photo_scale: float = 1.5) -> dict:
+              teacher_seeds: int, photo_scale: float = 1.5, realism: str = "realistic", epochs: int = 10) -> dict:
     from scene_kd.config import load_config
     from scene_kd.pipeline import run_pipeline
     from scene_kd.runio import read_json
@@ -42,10 +45,13 @@ def run_setup(name: str, work: Path, *, views: int, flip: float, width: int, hei
     cap = work / f"{name}-capture"
     pw, ph = round(photo_scale * width), round(photo_scale * height)  # photos resized to the renders on the way in
     info = make_tabletop_capture(cap, seed=seed, views=views, width=pw, height=ph,
-                                 points=spec["points"], scene_gaussians=spec["scene_gaussians"])
+                                 points=spec["points"], scene_gaussians=spec["scene_gaussians"],
+                                 scene_blur=spec["scene_blur"])
     out = {"setup": name, "views": views, "gaussians": info["count"], "photo_points": spec["points"],
+           "scene_blur_m": spec["scene_blur"], "oracle_realism": realism, "distill_epochs": epochs,
            "photo_size": [pw, ph], "render_size": [width, height], "label_flip": flip}
-    base = {"render": {"width": width, "height": height}, "teacher": {"label_flip": flip, "seed": seed}}
+    base = {"render": {"width": width, "height": height}, "distill": {"epochs": epochs},
+            "teacher": {"label_flip": flip, "seed": seed, "oracle_realism": realism}}
     t0 = time.perf_counter()
     rendered = work / f"{name}-rendered"
     res = run_pipeline(cap, rendered, load_config("ci", base), until="render", progress=False)
@@ -84,13 +90,16 @@ def main() -> None:
     ap.add_argument("--setups", default="equal,detail")
     ap.add_argument("--teacher-seeds", type=int, default=3)
     ap.add_argument("--photo-scale", type=float, default=1.5, help="photo size / render size")
+    ap.add_argument("--realism", default="realistic", choices=["realistic", "perfect"], help="oracle_realism")
+    ap.add_argument("--epochs", type=int, default=10, help="student epochs (the ci preset's 2 barely train it)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.setups.split(","):
             results.append(run_setup(name, Path(tmp), views=args.views, flip=args.flip, width=args.width,
-                                     height=args.height, seed=args.seed, teacher_seeds=args.teacher_seeds, photo_scale=args.photo_scale))
+                                     height=args.height, seed=args.seed, teacher_seeds=args.teacher_seeds, photo_scale=args.photo_scale,
+                                     realism=args.realism, epochs=args.epochs))
             r = results[-1]
             # with --json the summary line goes to stderr, the JSON alone to stdout
             f, d = r["mean_fused"], r["mean_distilled"]

@@ -230,6 +230,25 @@ def test_nerfstudio_frames_with_applied_transform(tmp_path, case, caplog):
     _check_same(cap.cameras, _moved(cams, np.eye(4), cap.scene.origin))
 
 
+def test_cameras_file_view_preset_uses_the_frame_the_scene_is_in(tmp_path):
+    """``--views cameras:transforms.json`` on a splatfacto export (dataparser frame) gets the cameras moved into
+    that frame, as a capture run does; a transforms.json with no other frame is used as given."""
+    from scene_kd.render.config import RenderConfig
+    from scene_kd.render.views import plan_views
+    from scene_kd.scene.io import load_scene
+
+    root = tmp_path / "ns"
+    cams, pts, A, T, s = _ns_processed(root, COLMAP_APPLIED)
+    splat = load_scene(root / "exports" / "splat" / "splat.ply")
+    for where in (root / "transforms.json", root):
+        got = plan_views(splat, RenderConfig(preset=f"cameras:{where}"))
+        _check_same(got, _moved(cams, np.diag([s, s, s, 1.0]) @ T, splat.origin))
+    (root / "dataparser_transforms.json").unlink()
+    sparse = load_scene(root / "sparse_pc.ply")
+    got = plan_views(sparse, RenderConfig(preset=f"cameras:{root / 'transforms.json'}"))
+    _check_same(got, _moved(cams, A, sparse.origin))
+
+
 def test_nerfstudio_rgbd_depth_scale_follows_the_frame(tmp_path):
     root = tmp_path / "ns"
     cams, pts, A, T, s = _ns_processed(root, COLMAP_APPLIED)
@@ -361,6 +380,8 @@ def test_run_from_capture_writes_photos_and_feeds_them_to_the_teacher(tiny_captu
         with np.load(photo_labels_npz(run, i)) as z:
             assert np.array_equal(r.labels, z["labels"])
         assert np.array_equal(r.ids, renders[i].ids)
+        # a label image holds classes only: the render's instances would cut its regions apart
+        assert renders[i].instances is not None and r.instances is None
     # the same run with the renders as teacher input: render stage current, features recomputed without photos
     res = run_pipeline(tiny_capture, run, _cfg(teacher_input="renders"), until="features", progress=False)
     assert res["render"].skipped and not res["features"].skipped and res["features"]["photo_views"] == 0
@@ -493,3 +514,21 @@ def test_label_image_resize_samples_pixel_centres(tmp_path):
     np.testing.assert_array_equal(out, [[-1, 0, 3, 3], [0, 0, 3, 3], [0, 0, 3, 3]])
     np.testing.assert_array_equal(load_label_image(tmp_path / "l.png", (12, 9)),
                                   np.where(lab == 65535, -1, lab.astype(np.int32)))
+
+
+def test_blurred_scene_is_the_same_splat_with_wider_gaussians(tmp_path):
+    from scene_kd.scene.io import load_scene
+    from scene_kd.scene.synthetic.capture import make_tabletop_capture
+
+    kw = dict(views=1, width=32, height=24, points=1500)
+    make_tabletop_capture(tmp_path / "sharp", **kw)
+    make_tabletop_capture(tmp_path / "blurred", scene_blur=0.03, **kw)
+    a, b = load_scene(tmp_path / "sharp" / "scene.ply"), load_scene(tmp_path / "blurred" / "scene.ply")
+    for name in ("means", "quats", "opacity_logits", "sh", "labels"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    floor = np.float32(np.log(0.03))
+    assert (b.log_scales[:, :2] >= floor - 1e-6).all() and (a.log_scales[:, :2] < floor).any()
+    wide = (a.log_scales[:, :2] >= floor).all(1)  # already wider than the floor: untouched
+    assert np.array_equal(a.log_scales[wide], b.log_scales[wide])
+    with pytest.raises(SceneKDError, match="scene_blur"):
+        make_tabletop_capture(tmp_path / "bad", scene_blur=0.0, **kw)

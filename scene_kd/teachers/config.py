@@ -72,6 +72,12 @@ class OracleConfig(_TeacherCommon):
     oracle_boundary_px: int = 2
     """Realistic: each mask's boundary bleeds into its neighbours or erodes by up to this many pixels
     (uniform in [-b, b], seeded): SAM's 256-px mask logits upsampled to a 512-px render are off by one cell."""
+    oracle_sharp_px: float = 1.0
+    """Realistic: edge blur (Gaussian std-dev, pixels, measured from the view's RGB along each mask's boundary by
+    the gradient-ratio method of Zhuo & Sim 2011) up to which a view counts as sharp. A mask blurred by s > this
+    is judged as if the view had s / this times fewer pixels per side (the size rules above, and boundaries
+    moved by up to that many times ``oracle_boundary_px``): SAM and CLIP lose on a blurred render what they would
+    lose on a smaller one. A pixel-sharp step reads 0.45 px; 0 ignores blur."""
 
 
 @dataclass

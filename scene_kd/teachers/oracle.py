@@ -13,7 +13,15 @@ sees like SAM + CLIP on the render. A region gets no mask when it is under ``min
 inside it); each kept mask's boundary bleeds into its neighbours or erodes by a seeded r in [-boundary_px,
 boundary_px] pixels; and on top of ``label_flip`` a mask of area A is given another class with probability
 small_confusion * clip(log(reliable / A) / log(reliable / min_area), 0, 1). Pixels of dropped or eroded masks belong
-to no mask. Defaults and their sources: :class:`scene_kd.teachers.config.TeacherConfig`.
+to no mask.
+
+Blur (``sharp_px`` > 0): a teacher sees a blurred region as if the view had fewer pixels. Each mask's edge blur s
+(Gaussian std-dev in pixels, measured from the view's RGB along the mask's boundary,
+:mod:`scene_kd.teachers.edge_blur`) gives a resolution loss f = max(1, s / sharp_px); the rules above then use the
+area A / f^2 and the side / f (the size at which a sharp view would show the same detail), and boundaries move by
+up to f x boundary_px. Views whose edges cannot be measured count as sharp. So an under-trained splat's blurry
+render, or a blurred photo, loses its small objects and its boundaries as it would for SAM + CLIP. Defaults and their
+sources: :class:`scene_kd.teachers.config.OracleConfig`.
 """
 
 from __future__ import annotations
@@ -61,8 +69,8 @@ def connected_regions(keys: np.ndarray) -> np.ndarray:
     return out
 
 
-def _view_seed(seed: int, render: Render) -> np.random.Generator:
-    h = hashlib.sha256(np.int64(seed).tobytes())
+def _view_seed(seed: int, render: Render, salt: bytes = b"") -> np.random.Generator:
+    h = hashlib.sha256(np.int64(seed).tobytes() + salt)
     for a in (render.labels, render.instances, render.ids, render.camera.world_to_cam):
         if a is not None:
             h.update(np.ascontiguousarray(a).tobytes())
@@ -76,7 +84,7 @@ class OracleTeacher:
                  embed_noise: float = 0.0, seed: int = 0, oracle_levels: int = 1,
                  oracle_realism: str = "realistic", oracle_min_area_px: int = 64, oracle_min_side_px: int = 4,
                  oracle_grid_px: int = 16, oracle_reliable_area_px: int = 1024, oracle_small_confusion: float = 0.5,
-                 oracle_boundary_px: int = 2):
+                 oracle_boundary_px: int = 2, oracle_sharp_px: float = 1.0):
         if not 0.0 <= label_flip <= 1.0:
             raise SceneKDError(f"label_flip must be in [0, 1], got {label_flip}")
         if not (embed_noise >= 0.0 and np.isfinite(embed_noise)):
@@ -93,10 +101,13 @@ class OracleTeacher:
                 raise SceneKDError(f"{k} must be an integer >= {1 if k != 'oracle_boundary_px' else 0}, got {v}")
         if not 0.0 <= oracle_small_confusion <= 1.0:
             raise SceneKDError(f"oracle_small_confusion must be in [0, 1], got {oracle_small_confusion}")
+        if not (np.isfinite(oracle_sharp_px) and oracle_sharp_px >= 0):
+            raise SceneKDError(f"oracle_sharp_px must be a finite number >= 0 (0 = ignore blur), got {oracle_sharp_px}")
         self.realism = oracle_realism
         self.min_area, self.min_side, self.grid_px = int(oracle_min_area_px), int(oracle_min_side_px), int(oracle_grid_px)
         self.reliable_area, self.boundary = max(int(oracle_reliable_area_px), self.min_area), int(oracle_boundary_px)
         self.small_confusion = float(oracle_small_confusion)
+        self.sharp_px = float(oracle_sharp_px)
         self.text_encoder = OracleTextEncoder(oracle_dim)
         self.text_encoder_id = self.text_encoder.id
         self.dim = self.text_encoder.dim
@@ -106,7 +117,8 @@ class OracleTeacher:
                                      self.embed_noise, self.seed, self.levels,
                                      *(() if self.realism == "perfect" else (
                                          self.realism, self.min_area, self.min_side, self.grid_px, self.reliable_area,
-                                         self.small_confusion, self.boundary)))
+                                         self.small_confusion, self.boundary,
+                                         *(("edge-blur-v1", self.sharp_px) if self.sharp_px > 0 else ()))))
         self.model_calls = 0
         self._class_vectors: dict[int, torch.Tensor] = {}
 
@@ -186,12 +198,29 @@ class OracleTeacher:
         t = np.log(self.reliable_area / area) / np.log(self.reliable_area / self.min_area)
         return self.small_confusion * np.clip(t, 0.0, 1.0)
 
-    def realistic_masks(self, ids: np.ndarray, cls: np.ndarray, levels: np.ndarray, rng: np.random.Generator
+    def resolution_loss(self, rgb: np.ndarray | None, ids: np.ndarray, m: int) -> np.ndarray:
+        """[M] f = max(1, edge blur / sharp_px) of each mask of ``ids`` [L, H, W] (-1 none) in ``rgb`` [H, W, 3]
+        (module docstring); all 1 when blur is ignored (sharp_px 0), there is no RGB or nothing to measure."""
+        from scene_kd.teachers.edge_blur import region_blur
+
+        f = np.ones(m)
+        if self.sharp_px <= 0 or rgb is None or m == 0:
+            return f
+        for lv in range(ids.shape[0]):
+            on = np.unique(ids[lv][ids[lv] >= 0])
+            blur, _ = region_blur(rgb, ids[lv], m)
+            f[on] = np.where(np.isfinite(blur[on]), np.maximum(1.0, blur[on] / self.sharp_px), 1.0)
+        return f
+
+    def realistic_masks(self, ids: np.ndarray, cls: np.ndarray, levels: np.ndarray, rng: np.random.Generator,
+                        rgb: np.ndarray | None = None, blur_rng: np.random.Generator | None = None
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Drop masks a real teacher would not produce and jitter the boundaries of the rest (module docstring).
 
-        ids [L, H, W] int32 (-1 none), cls [M], levels [M] -> (ids', cls' [K], levels' [K], area [K] pixels before
-        the boundary jitter), masks renumbered 0..K-1 in their original order."""
+        ids [L, H, W] int32 (-1 none), cls [M], levels [M], rgb [H, W, 3] the view the teacher sees (None: no
+        blur rule) -> (ids', cls' [K], levels' [K], effective area [K] pixels before the boundary jitter, i.e.
+        area / f^2), masks renumbered 0..K-1 in their original order. ``blur_rng`` draws the wider boundary
+        moves of blurred masks (so views measured sharp draw exactly what they drew without the blur rule)."""
         from scipy.ndimage import binary_dilation, binary_erosion, find_objects
 
         m = cls.size
@@ -207,9 +236,16 @@ class OracleTeacher:
                 if sl is not None:
                     boxes[k] = sl
                     side[k] = min(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)
+        loss = self.resolution_loss(rgb, ids, m)
+        seen_area = area / loss ** 2
         p_hit = np.minimum(1.0, area / float(self.grid_px ** 2))
-        keep = (area >= self.min_area) & (side >= self.min_side) & (rng.random(m) < p_hit)
+        keep = (seen_area >= self.min_area) & (side / loss >= self.min_side) & (rng.random(m) < p_hit)
         radius = rng.integers(-self.boundary, self.boundary + 1, size=m)
+        blurred = np.flatnonzero(loss > 1.0)
+        if blurred.size and self.boundary > 0:
+            reach = np.round(self.boundary * loss[blurred]).astype(np.int64)
+            draw = (blur_rng or rng).random(blurred.size)
+            radius[blurred] = np.floor(draw * (2 * reach + 1)).astype(np.int64) - reach
         out = np.where(keep[np.maximum(ids, 0)] & (ids >= 0), ids, -1).astype(np.int32)
         square = np.ones((3, 3), bool)
         for k in rng.permutation(np.flatnonzero(keep & (radius != 0))):
@@ -228,7 +264,7 @@ class OracleTeacher:
         new_id = np.full(m + 1, -1, np.int32)
         new_id[np.flatnonzero(alive)] = np.arange(int(alive.sum()), dtype=np.int32)
         out = new_id[out]  # -1 maps through new_id[-1] = -1
-        return out, cls[alive], levels[alive], area[alive].astype(np.float64)
+        return out, cls[alive], levels[alive], seen_area[alive].astype(np.float64)
 
     def encode_views(self, renders: Sequence[Render]) -> list[ViewMasks]:
         out = []
@@ -238,7 +274,8 @@ class OracleTeacher:
             area = None
             if self.realism == "realistic":
                 real_rng = np.random.default_rng(rng.integers(2 ** 63))
-                ids, true_cls, levels, area = self.realistic_masks(ids, true_cls, levels, real_rng)
+                ids, true_cls, levels, area = self.realistic_masks(
+                    ids, true_cls, levels, real_rng, rgb=r.rgb, blur_rng=_view_seed(self.seed, r, b"edge-blur"))
             present = np.unique(true_cls)
             cls = self.corrupt_classes(true_cls, present, rng)
             if area is not None and cls.size:

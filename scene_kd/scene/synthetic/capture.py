@@ -7,8 +7,9 @@ The photos are not renders of the scene file: they show the *dense* labelled tab
 scene's own colours do not have (gain per channel ``lighting``: brighter and warmer by default), a Gaussian blur
 (``blur_sigma`` px) and sensor noise (``noise_std`` grey levels), like photos taken under other light. Label and
 depth images come from the same render (the top-weight Gaussian's / nearest point's class). The scene file is the same tabletop as 3DGS
-Gaussians (``as_splats``, optionally only ``scene_gaussians`` of them, so the photos show detail the scene lacks)
-or, with ``rgbd=True``, as the point cloud (the RGB-D variant; depth images are written either way, and
+Gaussians (``as_splats``, optionally only ``scene_gaussians`` of them, and/or each at least ``scene_blur`` metres
+wide along the surface - an under-trained splat, whose renders are blurred - so the photos show detail the scene
+lacks) or, with ``rgbd=True``, as the point cloud (the RGB-D variant; depth images are written either way, and
 transforms.json frames carry ``depth_file_path`` only for the RGB-D variant).
 
 Folder (conventions of scene_kd/scene/capture.py)::
@@ -103,7 +104,8 @@ def write_cameras(out: Path, cameras: list[Camera], origin: np.ndarray, names: l
 
 
 def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, width: int = 256, height: int = 192,
-                          points: int = 60_000, scene_gaussians: int | None = None, rgbd: bool = False,
+                          points: int = 60_000, scene_gaussians: int | None = None,
+                          scene_blur: float | None = None, rgbd: bool = False,
                           photo_source: str | None = None,
                           lighting=DEFAULT_LIGHTING, blur_sigma: float = 0.7,
                           noise_std: float = 2.5) -> dict[str, Any]:
@@ -125,6 +127,8 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
     out = Path(out)
     if views < 1 or width < 8 or height < 8:
         raise SceneKDError(f"a capture needs views >= 1 and images >= 8 px, got {views} views of {width}x{height}")
+    if scene_blur is not None and not (np.isfinite(scene_blur) and scene_blur > 0):
+        raise SceneKDError(f"scene_blur must be a positive number of metres, got {scene_blur}")
     if out.exists() and not out.is_dir():
         raise SceneKDError("exists and is not a folder", path=out)
     for sub in ("images", "labels", "depth"):
@@ -160,10 +164,15 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
     write_json(out / "labels.json", {str(k): v for k, v in TABLETOP_CLASSES.items()})
     if rgbd:
         scene = pc
-    elif scene_gaussians is None or scene_gaussians >= len(pc):
+    elif (scene_gaussians is None or scene_gaussians >= len(pc)) and scene_blur is None:
         scene = dense
     else:
         scene = as_splats(pc, seed=seed, max_gaussians=scene_gaussians)
+        if scene_blur is not None:  # tangential std-devs floored at scene_blur; the normal axis grows alike
+            floor = np.log(float(scene_blur))
+            grow = np.maximum(floor - scene.log_scales[:, :2].min(1), 0.0)
+            scene.log_scales[:, :2] = np.maximum(scene.log_scales[:, :2], floor)
+            scene.log_scales[:, 2] += grow
     save_scene(scene, out / "scene.ply")
     write_json(out / "scene.objects.json", sidecar)
     return {"out": str(out), "scene": str(out / "scene.ply"), "scene_kind": scene.kind, "count": len(scene),
