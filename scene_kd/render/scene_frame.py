@@ -78,15 +78,25 @@ def _axis_scores(n: np.ndarray, w: np.ndarray, dirs: np.ndarray, tol: float) -> 
     return w @ np.exp(-0.5 * (off / tol) ** 2)
 
 
+def _facing_scores(n: np.ndarray, w: np.ndarray, dirs: np.ndarray, tol: float) -> np.ndarray:
+    """Per direction: sum of w x (a Gaussian kernel of width ``tol`` on the angle between the normal and +-u)."""
+    theta = np.arccos(np.clip(np.abs(n @ dirs.T), 0.0, 1.0))
+    return w @ np.exp(-0.5 * (theta / tol) ** 2)
+
+
 def estimate_up(normals: np.ndarray, weights: np.ndarray, xyz: np.ndarray, *, tol_deg: float = 5.0,
                 candidates: int = 2000, max_normals: int = 20_000, seed: int = 0) -> np.ndarray:
-    """Unit up vector [3]: the axis most surface is parallel or perpendicular to, signed so most mass lies above
-    the plane of the surfaces facing along it.
+    """Unit up vector [3]: of the three axes of the frame most surface is parallel or perpendicular to, the one
+    most surface faces along, signed so most mass lies above the plane of the surfaces facing along it.
 
     The sign puts more positions above than below the plane of the surfaces facing along the axis.
     Score of a direction u: the weight of normals near +-u (floors, table tops, roofs) or near perpendicular to u
     (walls, the sides of objects standing upright), each through a Gaussian kernel of width ``tol_deg`` - the
-    gravity-aligned world of a capture. Searched over a Fibonacci hemisphere of ``candidates`` directions, then refined. ``normals``
+    gravity-aligned world of a capture. Searched over a Fibonacci hemisphere of ``candidates`` directions, then
+    refined; that score cannot tell the three axes of such a frame apart (a box's faces are parallel to one and
+    perpendicular to the others), so the second axis is the best direction perpendicular to the first and up is
+    the axis of the three with the most weight on normals along it: a real capture of a card box on a mat, or of
+    a potted plant, has its box faces or leaves across the two other axes and the mat / pot rim along up. ``normals``
     [N, 3] (any sign), ``weights`` [N] >= 0, ``xyz`` [N, 3]. Raises SceneKDError when all weights are 0.
     """
     w = np.asarray(weights, np.float64)
@@ -105,6 +115,14 @@ def estimate_up(normals: np.ndarray, weights: np.ndarray, xyz: np.ndarray, *, to
     cap = cap[cap[:, 2] > np.cos(1.5 * spacing)]  # ~100 directions around the best one
     fine = cap @ _basis(axis)  # rows of _basis: right, forward, axis
     axis = fine[int(np.argmax(_axis_scores(n[sub], w[sub], fine, tol)))]
+    # that score is the same for all three axes of a box-like (Manhattan) frame: up is the one of the three that
+    # most surface faces along (a floor, a table top, the base an object stands on), not across
+    e1, e2 = _basis(axis)[:2]
+    turn = np.linspace(0.0, np.pi, 360, endpoint=False)
+    ring = np.cos(turn)[:, None] * e1 + np.sin(turn)[:, None] * e2
+    second = ring[int(np.argmax(_axis_scores(n[sub], w[sub], ring, tol)))]
+    frame_axes = np.stack([axis, second, np.cross(axis, second)])
+    axis = frame_axes[int(np.argmax(_facing_scores(n[sub], w[sub], frame_axes, tol)))]
     # sign: more of the scene (counted, not weighted: objects are finely sampled) stands above the plane that the
     # surfaces facing along the axis lie on than hangs below it
     on_plane = np.abs(n @ axis) > np.cos(2 * tol)
