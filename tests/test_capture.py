@@ -366,6 +366,7 @@ def test_run_from_capture_writes_photos_and_feeds_them_to_the_teacher(tiny_captu
     assert res["capture"]["layout"] == "rgbd" and res["features"]["photo_views"] == 3
     views = read_json(run / "views.json")
     assert views["photos"] == [True] * 3 and views["capture"]["layout"] == "rgbd"
+    assert views["preset"] == "capture"  # the capture's own cameras, not the config's preset
     assert all(10 < p < 60 for p in views["psnr"])  # alike, but not the same light
     cap = load_capture(tiny_capture)
     for k, (cam, orig) in enumerate(zip(views["cameras"], cap.cameras, strict=True)):
@@ -388,6 +389,7 @@ def test_run_from_capture_writes_photos_and_feeds_them_to_the_teacher(tiny_captu
     # both: the photo views plus the planned ones
     res = run_pipeline(tiny_capture, run, _cfg(teacher_input="both"), until="features", progress=False)
     assert res["render"]["views"] > 3 and res["features"]["photo_views"] == 3
+    assert read_json(run / "views.json")["preset"] == "capture+aerial-fixed" == res["render"]["preset"]
 
 
 def test_render_and_features_verbs_on_a_capture(tiny_capture, tmp_path, capsys):

@@ -70,10 +70,11 @@ def main(args: Args) -> int:
         out["export"] = export_points(args.export, field, run_dir=args.run, mask=hits, relevancy=rel)
     human = None
     if not args.json:
-        lines = [f"{text!r}: {out['count_above_threshold']:,} of {len(field):,} points with relevancy > {threshold}"]
+        noun = "Gaussians" if field.kind == "gaussians" else "points"
+        lines = [f"{text!r}: {out['count_above_threshold']:,} of {len(field):,} {noun} with relevancy > {threshold}"]
         lines += [f"  #{i:<10} {s:.4f}" for i, s in out["top"]]
         if "export" in out:
-            lines.append(f"  wrote {out['export']['count']:,} points to {out['export']['path']}")
+            lines.append(f"  wrote {out['export']['count']:,} {noun} to {out['export']['path']}")
         human = "\n".join(lines)
     emit(out, args.json, human)
     return 0

@@ -58,6 +58,14 @@ def _check_scene(scene: Any) -> None:
         raise SceneKDError("cannot render: the scene has NaN/Inf coordinates")
 
 
+def _views_source(preset: str, has_capture: bool, *, plan_used: bool) -> str:
+    """What the views are, for views.json: the preset; "capture" (the capture's cameras only); or
+    "capture+PRESET" (teacher_input both)."""
+    if not has_capture:
+        return str(preset)
+    return f"capture+{preset}" if plan_used else "capture"
+
+
 def _check_cameras_see_scene(xyz: torch.Tensor, cameras: list[Camera]) -> None:
     """SceneKDError when no camera has any point in front of it and inside its image."""
     from scene_kd.render.points import pixel_index, project_points
@@ -261,7 +269,8 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
         plan = plan_summary(scene, cameras, cfg)
     write_json(run.views, {
         "plan": plan,
-        "scene_kind": scene.kind, "preset": cfg.preset, "cameras": [c.to_json() for c in cameras],
+        "scene_kind": scene.kind, "preset": _views_source(cfg.preset, capture is not None, plan_used=n_photos < len(cameras)),
+        "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
         "photos": [i < n_photos for i in range(len(cameras))], "psnr": psnrs,
         "capture": None if capture is None else {"layout": capture.layout, "root": str(capture.root),
@@ -279,7 +288,8 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
              100 * coverage["seen_1"], 100 * coverage["seen_3"])
     megapixels = sum(c.width * c.height for c in cameras) / 1e6
     finite = [p for p in psnrs if p is not None and np.isfinite(p)]
-    return {"views": len(cameras), "levels": levels, "coverage": coverage, "preset": cfg.preset,
+    return {"views": len(cameras), "levels": levels, "coverage": coverage,
+            "preset": _views_source(cfg.preset, capture is not None, plan_used=n_photos < len(cameras)),
             "photo_views": n_photos,
             "psnr_median": round(float(np.median(finite)), 3) if finite else None,
             "depth_disagree_pixels": None if all(d is None for d in disagree) else sum(d or 0 for d in disagree),
