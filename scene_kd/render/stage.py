@@ -267,10 +267,10 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     levels = sorted({c.level for c in cameras})
     if plan is None or capture is not None:  # per-level GSD and cost of the cameras actually rendered
         plan = plan_summary(scene, cameras, cfg)
+    views_source = _views_source(cfg.preset, capture is not None, plan_used=n_photos < len(cameras))
     write_json(run.views, {
         "plan": plan,
-        "scene_kind": scene.kind, "preset": _views_source(cfg.preset, capture is not None, plan_used=n_photos < len(cameras)),
-        "cameras": [c.to_json() for c in cameras],
+        "scene_kind": scene.kind, "preset": views_source, "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
         "photos": [i < n_photos for i in range(len(cameras))], "psnr": psnrs,
         "capture": None if capture is None else {"layout": capture.layout, "root": str(capture.root),
@@ -289,7 +289,7 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     megapixels = sum(c.width * c.height for c in cameras) / 1e6
     finite = [p for p in psnrs if p is not None and np.isfinite(p)]
     return {"views": len(cameras), "levels": levels, "coverage": coverage,
-            "preset": _views_source(cfg.preset, capture is not None, plan_used=n_photos < len(cameras)),
+            "preset": views_source,
             "photo_views": n_photos,
             "psnr_median": round(float(np.median(finite)), 3) if finite else None,
             "depth_disagree_pixels": None if all(d is None for d in disagree) else sum(d or 0 for d in disagree),

@@ -407,8 +407,9 @@ def plan_views(scene: Any, cfg: RenderConfig, *, camera_size: tuple[int, int] | 
     granularity (0 = coarsest). Raises SceneKDError for an empty scene, a zero-size image or an unknown preset.
 
     ``cameras:FILE`` cameras are used at their own size (a nerfstudio transforms.json's in the frame the scene is
-    in: transforms.json's, the original one of its applied_transform, or dataparser_transforms.json's) unless a size is requested (``camera_size``, or a
-    cfg.width/height other than the defaults): then their intrinsics are scaled to it
+    in: transforms.json's, the original one of its applied_transform, or dataparser_transforms.json's) unless a
+    size is requested (``camera_size``, or a cfg.width/height other than the defaults): then their intrinsics are
+    scaled to it
     (scene_kd.scene.cameras.scale_to_size; a size of another aspect ratio is refused)."""
     preset = str(cfg.preset)
     xyz = np.asarray(scene.xyz, dtype=np.float32)
@@ -422,13 +423,13 @@ def plan_views(scene: Any, cfg: RenderConfig, *, camera_size: tuple[int, int] | 
             raise SceneKDError("--views cameras:FILE needs a file, e.g. cameras:transforms.json")
         if not Path(path).exists():
             raise SceneKDError("camera file not found", path=path)
-        from scene_kd.scene.cameras import load_cameras_file
+        from scene_kd.scene.cameras import camera_source, load_cameras_file
 
-        tj = Path(path) / "transforms.json" if Path(path).is_dir() else Path(path)
-        if tj.name == "transforms.json" and tj.is_file() and not (tj.parent / "sparse").exists():
+        source = camera_source(Path(path))
+        if source.name == "transforms.json":
             from scene_kd.scene.capture import nerfstudio_cameras  # nerfstudio: applied/dataparser frames
 
-            cams = nerfstudio_cameras(tj, scene)[0]
+            cams = nerfstudio_cameras(source, scene)[0]
         else:
             cams = list(load_cameras_file(path, origin=scene.origin))
         if not cams:

@@ -55,6 +55,17 @@ def _shift(world_to_cam: np.ndarray, origin: np.ndarray | None) -> np.ndarray:
     return out
 
 
+def camera_source(path: Path) -> Path:
+    """What a camera path given as a folder means: its ``transforms.json`` / ``transforms_train.json`` (nerfstudio /
+    NeRF-synthetic) unless it holds a COLMAP ``sparse`` folder, else the folder itself (COLMAP); a file is
+    itself."""
+    if path.is_dir():
+        for name in ("transforms.json", "transforms_train.json"):
+            if (path / name).is_file() and not (path / "sparse").exists():
+                return path / name
+    return path
+
+
 def load_cameras_file(path: str | Path, *, origin: np.ndarray | None = None) -> list[Camera]:
     """Cameras from ``transforms.json`` or a COLMAP sparse folder (cameras/images/points3D, .txt or .bin).
 
@@ -64,10 +75,8 @@ def load_cameras_file(path: str | Path, *, origin: np.ndarray | None = None) -> 
     path = Path(path)
     if not path.exists():
         raise SceneFormatError("no such file or folder", path=path)
+    path = camera_source(path)
     if path.is_dir():
-        for name in ("transforms.json", "transforms_train.json"):  # nerfstudio / NeRF-synthetic folders
-            if (path / name).is_file() and not (path / "sparse").exists():
-                return load_transforms_json(path / name, origin=origin)
         return load_colmap_cameras(path, origin=origin)
     if path.suffix.lower() == ".json":
         return load_transforms_json(path, origin=origin)

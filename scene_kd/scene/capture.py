@@ -298,19 +298,20 @@ def _inria(root: Path):
     return its[-1], read
 
 
-def nerfstudio_cameras(tj: Path, scene: Any, *, is_ply: bool = False
+def nerfstudio_cameras(tj: Path, scene: Any, *, is_ply: bool = False, meta: dict[str, Any] | None = None
                        ) -> tuple[list[Camera], str, dict[str, np.ndarray]]:
     """The cameras of nerfstudio's ``tj`` (transforms.json) in the frame ``scene`` is in: each frame of
     :func:`scene_kd.scene.nerfstudio.frame_transforms` is a candidate, the one :func:`choose_frame` picks wins
-    (``is_ply``: the scene is transforms.json's own ``ply_file_path``). Returns (cameras, frame name, the
-    candidate transforms). SceneFormatError for an unreadable file."""
+    (``is_ply``: the scene is transforms.json's own ``ply_file_path``; ``meta``: its parsed JSON, when the caller
+    has it). Returns (cameras, frame name, the candidate transforms). SceneFormatError for an unreadable file."""
     from scene_kd.scene.cameras import load_transforms_json
     from scene_kd.scene.nerfstudio import cameras_in_frame, expected_frame, frame_transforms
 
-    try:
-        meta = json.loads(Path(tj).read_text())
-    except (OSError, ValueError) as e:
-        raise SceneFormatError(f"unreadable transforms.json ({e})", path=tj) from None
+    if meta is None:
+        try:
+            meta = json.loads(Path(tj).read_text())
+        except (OSError, ValueError) as e:
+            raise SceneFormatError(f"unreadable transforms.json ({e})", path=tj) from None
     transforms = frame_transforms(Path(tj).parent, meta)
     raw = load_transforms_json(tj)  # transforms.json's frame, world coordinates
     origin = np.asarray(scene.origin, np.float64)
@@ -337,7 +338,7 @@ def _nerfstudio(root: Path):
 
     def read(scene: Any, path: Path | None):
         is_ply = path is not None and ply_file is not None and path.resolve() == ply_file.resolve()
-        cameras, frame, transforms = nerfstudio_cameras(tj, scene, is_ply=is_ply)
+        cameras, frame, transforms = nerfstudio_cameras(tj, scene, is_ply=is_ply, meta=meta)
         extra: dict[str, Any] = {"frame": frame}
         if frames and frames[0].get("depth_file_path"):
             extra["depths"] = [root / f["depth_file_path"] for f in frames]

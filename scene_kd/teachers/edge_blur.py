@@ -19,6 +19,17 @@ LUMA = np.array([0.299, 0.587, 0.114])
 """ITU-R BT.601 luma weights."""
 
 
+def region_boundaries(ids: np.ndarray) -> np.ndarray:
+    """[H, W] bool: pixels of ``ids`` [H, W] with a 4-neighbour of another id, on both sides of each boundary."""
+    out = np.zeros(ids.shape, bool)
+    dx, dy = ids[:, 1:] != ids[:, :-1], ids[1:] != ids[:-1]
+    out[:, 1:] |= dx
+    out[:, :-1] |= dx
+    out[1:] |= dy
+    out[:-1] |= dy
+    return out
+
+
 def edge_blur_map(rgb: np.ndarray, regions: np.ndarray, *, d1: float = 1.0, d2: float = 2.0,
                   min_gradient: float = 0.004, max_blur: float = 8.0) -> tuple[np.ndarray, np.ndarray]:
     """Blur at the edge centres along the boundaries of ``regions``.
@@ -39,13 +50,7 @@ def edge_blur_map(rgb: np.ndarray, regions: np.ndarray, *, d1: float = 1.0, d2: 
     gy, gx = gaussian_filter(luma, d1, order=(1, 0)), gaussian_filter(luma, d1, order=(0, 1))
     g1 = np.hypot(gy, gx)
     g2 = np.hypot(gaussian_filter(luma, d2, order=(1, 0)), gaussian_filter(luma, d2, order=(0, 1)))
-    boundary = np.zeros(regions.shape, bool)
-    dx, dy = regions[:, 1:] != regions[:, :-1], regions[1:] != regions[:-1]
-    boundary[:, 1:] |= dx
-    boundary[:, :-1] |= dx
-    boundary[1:] |= dy
-    boundary[:-1] |= dy
-    near = binary_dilation(boundary, np.ones((3, 3), bool))
+    near = binary_dilation(region_boundaries(regions), np.ones((3, 3), bool))
     # non-maximum suppression across the edge: the gradient direction quantised to 4 axes
     axis = (np.round(np.arctan2(gy, gx) / (np.pi / 4)) % 4).astype(np.int8)
     h, w = g1.shape

@@ -276,16 +276,13 @@ def pca_colours(embeddings: torch.Tensor) -> np.ndarray:
 
 def draw_masks(rgb: np.ndarray, ids: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """The render with each mask tinted by and outlined in its colour ([H, W, 3] uint8); ids [H, W] (-1 none)."""
+    from scene_kd.teachers.edge_blur import region_boundaries
+
     img = rgb.astype(np.float32) / 255.0
     has = ids >= 0
     col = np.zeros_like(img)
     col[has] = colours[ids[has]]
-    edge = np.zeros_like(has)
-    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
-    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
-    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
-    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
-    edge &= has
+    edge = region_boundaries(ids) & has
     out = img * 0.6
     out[has] = img[has] * 0.55 + col[has] * 0.45
     out[edge] = col[edge]
