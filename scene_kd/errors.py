@@ -29,3 +29,7 @@ class RunStateError(SceneKDError):
 
 class ConfigError(SceneKDError):
     """A config (YAML preset, run config or flag) has an unknown key, a value of the wrong type or a conflict."""
+
+
+class InputContractError(SceneKDError):
+    """A tile lacks an input a trained student needs (an attribute, the units it was trained in)."""

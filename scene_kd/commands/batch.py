@@ -116,5 +116,7 @@ def main(args: Args) -> int:
     errors = [r for r in summary["tiles"] if r["status"] == "error"]
     if errors and not args.json:
         human += "".join(f"\n  failed: {r['tile']}: {r['error']}" for r in errors)
+    if not args.json:
+        human += "".join(f"\n  warning: {r['tile']}: {w}" for r in summary["tiles"] for w in r.get("warnings") or [])
     emit(summary if args.json else None, args.json, human)
     return 1 if errors else 0

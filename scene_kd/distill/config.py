@@ -77,6 +77,11 @@ class DistillConfig:
     """Feed rgb to the student when the scene has it."""
     use_intensity: bool = True
     """Feed intensity to the student when the scene has it."""
+    rgb_dropout: float = 0.3
+    """Fraction of training crops whose colour is replaced by the constant a tile without colour gets (0, mid
+    grey), so the student also labels tiles without colour (most LiDAR); 0: a tile without colour is refused."""
+    intensity_dropout: float = 0.2
+    """The same for intensity (constant 0 = the tile's median); 0: a tile without intensity is refused."""
     ground_cell: float = 0.0
     """xy cell edge for the local-ground height feature; 0: 32 voxels."""
     augment: bool = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from scene_kd.progress import track
 from scene_kd.runio import load_tensors, read_json, save_tensors, write_json
 
 STUDENT_FORMAT = 1
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -143,15 +146,26 @@ def load_student(student_dir: str | Path) -> StudentUNet:
     return model.eval()
 
 
+def student_contract(student_dir: str | Path) -> dict[str, Any] | None:
+    """The input contract a student run folder's ``student.json`` records (:mod:`scene_kd.distill.contract`);
+    None for a student saved before contracts."""
+    return read_json(Path(student_dir) / "student.json").get("input")
+
+
 def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_500_000, progress: bool = False,
-                  stats: SceneStats | None = None) -> Any:
+                  stats: SceneStats | None = None, check: bool = True) -> Any:
     """Run the student trained in ``student_dir`` (a run folder) on a new scene -> its features as a
     :class:`scene_kd.feature_store.LowRank` store (codes [N, r] float16 x the student's decoder [r, D]).
 
     ``scene``: a PointCloud, GaussianSplats (means + SH DC colour) or a scene file path. ``stats``: the whole
     scene's input constants (:func:`scene_kd.distill.unet.scene_stats`) when ``scene`` is a part of it grown by
-    :func:`chunk_halo`.
+    :func:`chunk_halo` (its rgb / intensity then already cleaned by the caller for the whole tile:
+    :func:`scene_kd.distill.contract.usable_rgb`). ``check``: check a whole scene against the student's input
+    contract (:func:`scene_kd.distill.contract.check_tile`; warnings are logged; InputContractError for a
+    missing attribute the student needs or other units).
     """
+    from scene_kd.distill.contract import check_tile, scene_units, usable_intensity, usable_rgb
+
     if isinstance(scene, (str, Path)):
         from scene_kd.scene.io import load_scene
 
@@ -163,6 +177,11 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
         xyz, rgb, intensity = scene.xyz, scene.rgb, scene.intensity
     if len(xyz) == 0:
         raise SceneKDError("scene has no points")
+    if stats is None:  # a whole scene: attributes without information are missing ones (a chunk's caller did this)
+        rgb, intensity = usable_rgb(rgb), usable_intensity(intensity)
+        if check:
+            for w in check_tile(student_contract(student_dir), xyz, rgb, intensity, scene_units(scene)).warnings:
+                log.warning("%s", w)
     from scene_kd.feature_store import LowRank
 
     codes = predict(model, xyz, rgb, intensity, max_points=max_points, progress=progress, dtype=torch.float16,

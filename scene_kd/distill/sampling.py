@@ -165,9 +165,26 @@ def sample_crops(xyz: Tensor, base: Tensor, blocks: Blocks, spec: StudentSpec, c
             cands = blocks.clusters[int(torch.randint(len(blocks.clusters), (1,), generator=g))]
         centre = xyz[cands[int(torch.randint(len(cands), (1,), generator=g))], :2]
         idx = _window(xyz, blocks, centre, half, cfg.crop_points, g)
-        crops.append((augment(xyz[idx], centre, spec.voxel_size, g, cfg.augment), base[idx]))
+        crops.append((augment(xyz[idx], centre, spec.voxel_size, g, cfg.augment), drop_attributes(base[idx], spec, cfg, g)))
         picked.append(idx)
     return crops, picked
+
+
+def drop_attributes(feats: Tensor, spec: StudentSpec, cfg: DistillConfig, g: torch.Generator) -> Tensor:
+    """A training crop's point features [M, C] with its colour (with probability ``cfg.rgb_dropout``) and its
+    intensity (``cfg.intensity_dropout``) replaced by 0, the value a tile without that attribute gets
+    (scene_kd.distill.unet.scene_point_features), so one student serves tiles with and without them. Draws from
+    ``g`` only for attributes the student uses with a dropout > 0 (settings without dropout draw as before)."""
+    cols: list[int] = []
+    if spec.use_rgb and cfg.rgb_dropout > 0 and float(torch.rand(1, generator=g)) < cfg.rgb_dropout:
+        cols += [2, 3, 4]  # after the two height columns
+    if spec.use_intensity and cfg.intensity_dropout > 0 and float(torch.rand(1, generator=g)) < cfg.intensity_dropout:
+        cols.append(feats.shape[1] - 1)  # intensity is the last column
+    if not cols:
+        return feats
+    feats = feats.clone()
+    feats[:, cols] = 0.0
+    return feats
 
 
 def _window(xyz: Tensor, blocks: Blocks, centre: Tensor, half: float, max_points: int, g: torch.Generator) -> Tensor:

@@ -96,7 +96,7 @@ class DistillStage:
 
 
 DISTILL = DistillStage()
-_VERSION = "distill-v2"
+_VERSION = "distill-v3"  # v3: student.json input contract, attribute dropout
 
 
 def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *, resume: bool,
@@ -105,12 +105,13 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
     basis (scene_kd/feature_store.py), predict every point, store the distilled features as low-rank codes."""
     import torch
 
+    from scene_kd.distill.contract import training_contract, usable_intensity, usable_rgb
     from scene_kd.distill.train import predict, save_student, train_student
     from scene_kd.feature_store import LowRank
 
     kind = "sparseconv"
     t0 = time.perf_counter()
-    rgb, intensity = field.rgb, _run_scene_intensity(run_dir, len(field))
+    rgb, intensity = usable_rgb(field.rgb), usable_intensity(_run_scene_intensity(run_dir, len(field)))
     fused = field.features["fused"]
     basis = student_basis(fused, cfg.feature_rank)
     model, history = train_student(
@@ -130,7 +131,12 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
         "points_per_second": history["points_per_second"], "train_seconds": round(seconds, 3),
         "feature_rank": int(basis.shape[0]),
     }
+    contract = training_contract(
+        np.asarray(field.positions), rgb, intensity, model.spec, cfg, units=field.units,
+        vocabulary=[field.label_names[k] for k in sorted(field.label_names)], teacher=field.teacher,
+        text_encoder=field.text_encoder)
     save_student(run_dir, model, config=cfg, decoder=basis, extra={
+        "input": contract,
         "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,
         "distill_config_hash": chash, "history": {k: v for k, v in history.items() if k != "spec"},
     })

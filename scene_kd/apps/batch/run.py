@@ -248,8 +248,13 @@ def stage_student_chunks(scene: Any, chunks: Sequence[Any], job: BatchJob, folde
     tile and their positions in the context, and the whole tile's :class:`scene_kd.distill.unet.SceneStats`."""
     import numpy as np
 
+    from scene_kd.apps.batch.tiles import check_student_inputs
+    from scene_kd.distill.contract import usable_intensity, usable_rgb
     from scene_kd.distill.unet import scene_stats
 
+    check_student_inputs(scene, job)  # refused here: no chunk is staged, process_tile reports why
+    # attributes without information are missing for the whole tile (a chunk alone could judge otherwise)
+    scene.rgb, scene.intensity = usable_rgb(scene.rgb), usable_intensity(scene.intensity)
     stats = scene_stats(scene.xyz, scene.intensity, student_spec(job.student))
     const = {"origin": scene.origin, "z_ref": np.float64(stats.z_ref),
              "intensity_stats": np.array([np.nan if v is None else v
@@ -367,7 +372,7 @@ def run_on_ray(tiles: Sequence[str], job: BatchJob, force: bool) -> Iterator[dic
 # ---- summary ------------------------------------------------------------------------------------
 
 
-SUMMARY_FIELDS = ("tile", "status", "points", "seconds", "chunks", "output", "error")
+SUMMARY_FIELDS = ("tile", "status", "points", "seconds", "chunks", "output", "error", "density", "warnings")
 
 
 def summary_csv(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> str:
@@ -376,7 +381,8 @@ def summary_csv(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> str
     w.writerow([*SUMMARY_FIELDS, *labels])
     for r in records:
         counts = r.get("counts") or {}
-        w.writerow([r.get(k, "") if r.get(k) is not None else "" for k in SUMMARY_FIELDS]
+        w.writerow(["; ".join(r[k]) if isinstance(r.get(k), list) else r.get(k, "") if r.get(k) is not None else ""
+                    for k in SUMMARY_FIELDS]
                    + [counts.get(lab, "") for lab in labels])
     return buf.getvalue()
 

@@ -240,7 +240,8 @@ def label_with_student(scene: Any, job: BatchJob, *, stats: Any = None, max_poin
     meta = _student_meta(job.student)
     max_points = max_points or job.chunk_size
     kwargs = {"max_points": max_points} if max_points > 0 else {}
-    feats = apply_student(job.student, scene, stats=stats, **kwargs)  # low-rank codes + the student's decoder
+    # low-rank codes + the student's decoder; process_tile checks the tile against the student's contract once
+    feats = apply_student(job.student, scene, stats=stats, check=False, **kwargs)
     field = FeatureField(
         positions=scene.xyz, origin=scene.origin, features={"distilled": feats},
         teacher=meta["teacher"], text_encoder=meta["text_encoder"], dim=feats.dim,
@@ -310,6 +311,24 @@ class TileResult:
     counts: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     config_hash: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """Student mode: the tile against the student's input contract (density, height range), with the figures."""
+    density: float | None = None
+    """Student mode: the tile's points per m² of occupied footprint (scene_kd.distill.contract.point_density)."""
+
+
+def check_student_inputs(scene: Any, job: BatchJob) -> Any:
+    """The tile's :class:`scene_kd.distill.contract.TileFigures` against ``job.student``'s input contract
+    (warnings logged); InputContractError (one line) when it lacks an input the student needs."""
+    import logging
+
+    from scene_kd.distill.contract import check_tile, scene_units
+    from scene_kd.distill.predict import student_contract
+
+    fig = check_tile(student_contract(job.student), scene.xyz, scene.rgb, scene.intensity, scene_units(scene))
+    for w in fig.warnings:
+        logging.getLogger(__name__).warning("%s: %s", tile_name(scene.meta.get("source", "tile")), w)
+    return fig
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -345,6 +364,7 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
         if scene.kind != "points":
             raise SceneKDError("batch segmentation needs a point cloud tile, not Gaussians", path=tile)
         n_chunks: int | None
+        figures = check_student_inputs(scene, job) if job.mode == "student" else None
         if precomputed is not None:
             label_index, confidence, n_chunks = precomputed
             if len(label_index) != len(scene):
@@ -387,6 +407,8 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
             tile=str(tile), status="done", output=str(out), points=n_points,
             seconds=round(time.perf_counter() - t0, 3), chunks=n_chunks,
             counts={name: int(c) for name, c in zip(job.labels, counts, strict=False)}, config_hash=chash,
+            warnings=list(figures.warnings) if figures is not None else [],
+            density=figures.density if figures is not None else None,
         )
         write_json(done, result)
         return to_jsonable(result)
