@@ -1,0 +1,144 @@
+"""The student's input contract (student.json["input"]), attribute dropout, and the checks of a tile against it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_distill import FAST, STAGE_CFG, make_run, noisy_fused, toy_scene
+
+from scene_kd.distill.contract import check_tile, point_density, scene_units, usable_intensity, usable_rgb
+from scene_kd.distill.train import predict, train_student
+from scene_kd.errors import InputContractError
+from scene_kd.scene.types import PointCloud
+
+
+@pytest.fixture(scope="module")
+def scene():
+    xyz, rgb, lab = toy_scene()
+    fused, cov, classes = noisy_fused(lab, xyz)
+    return xyz, rgb, lab, fused, cov, classes
+
+
+@pytest.fixture(scope="module")
+def student_run(scene, tmp_path_factory):
+    from scene_kd.pipeline import distill_stage
+
+    run = make_run(tmp_path_factory.mktemp("contract"), scene)
+    distill_stage(run, STAGE_CFG, progress=False)
+    return run
+
+
+def test_student_json_records_the_input_contract(scene, student_run):
+    xyz = scene[0]
+    c = json.loads((student_run / "student.json").read_text())["input"]
+    assert c["units"] == "m" and c["voxel_size"] == 0.5 and c["points"] == len(xyz)
+    assert c["density_pts_per_m2"] == pytest.approx(point_density(xyz[:, :2]), abs=1e-3)
+    assert 6.0 < c["density_pts_per_m2"] < 9.0  # 12,000 points on a 40 x 40 m footprint
+    assert c["extent"] == pytest.approx(np.ptp(xyz[:, :2], axis=0).tolist(), abs=0.01)
+    assert c["height_range"] > 5
+    rgb, inten = c["attributes"]["rgb"], c["attributes"]["intensity"]
+    assert rgb["used"] and rgb["dropout"] == STAGE_CFG.rgb_dropout > 0 and "127.5" in rgb["normalisation"]
+    assert not inten["used"] and inten["dropout"] == 0  # the run's scene has no intensity
+    assert c["teacher"] == "oracle-labels" and c["text_encoder"] == "oracle"
+
+
+def test_point_density_ignores_holes_in_the_footprint():
+    rng = np.random.default_rng(0)
+    full = rng.uniform(0, 100, (50_000, 2))  # 5 pts/m²
+    assert point_density(full) == pytest.approx(5.0, rel=0.05)
+    half = full[full[:, 0] < 50]  # the same density on half the bounding box of a wider tile
+    assert point_density(np.r_[half, [[100.0, 100.0]]]) == pytest.approx(5.0, rel=0.1)
+
+
+def test_colour_dropout_labels_a_tile_without_colour_like_the_coloured_one(scene):
+    """The toy scene's colours give its classes away; a student trained without colour dropout leans on them, one
+    trained with it labels the scene without colour (constant 0 input) almost as with colour."""
+    xyz, rgb, lab, fused, cov, classes = scene
+    text = torch.from_numpy(classes)
+    agree = {}
+    for p in (0.0, 0.5):
+        model, _ = train_student(xyz, fused, cov, rgb, dataclasses.replace(FAST, rgb_dropout=p), progress=False)
+        with_rgb = (predict(model, xyz, rgb) @ text.T).argmax(1)
+        without = (predict(model, xyz, None) @ text.T).argmax(1)
+        agree[p] = float((with_rgb == without).float().mean())
+        if p > 0:
+            assert float((without.numpy() == lab).mean()) > 0.8
+    assert agree[0.5] >= 0.9 and agree[0.5] > agree[0.0], agree
+
+
+def test_tile_checks_refuse_missing_attributes_and_other_units_and_warn_on_density(scene, student_run):
+    xyz, rgb = scene[0], scene[1]
+    c = json.loads((student_run / "student.json").read_text())["input"]
+    assert check_tile(c, xyz, rgb, None).warnings == []
+    assert check_tile(c, xyz, None, None).warnings == []  # trained with colour dropout: no colour is fine
+    strict = {**c, "attributes": {**c["attributes"], "rgb": {**c["attributes"]["rgb"], "dropout": 0.0}}}
+    with pytest.raises(InputContractError, match=r"^tile has no colour \(rgb\); the student was trained with colour"):
+        check_tile(strict, xyz, None, None)
+    with pytest.raises(InputContractError, match="no colour"):  # colour fields with one colour for every point
+        check_tile(strict, xyz, np.zeros_like(rgb), None)
+    with pytest.raises(InputContractError, match="US survey foot, the student was trained in m"):
+        check_tile(c, xyz, rgb, None, units="US survey foot")
+    sparse = xyz[:: 5]
+    w = check_tile(c, sparse, rgb[::5], None).warnings
+    d = point_density(sparse[:, :2])
+    assert len(w) == 1 and f"density {d:.3g} pts/m²" in w[0] and "0.2x" in w[0], w
+    feet = xyz / 0.3048006  # the same tile read as feet: sparser and taller
+    assert len(check_tile(c, feet, rgb, None).warnings) == 2
+
+
+def test_attributes_without_information_count_as_missing():
+    assert usable_rgb(np.zeros((5, 3), np.uint8)) is None and usable_rgb(None) is None
+    rgb = np.array([[1, 2, 3], [1, 2, 4]], np.uint8)
+    assert usable_rgb(rgb) is rgb
+    assert usable_intensity(np.array([0.0, 1.0, 1.0, 0.0])) is None  # float intensity cut to 0/1 by a writer
+    inten = np.arange(10, dtype=np.float32)
+    assert usable_intensity(inten) is inten
+
+
+def test_scene_units_from_the_crs():
+    import pyproj
+
+    pc = PointCloud(xyz=np.zeros((2, 3)), meta={"crs": pyproj.CRS.from_user_input("EPSG:2263+6360").to_wkt()})
+    assert scene_units(pc) == "US survey foot"
+    assert scene_units(PointCloud(xyz=np.zeros((2, 3)), meta={"crs": pyproj.CRS.from_epsg(2154).to_wkt()})) == "metre"
+    assert scene_units(PointCloud(xyz=np.zeros((2, 3)))) is None
+
+
+def test_batch_refuses_a_tile_without_colour_in_one_line_and_warns_on_density(scene, student_run, tmp_path, capsys):
+    """batch --student: a tile the contract forbids fails with one line naming colour; a sparse tile is labelled
+    with the density warning (terminal and summary.json)."""
+    from scene_kd.cli import main as cli
+    from scene_kd.scene.io import save_scene
+
+    xyz, rgb, lab = scene[0], scene[1], scene[2]
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    save_scene(PointCloud(xyz=xyz[::5], rgb=rgb[::5]), tiles / "sparse.ply")
+    save_scene(PointCloud(xyz=xyz), tiles / "grey.ply")
+    meta_path = student_run / "student.json"
+    meta = json.loads(meta_path.read_text())
+    meta["input"]["attributes"]["rgb"]["dropout"] = 0.0  # as a student trained without colour dropout records it
+    meta_path.write_text(json.dumps(meta))
+    field_path = student_run / "field.json"
+    field_meta = json.loads(field_path.read_text())
+    field_path.write_text(json.dumps({**field_meta, "text_encoder": "oracle:v2:d16"}))  # one segment can encode
+    try:
+        rc = cli(["batch", str(tiles / "*.ply"), "--out", str(tmp_path / "out"), "--labels", "road,building",
+                  "--student", str(student_run), "--workers", "0"])
+    finally:
+        meta["input"]["attributes"]["rgb"]["dropout"] = STAGE_CFG.rgb_dropout
+        meta_path.write_text(json.dumps(meta))
+        field_path.write_text(json.dumps(field_meta))
+    out = capsys.readouterr().out
+    assert rc == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rec = {r["tile"].rsplit("/", 1)[-1]: r for r in summary["tiles"]}
+    assert rec["grey.ply"]["status"] == "error" and "tile has no colour (rgb)" in rec["grey.ply"]["error"]
+    assert "\n" not in rec["grey.ply"]["error"]
+    assert rec["sparse.ply"]["status"] == "done" and "density" in rec["sparse.ply"]["warnings"][0]
+    assert f"{rec['sparse.ply']['density']:.3g} pts/m²" in rec["sparse.ply"]["warnings"][0]
+    assert "warning:" in out and "pts/m²" in out and "no colour (rgb)" in out
