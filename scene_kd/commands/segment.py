@@ -35,8 +35,9 @@ class Args:
 def main(args: Args) -> int:
     from dataclasses import replace
 
+    from scene_kd.config import read_query_config
     from scene_kd.query.segment import label_counts, parse_labels
-    from scene_kd.query.session import QuerySession, read_query_config
+    from scene_kd.query.session import QuerySession
 
     names = parse_labels(args.labels)
     cfg = read_query_config(args.run)

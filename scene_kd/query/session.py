@@ -13,7 +13,8 @@ verbs, the viewer, the grasp API and service, batch labelling, eval's class embe
 - :meth:`QuerySession.embed`: text embeddings through the session's LRU cache of ``text_cache_size`` entries
   (:class:`scene_kd.teachers.text.TextEmbeddingCache`), the only cache these prompts pass through.
 
-The run's QueryConfig is read in one place, :func:`read_query_config`.
+The run's QueryConfig is read in one place, :func:`scene_kd.config.read_query_config` (the config layer sits
+above this one, so front-ends read it and pass it in).
 """
 
 from __future__ import annotations
@@ -31,14 +32,6 @@ from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
 from scene_kd.query.config import QueryConfig
 from scene_kd.teachers.text import TextEmbeddingCache
-
-
-def read_query_config(run_dir: str | Path) -> QueryConfig:
-    """The run's QueryConfig by the one config rule (``resolve_config``): the ``query`` section of RUN/config.yaml,
-    defaults when the run has no config. Raises ConfigError for an invalid config."""
-    from scene_kd.config import resolve_config
-
-    return resolve_config(run_dir).query
 
 
 @dataclass
@@ -67,17 +60,17 @@ class QuerySession:
             self.encoder = load_encoder(self.field, self.encoder)
 
     @classmethod
-    def open(cls, run_dir: str | Path, *, query: QueryConfig | None = None, expect_text_encoder: str | None = None,
+    def open(cls, run_dir: str | Path, *, query: QueryConfig, expect_text_encoder: str | None = None,
              field: FeatureField | None = None, encoder: Any | None = None) -> QuerySession:
         """The session of a run folder.
 
-        query: the QueryConfig to use (default: the run's, :func:`read_query_config`; front-ends pass the run's
-        config with their command-line overrides applied).   expect_text_encoder: refuse a field made with another
+        query: the QueryConfig to use (front-ends pass the run's, :func:`scene_kd.config.read_query_config`, with
+        their command-line overrides applied).   expect_text_encoder: refuse a field made with another
         text encoder id (RunStateError).   field: an in-memory FeatureField to query instead of RUN/field.*
         (batch's per-tile student features, scripts).   encoder: a text encoder object instead of the one rebuilt
         from the field's id (must have the same id).
         """
-        cfg = read_query_config(run_dir) if query is None else query
+        cfg = query
         if field is None:
             field = FeatureField.load(run_dir, expect_text_encoder=expect_text_encoder)
         elif expect_text_encoder not in (None, field.text_encoder):
