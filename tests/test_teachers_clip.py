@@ -223,3 +223,47 @@ def test_embed_crops_equal_open_clip_pipeline():
     with torch.inference_mode():
         ref = torch.nn.functional.normalize(bundle.model.encode_image(x).float(), dim=-1)
     assert (ours - ref).abs().max() < 1e-3
+
+
+def test_class_name_ensemble_equals_open_clip_zero_shot(tmp_path):
+    """Class names: open_clip's 80-template zero-shot classifier (build_zero_shot_classifier) to 1e-6, one cache
+    entry per class; free-text relevancy unchanged (encoded as typed); an explicit one-template setting still works."""
+    from open_clip import build_zero_shot_classifier
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    from scene_kd.field import FeatureField
+    from scene_kd.query.config import QueryConfig
+    from scene_kd.query.session import QuerySession
+    from scene_kd.teachers.text import TextEmbeddingCache
+
+    enc = load_text_encoder("open_clip:ViT-S-32:random")
+    names = ["road", "parked car", "tree", "street lamp"]
+    ref = build_zero_shot_classifier(enc.bundle.model, enc.bundle.tokenizer, names, OPENAI_IMAGENET_TEMPLATES,
+                                     num_classes_per_batch=3).T.float()
+    assert len(OPENAI_IMAGENET_TEMPLATES) == 80
+    cache = TextEmbeddingCache(16)
+    ours = enc.encode_class_ensemble(names, cache=cache)
+    assert (ours - ref).abs().max() < 1e-6
+    assert len(cache) == 4 and ("open_clip:ViT-S-32:random#imagenet-80", "tree") in cache
+    calls = enc.model_calls
+    assert torch.equal(enc.encode_class_ensemble(["tree"], cache=cache), ours[2:3]) and enc.model_calls == calls
+    # the single template is a different vector (the ensemble is really used)
+    one = enc.encode_text([f"a photo of a {n}." for n in names])
+    assert (one - ours).abs().max() > 1e-3
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.nn.functional.normalize(torch.randn(50, 384, generator=g), dim=1)
+    fld = FeatureField(positions=np.zeros((50, 3), np.float32), origin=np.zeros(3), features={"fused": feats},
+                       teacher="clip-sam", text_encoder=enc.id, dim=384)
+    dflt = QuerySession(field=fld, config=QueryConfig(), encoder=enc)
+    single = QuerySession(field=fld, config=QueryConfig(template="a photo of a {}."), encoder=enc)
+    idx, _ = dflt.segment(names)
+    assert torch.equal(idx, (feats @ ref.T).argmax(1))
+    assert torch.allclose(dflt.class_embeddings(names), ref, atol=1e-6)
+    assert torch.allclose(single.class_embeddings(names), one, atol=1e-6)
+    assert torch.equal(dflt.relevancy("a red car"), single.relevancy("a red car"))
+    # relevancy = LERF on the query and negatives as typed
+    from scene_kd.query.relevancy import relevancy
+
+    assert torch.allclose(dflt.relevancy("a red car"), relevancy(fld, "a red car", encoder=enc, source="fused",
+                                                                  precision="float32"), atol=1e-6)
