@@ -237,16 +237,16 @@ def test_class_name_ensemble_equals_open_clip_zero_shot(tmp_path):
     from scene_kd.teachers.text import TextEmbeddingCache
 
     enc = load_text_encoder("open_clip:ViT-S-32:random")
-    names = ["road", "parked car", "tree", "street lamp"]
+    names = ["parked car", "tree"]  # 80 prompts each through the text tower: ~3 s per class on 2 CPU cores
     ref = build_zero_shot_classifier(enc.bundle.model, enc.bundle.tokenizer, names, OPENAI_IMAGENET_TEMPLATES,
-                                     num_classes_per_batch=3).T.float()
+                                     num_classes_per_batch=1).T.float()
     assert len(OPENAI_IMAGENET_TEMPLATES) == 80
     cache = TextEmbeddingCache(16)
     ours = enc.encode_class_ensemble(names, cache=cache)
     assert (ours - ref).abs().max() < 1e-6
-    assert len(cache) == 4 and ("open_clip:ViT-S-32:random#imagenet-80", "tree") in cache
+    assert len(cache) == 2 and ("open_clip:ViT-S-32:random#imagenet-80", "tree") in cache
     calls = enc.model_calls
-    assert torch.equal(enc.encode_class_ensemble(["tree"], cache=cache), ours[2:3]) and enc.model_calls == calls
+    assert torch.equal(enc.encode_class_ensemble(["tree"], cache=cache), ours[1:2]) and enc.model_calls == calls
     # the single template is a different vector (the ensemble is really used)
     one = enc.encode_text([f"a photo of a {n}." for n in names])
     assert (one - ours).abs().max() > 1e-3
@@ -257,6 +257,7 @@ def test_class_name_ensemble_equals_open_clip_zero_shot(tmp_path):
                        teacher="clip-sam", text_encoder=enc.id, dim=384)
     dflt = QuerySession(field=fld, config=QueryConfig(), encoder=enc)
     single = QuerySession(field=fld, config=QueryConfig(template="a photo of a {}."), encoder=enc)
+    dflt.cache = cache  # the ensemble vectors computed above: no second 80-prompt pass
     idx, _ = dflt.segment(names)
     assert torch.equal(idx, (feats @ ref.T).argmax(1))
     assert torch.allclose(dflt.class_embeddings(names), ref, atol=1e-6)
