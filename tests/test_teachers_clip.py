@@ -175,7 +175,13 @@ def test_crops_equal_open_clip_preprocess(vit_b16_preprocess):
     crop image as a PIL image: down- and upscaled crops, crops leaving the image, masked crops, fractional boxes."""
     from PIL import Image
 
-    from scene_kd.teachers.clip import crop_tensors, crop_windows, fill_colour, normalised_images, pixel_images
+    from scene_kd.teachers.clip import (
+        crop_tensors,
+        crop_windows,
+        fill_colour,
+        normalised_images,
+        pixel_images,
+    )
 
     bundle = load_open_clip("ViT-B-16", "random")
     assert bundle.image_size == 224 and bundle.interpolation == "bicubic"

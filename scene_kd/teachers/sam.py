@@ -3,8 +3,9 @@
 SAM's automatic-mask recipe (``SamAutomaticMaskGenerator`` with crop_n_layers=0: a grid of point prompts,
 multimask output, predicted-IoU filter ``iou > pred_iou_thresh``, stability filter ``stability >=
 stability_thresh`` on the upsampled logits (a threshold <= 0 turns its filter off), box NMS scored by predicted
-IoU) run directly on ``Sam``'s encoder / prompt encoder / decoder. Per level the masks after filters + NMS equal the reference generator's run on that
-level's outputs (``tests/test_teachers_clip.py::test_sam_levels_equal_reference_generator``). Where we differ, and why:
+IoU) run directly on ``Sam``'s encoder / prompt encoder / decoder. Per level the masks after filters + NMS
+equal the reference generator's run on that level's outputs
+(``tests/test_teachers_clip.py::test_sam_levels_equal_reference_generator``). Where we differ, and why:
 
 - Levels: SAM's three multimask outputs (sub-part, part, whole) are kept as three mask levels and NMS runs per
   level; the reference runs one NMS over all three, which lets a whole-object mask suppress its parts, while
