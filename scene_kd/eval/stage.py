@@ -12,7 +12,7 @@ class text embeddings; in the fused features a point no view covered predicts no
 
 Class text embeddings come from the run's QuerySession (:meth:`scene_kd.query.session.QuerySession.class_embeddings`):
 the oracle embeds the field's whole label map the way the oracle teacher did; any other encoder (open_clip)
-embeds the class names in the run's prompt template (QueryConfig.template, "a photo of a {}." by default).
+embeds the class names by the run's QueryConfig.template (open_clip's 80-template ensemble by default).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ verbs, the viewer, the grasp API and service, batch labelling, eval's class embe
 - :meth:`QuerySession.relevancy`: LERF relevancy with the config's ``negatives``, ``temperature``, ``precision``
   and ``source`` (:func:`scene_kd.query.relevancy.relevancy`). The query and negatives are encoded as typed:
   relevancy applies no prompt template.
-- :meth:`QuerySession.segment`: vocabulary segmentation with the config's ``template`` (the one template,
-  :data:`scene_kd.query.config.DEFAULT_TEMPLATE` unless the run sets another), ``unknown_threshold`` and
+- :meth:`QuerySession.segment`: vocabulary segmentation with the config's ``template`` (open_clip's 80-template
+  ensemble, :data:`scene_kd.query.config.TEMPLATE_ENSEMBLE`, unless the run sets one template), ``unknown_threshold`` and
   ``temperature`` (:func:`scene_kd.query.segment.segment`).
 - :meth:`QuerySession.embed`: text embeddings through the session's LRU cache of ``text_cache_size`` entries
   (:class:`scene_kd.teachers.text.TextEmbeddingCache`), the only cache these prompts pass through.
@@ -92,10 +92,19 @@ class QuerySession:
             return embed_prompts(self._encoder(), list(prompts), self.cache)
 
     def class_prompts(self, names: Sequence[str]) -> list[str]:
-        """The prompts for class names: the config's template applied to each."""
+        """The one-template prompts for class names (the ensemble setting: "a photo of a {}.")."""
         from scene_kd.query.segment import apply_template
 
         return [apply_template(self.config.template, n) for n in names]
+
+    def class_text(self, names: Sequence[str]) -> torch.Tensor:
+        """[C, D] float32 unit embeddings of class names by the config's template (default: open_clip's 80-template
+        ensemble for open_clip encoders, :func:`scene_kd.query.segment.embed_class_names`), session-cached."""
+        from scene_kd.query.segment import embed_class_names
+
+        with self._lock:
+            return embed_class_names(self._encoder(), list(names), self.config.template,
+                                     self.cache)
 
     def relevancy(self, text: str, *, source: str | None = None) -> torch.Tensor:
         """[N] float32 LERF relevancy of every point to ``text`` (config: negatives, temperature, precision;
@@ -126,7 +135,7 @@ class QuerySession:
         fld = self.field
         if not 0 <= int(index) < len(fld):
             raise SceneKDError(f"point index {index} out of range for {len(fld)} points")
-        emb = self.embed(self.class_prompts(names))
+        emb = self.class_text(names)
         one = FeatureField(positions=fld.positions[index : index + 1], origin=fld.origin,
                            features={k: v.rows(torch.tensor([int(index)])) for k, v in fld.features.items()}, teacher=fld.teacher,
                            text_encoder=fld.text_encoder, dim=fld.dim)
@@ -137,11 +146,11 @@ class QuerySession:
 
         An encoder with ``encode_class_names`` (the oracle) embeds the field's whole label map the way the oracle
         teacher did, so classes whose names share a concept stay distinct; any other encoder (open_clip) embeds
-        the templated class names (:meth:`class_prompts`) through the session cache."""
+        the class names by the config's template (:meth:`class_text`) through the session cache."""
         vocabulary = list(vocabulary)
         encoder = self._encoder()
         if not hasattr(encoder, "encode_class_names"):
-            return self.embed(self.class_prompts(vocabulary))
+            return self.class_text(vocabulary)
         names = dict(label_names or {})
         all_names = [names[i] for i in sorted(names)]
         all_names += [v for v in dict.fromkeys(vocabulary) if v not in all_names]
