@@ -10,7 +10,15 @@ import pytest
 import torch
 from test_distill import FAST, STAGE_CFG, make_run, noisy_fused, toy_scene
 
-from scene_kd.distill.contract import check_tile, point_density, scene_units, usable_intensity, usable_rgb
+from scene_kd.distill.contract import (
+    check_tile,
+    point_density,
+    scene_scale,
+    scene_units,
+    to_student_units,
+    usable_intensity,
+    usable_rgb,
+)
 from scene_kd.distill.train import predict, train_student
 from scene_kd.errors import InputContractError
 from scene_kd.scene.types import PointCloud
@@ -27,7 +35,10 @@ def scene():
 def student_run(scene, tmp_path_factory):
     from scene_kd.pipeline import distill_stage
 
-    run = make_run(tmp_path_factory.mktemp("contract"), scene)
+    fused = np.pad(scene[3], ((0, 0), (0, 24)))  # 40-d: the oracle text encoder batch segments with needs >= 37
+    run = make_run(tmp_path_factory.mktemp("contract"), (*scene[:3], fused, *scene[4:]))
+    field_path = run / "field.json"
+    field_path.write_text(json.dumps({**json.loads(field_path.read_text()), "text_encoder": "oracle:v2:d40"}))
     distill_stage(run, STAGE_CFG, progress=False)
     return run
 
@@ -42,8 +53,9 @@ def test_student_json_records_the_input_contract(scene, student_run):
     assert c["height_range"] > 5
     rgb, inten = c["attributes"]["rgb"], c["attributes"]["intensity"]
     assert rgb["used"] and rgb["dropout"] == STAGE_CFG.rgb_dropout > 0 and "127.5" in rgb["normalisation"]
+    assert 0 <= rgb["cluster_agreement_without_pct"] <= 100
     assert not inten["used"] and inten["dropout"] == 0  # the run's scene has no intensity
-    assert c["teacher"] == "oracle-labels" and c["text_encoder"] == "oracle"
+    assert c["teacher"] == "oracle-labels" and c["text_encoder"] == "oracle:v2:d40"
 
 
 def test_point_density_ignores_holes_in_the_footprint():
@@ -74,14 +86,21 @@ def test_tile_checks_refuse_missing_attributes_and_other_units_and_warn_on_densi
     xyz, rgb = scene[0], scene[1]
     c = json.loads((student_run / "student.json").read_text())["input"]
     assert check_tile(c, xyz, rgb, None).warnings == []
-    assert check_tile(c, xyz, None, None).warnings == []  # trained with colour dropout: no colour is fine
+    w = check_tile(c, xyz, None, None).warnings  # trained with colour dropout: labelled, with the training figure
+    agree = c["attributes"]["rgb"]["cluster_agreement_without_pct"]
+    assert len(w) == 1 and w[0].startswith("tile has no colour (rgb)") and f"{agree:.3g} % of points" in w[0], w
     strict = {**c, "attributes": {**c["attributes"], "rgb": {**c["attributes"]["rgb"], "dropout": 0.0}}}
     with pytest.raises(InputContractError, match=r"^tile has no colour \(rgb\); the student was trained with colour"):
         check_tile(strict, xyz, None, None)
     with pytest.raises(InputContractError, match="no colour"):  # colour fields with one colour for every point
         check_tile(strict, xyz, np.zeros_like(rgb), None)
     with pytest.raises(InputContractError, match="US survey foot, the student was trained in m"):
-        check_tile(c, xyz, rgb, None, units="US survey foot")
+        check_tile(c, xyz, rgb, None, units="US survey foot")  # a unit without a known length
+    ft = 1200 / 3937
+    fig = check_tile(c, xyz / ft, rgb, None, units="US survey foot", scale=[ft] * 3)
+    assert fig.warnings == [] and fig.scale == pytest.approx([ft] * 3)  # converted: measured in metres
+    assert fig.density == pytest.approx(c["density_pts_per_m2"], rel=1e-3)
+    np.testing.assert_allclose(to_student_units(xyz / ft, fig), xyz, atol=1e-4)
     sparse = xyz[:: 5]
     w = check_tile(c, sparse, rgb[::5], None).warnings
     d = point_density(sparse[:, :2])
@@ -106,6 +125,24 @@ def test_scene_units_from_the_crs():
     assert scene_units(pc) == "US survey foot"
     assert scene_units(PointCloud(xyz=np.zeros((2, 3)), meta={"crs": pyproj.CRS.from_epsg(2154).to_wkt()})) == "metre"
     assert scene_units(PointCloud(xyz=np.zeros((2, 3)))) is None
+    name, scale = scene_scale(PointCloud(xyz=np.zeros((2, 3)), meta={"units": "US survey foot"}))
+    assert name == "US survey foot" and scale == pytest.approx([1200 / 3937] * 3)
+    wkt = pyproj.CRS.from_user_input("EPSG:2263+6360").to_wkt()
+    assert scene_scale(PointCloud(xyz=np.zeros((2, 3)), meta={"crs": wkt}))[1] == pytest.approx([1200 / 3937] * 3)
+
+
+def test_apply_student_converts_a_tile_in_feet_to_the_students_metres(scene, student_run):
+    """The same tile in US survey feet (declared through meta["units"]) gets the same features as in metres."""
+    from scene_kd.distill.predict import apply_student
+
+    xyz, rgb = scene[0], scene[1]
+    ft = 1200 / 3937
+    metres = apply_student(student_run, PointCloud(xyz=xyz, rgb=rgb)).dense()
+    feet = apply_student(student_run, PointCloud(xyz=xyz / ft, rgb=rgb, meta={"units": "US survey foot"})).dense()
+    converted = float((metres.float() - feet.float()).norm(dim=1).mean())
+    raw = apply_student(student_run, PointCloud(xyz=xyz / ft, rgb=rgb), check=False).dense()  # undeclared feet
+    unconverted = float((metres.float() - raw.float()).norm(dim=1).mean())
+    assert converted < 0.05 * unconverted, (converted, unconverted)
 
 
 def test_batch_refuses_a_tile_without_colour_in_one_line_and_warns_on_density(scene, student_run, tmp_path, capsys):
@@ -123,22 +160,19 @@ def test_batch_refuses_a_tile_without_colour_in_one_line_and_warns_on_density(sc
     meta = json.loads(meta_path.read_text())
     meta["input"]["attributes"]["rgb"]["dropout"] = 0.0  # as a student trained without colour dropout records it
     meta_path.write_text(json.dumps(meta))
-    field_path = student_run / "field.json"
-    field_meta = json.loads(field_path.read_text())
-    field_path.write_text(json.dumps({**field_meta, "text_encoder": "oracle:v2:d16"}))  # one segment can encode
     try:
         rc = cli(["batch", str(tiles / "*.ply"), "--out", str(tmp_path / "out"), "--labels", "road,building",
                   "--student", str(student_run), "--workers", "0"])
     finally:
         meta["input"]["attributes"]["rgb"]["dropout"] = STAGE_CFG.rgb_dropout
         meta_path.write_text(json.dumps(meta))
-        field_path.write_text(json.dumps(field_meta))
     out = capsys.readouterr().out
     assert rc == 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     rec = {r["tile"].rsplit("/", 1)[-1]: r for r in summary["tiles"]}
     assert rec["grey.ply"]["status"] == "error" and "tile has no colour (rgb)" in rec["grey.ply"]["error"]
     assert "\n" not in rec["grey.ply"]["error"]
-    assert rec["sparse.ply"]["status"] == "done" and "density" in rec["sparse.ply"]["warnings"][0]
+    assert rec["sparse.ply"]["status"] == "done", rec["sparse.ply"]["error"]
+    assert "density" in rec["sparse.ply"]["warnings"][0]
     assert f"{rec['sparse.ply']['density']:.3g} pts/m²" in rec["sparse.ply"]["warnings"][0]
     assert "warning:" in out and "pts/m²" in out and "no colour (rgb)" in out

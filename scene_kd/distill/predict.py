@@ -162,9 +162,11 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
     :func:`chunk_halo` (its rgb / intensity then already cleaned by the caller for the whole tile:
     :func:`scene_kd.distill.contract.usable_rgb`). ``check``: check a whole scene against the student's input
     contract (:func:`scene_kd.distill.contract.check_tile`; warnings are logged; InputContractError for a
-    missing attribute the student needs or other units).
+    missing attribute the student needs or units it cannot convert). A whole scene in another length unit than
+    the student's metres (``meta["units"]`` or its CRS, :func:`scene_kd.distill.contract.scene_scale`) is
+    converted to metres for the student; a chunk (``stats`` given) must come converted.
     """
-    from scene_kd.distill.contract import check_tile, scene_units, usable_intensity, usable_rgb
+    from scene_kd.distill.contract import check_tile, scene_scale, unit_conversion, usable_intensity, usable_rgb
 
     if isinstance(scene, (str, Path)):
         from scene_kd.scene.io import load_scene
@@ -179,9 +181,13 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
         raise SceneKDError("scene has no points")
     if stats is None:  # a whole scene: attributes without information are missing ones (a chunk's caller did this)
         rgb, intensity = usable_rgb(rgb), usable_intensity(intensity)
+        contract, (units, scale) = student_contract(student_dir), scene_scale(scene)
         if check:
-            for w in check_tile(student_contract(student_dir), xyz, rgb, intensity, scene_units(scene)).warnings:
+            for w in check_tile(contract, xyz, rgb, intensity, units, scale).warnings:
                 log.warning("%s", w)
+        factor = unit_conversion(contract, units, scale)
+        if factor is not None:  # e.g. US survey feet -> metres for a student trained in metres
+            xyz = (np.asarray(xyz) * factor).astype(np.asarray(xyz).dtype, copy=False)
     from scene_kd.feature_store import LowRank
 
     codes = predict(model, xyz, rgb, intensity, max_points=max_points, progress=progress, dtype=torch.float16,

@@ -111,7 +111,7 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
     basis (scene_kd/feature_store.py), predict every point, store the distilled features as low-rank codes."""
     import torch
 
-    from scene_kd.distill.contract import training_contract, usable_intensity, usable_rgb
+    from scene_kd.distill.contract import attribute_agreement, training_contract, usable_intensity, usable_rgb
     from scene_kd.distill.train import predict, save_student, train_student
     from scene_kd.feature_store import LowRank
 
@@ -140,7 +140,7 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
     contract = training_contract(
         np.asarray(field.positions), rgb, intensity, model.spec, cfg, units=field.units,
         vocabulary=[field.label_names[k] for k in sorted(field.label_names)], teacher=field.teacher,
-        text_encoder=field.text_encoder)
+        text_encoder=field.text_encoder, agreement=attribute_agreement(model, field.positions, rgb, intensity))
     save_student(run_dir, model, config=cfg, decoder=basis, extra={
         "input": contract,
         "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,

@@ -227,6 +227,12 @@ def _tile_chunks(tile: str, job: BatchJob) -> tuple[Any, list[Any]]:
     from scene_kd.scene.io import load_scene
 
     scene = load_scene(tile)
+    if job.mode == "student":  # refused here: no chunk is staged, process_tile reports why
+        from scene_kd.apps.batch.tiles import check_student_inputs
+        from scene_kd.distill.contract import to_student_units
+
+        # chunks are planned and staged in the student's units (a tile in feet: metres, the halo's unit)
+        scene.xyz = to_student_units(scene.xyz, check_student_inputs(scene, job))
     return scene, plan_chunks(scene.xyz[:, :2], job.chunk_size, planned_halo(job))
 
 
@@ -248,11 +254,10 @@ def stage_student_chunks(scene: Any, chunks: Sequence[Any], job: BatchJob, folde
     tile and their positions in the context, and the whole tile's :class:`scene_kd.distill.unet.SceneStats`."""
     import numpy as np
 
-    from scene_kd.apps.batch.tiles import check_student_inputs
     from scene_kd.distill.contract import usable_intensity, usable_rgb
     from scene_kd.distill.unet import scene_stats
 
-    check_student_inputs(scene, job)  # refused here: no chunk is staged, process_tile reports why
+    # ``scene`` was checked against the student's contract (and converted to its units) by _tile_chunks;
     # attributes without information are missing for the whole tile (a chunk alone could judge otherwise)
     scene.rgb, scene.intensity = usable_rgb(scene.rgb), usable_intensity(scene.intensity)
     stats = scene_stats(scene.xyz, scene.intensity, student_spec(job.student))

@@ -320,13 +320,15 @@ class TileResult:
 
 def check_student_inputs(scene: Any, job: BatchJob) -> Any:
     """The tile's :class:`scene_kd.distill.contract.TileFigures` against ``job.student``'s input contract
-    (warnings logged); InputContractError (one line) when it lacks an input the student needs."""
+    (warnings logged; ``scale`` set when its coordinates are converted to the student's metres); InputContractError
+    (one line) when it lacks an input the student needs or is in units that cannot be converted."""
     import logging
 
-    from scene_kd.distill.contract import check_tile, scene_units
+    from scene_kd.distill.contract import check_tile, scene_scale
     from scene_kd.distill.predict import student_contract
 
-    fig = check_tile(student_contract(job.student), scene.xyz, scene.rgb, scene.intensity, scene_units(scene))
+    units, scale = scene_scale(scene)
+    fig = check_tile(student_contract(job.student), scene.xyz, scene.rgb, scene.intensity, units, scale)
     for w in fig.warnings:
         logging.getLogger(__name__).warning("%s: %s", tile_name(scene.meta.get("source", "tile")), w)
     return fig
