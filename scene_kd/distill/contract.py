@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -157,37 +158,33 @@ def measure(xyz: np.ndarray, rgb: Any, intensity: Any, units: str | None = None)
                        units=units)
 
 
-def attribute_agreement(model: Any, xyz: np.ndarray, rgb: Any, intensity: Any, *, max_points: int = 200_000,
+def attribute_agreement(features_of: Callable[[Any, Any], Any], rgb: Any, intensity: Any, *,
                         seed: int = 0) -> dict[str, float]:
     """How much a trained student's output depends on each attribute it reads, on its training tile: for "rgb" and
-    "intensity" (when present), the % of points whose nearest of ``CLUSTERS`` feature clusters (k-means of the
-    features with every input, cosine) stays the same when the attribute is dropped (constant 0 input). A
+    "intensity" (when not None), the % of points whose nearest of ``CLUSTERS`` feature clusters (spherical k-means
+    of the features with every input) stays the same when the attribute is dropped (constant 0 input). A
     teacher-independent stand-in for "labels without colour agree with labels with colour on X % of points".
-    xyz [N, 3] (a random ``max_points`` subset is used), rgb [N, 3] / intensity [N] or None."""
+
+    features_of(rgb, intensity) -> the student's features [N, D] (torch) on the tile's points with those inputs
+    (None: the attribute dropped); rgb [N, 3] / intensity [N] or None."""
     import torch
 
-    from scene_kd.distill.predict import predict
-
-    rng = np.random.default_rng(seed)
-    sel = np.sort(rng.choice(len(xyz), min(len(xyz), max_points), replace=False))
-    xyz = np.asarray(xyz)[sel]
-    rgb = None if rgb is None else np.asarray(rgb)[sel]
-    intensity = None if intensity is None else np.asarray(intensity)[sel]
-    full = torch.nn.functional.normalize(predict(model, xyz, rgb, intensity).float(), dim=1)
+    norm = torch.nn.functional.normalize
+    full = norm(features_of(rgb, intensity).float(), dim=1)
     g = torch.Generator().manual_seed(seed)
     cent = full[torch.randperm(len(full), generator=g)[:CLUSTERS]].clone()
-    for _ in range(15):  # spherical k-means
+    for _ in range(15):
         assign = (full @ cent.T).argmax(1)
         for k in range(len(cent)):
             members = full[assign == k]
             if len(members):
-                cent[k] = torch.nn.functional.normalize(members.mean(0), dim=0)
+                cent[k] = norm(members.mean(0), dim=0)
     assign = (full @ cent.T).argmax(1)
     out = {}
     for name, args in (("rgb", (None, intensity)), ("intensity", (rgb, None))):
         if (rgb if name == "rgb" else intensity) is None:
             continue
-        dropped = torch.nn.functional.normalize(predict(model, xyz, *args).float(), dim=1)
+        dropped = norm(features_of(*args).float(), dim=1)
         out[name] = round(100.0 * float(((dropped @ cent.T).argmax(1) == assign).float().mean()), 2)
     return out
 

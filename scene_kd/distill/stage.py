@@ -105,13 +105,27 @@ DISTILL = DistillStage()
 _VERSION = "distill-v3"  # v3: student.json input contract, attribute dropout
 
 
+def _attribute_agreement(model: Any, xyz: Any, rgb: Any, intensity: Any, cfg: DistillConfig,
+                         max_points: int = 200_000) -> dict[str, float]:
+    """:func:`scene_kd.distill.contract.attribute_agreement` of a trained student on (a random ``max_points`` of)
+    its training tile."""
+    from scene_kd.distill.contract import attribute_agreement
+    from scene_kd.distill.train import predict
+
+    sel = np.sort(np.random.default_rng(0).choice(len(xyz), min(len(xyz), max_points), replace=False))
+    pick = lambda a: None if a is None else np.asarray(a)[sel]  # noqa: E731
+    pts = pick(xyz)
+    return attribute_agreement(lambda c, i: predict(model, pts, c, i, device=cfg.device, threads=cfg.cpu_threads),
+                               pick(rgb), pick(intensity))
+
+
 def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *, resume: bool,
                     progress: bool) -> dict[str, Any]:
     """Train the point student on the fused features' coordinates in a rank-``cfg.feature_rank`` principal
     basis (scene_kd/feature_store.py), predict every point, store the distilled features as low-rank codes."""
     import torch
 
-    from scene_kd.distill.contract import attribute_agreement, training_contract, usable_intensity, usable_rgb
+    from scene_kd.distill.contract import training_contract, usable_intensity, usable_rgb
     from scene_kd.distill.train import predict, save_student, train_student
     from scene_kd.feature_store import LowRank
 
@@ -140,7 +154,7 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
     contract = training_contract(
         np.asarray(field.positions), rgb, intensity, model.spec, cfg, units=field.units,
         vocabulary=[field.label_names[k] for k in sorted(field.label_names)], teacher=field.teacher,
-        text_encoder=field.text_encoder, agreement=attribute_agreement(model, field.positions, rgb, intensity))
+        text_encoder=field.text_encoder, agreement=_attribute_agreement(model, field.positions, rgb, intensity, cfg))
     save_student(run_dir, model, config=cfg, decoder=basis, extra={
         "input": contract,
         "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,
