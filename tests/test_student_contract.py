@@ -176,3 +176,22 @@ def test_batch_refuses_a_tile_without_colour_in_one_line_and_warns_on_density(sc
     assert "density" in rec["sparse.ply"]["warnings"][0]
     assert f"{rec['sparse.ply']['density']:.3g} pts/m²" in rec["sparse.ply"]["warnings"][0]
     assert "warning:" in out and "pts/m²" in out and "no colour (rgb)" in out
+
+
+def test_attribute_agreement_counts_points_whose_label_survives_dropping_the_attribute():
+    """Over a vocabulary: the % of points whose argmax class is the same without colour (10 % changed here);
+    without classes, feature clusters (identical features: 100 %); intensity absent: no figure for it."""
+    from scene_kd.distill.contract import attribute_agreement
+
+    rng = np.random.default_rng(0)
+    classes = torch.from_numpy(np.linalg.qr(rng.normal(size=(8, 8)))[0][:4].astype(np.float32))
+    lab = rng.integers(0, 4, 1000)
+    changed = lab.copy()
+    changed[:100] = (lab[:100] + 1) % 4
+    rgb = np.ones((1000, 3), np.uint8)
+
+    def features_of(c, i):
+        return classes[torch.from_numpy(lab if c is not None else changed)] + 0.01
+
+    assert attribute_agreement(features_of, rgb, None, classes=classes) == {"rgb": 90.0}
+    assert attribute_agreement(lambda c, i: classes[torch.from_numpy(lab)], rgb, None) == {"rgb": 100.0}

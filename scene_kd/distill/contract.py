@@ -159,11 +159,12 @@ def measure(xyz: np.ndarray, rgb: Any, intensity: Any, units: str | None = None)
 
 
 def attribute_agreement(features_of: Callable[[Any, Any], Any], rgb: Any, intensity: Any, *,
-                        seed: int = 0) -> dict[str, float]:
-    """How much a trained student's output depends on each attribute it reads, on its training tile: for "rgb" and
-    "intensity" (when not None), the % of points whose nearest of ``CLUSTERS`` feature clusters (spherical k-means
-    of the features with every input) stays the same when the attribute is dropped (constant 0 input). A
-    teacher-independent stand-in for "labels without colour agree with labels with colour on X % of points".
+                        classes: Any = None, seed: int = 0) -> dict[str, float]:
+    """How much a trained student's labels depend on each attribute it reads, on its training tile: for "rgb" and
+    "intensity" (when not None), the % of points whose label stays the same when the attribute is dropped
+    (constant 0 input). Labels: argmax over ``classes`` [K, D] (the training scene's vocabulary through its text
+    encoder) when given, else the nearest of ``CLUSTERS`` feature clusters (spherical k-means of the features with
+    every input; finer than a vocabulary, so a lower figure).
 
     features_of(rgb, intensity) -> the student's features [N, D] (torch) on the tile's points with those inputs
     (None: the attribute dropped); rgb [N, 3] / intensity [N] or None."""
@@ -171,14 +172,17 @@ def attribute_agreement(features_of: Callable[[Any, Any], Any], rgb: Any, intens
 
     norm = torch.nn.functional.normalize
     full = norm(features_of(rgb, intensity).float(), dim=1)
-    g = torch.Generator().manual_seed(seed)
-    cent = full[torch.randperm(len(full), generator=g)[:CLUSTERS]].clone()
-    for _ in range(15):
-        assign = (full @ cent.T).argmax(1)
-        for k in range(len(cent)):
-            members = full[assign == k]
-            if len(members):
-                cent[k] = norm(members.mean(0), dim=0)
+    if classes is not None:
+        cent = norm(torch.as_tensor(classes, dtype=torch.float32), dim=1)
+    else:
+        g = torch.Generator().manual_seed(seed)
+        cent = full[torch.randperm(len(full), generator=g)[:CLUSTERS]].clone()
+        for _ in range(15):
+            assign = (full @ cent.T).argmax(1)
+            for k in range(len(cent)):
+                members = full[assign == k]
+                if len(members):
+                    cent[k] = norm(members.mean(0), dim=0)
     assign = (full @ cent.T).argmax(1)
     out = {}
     for name, args in (("rgb", (None, intensity)), ("intensity", (rgb, None))):
@@ -191,18 +195,19 @@ def attribute_agreement(features_of: Callable[[Any, Any], Any], rgb: Any, intens
 
 def training_contract(xyz: np.ndarray, rgb: Any, intensity: Any, spec: Any, cfg: Any, *, units: str,
                       vocabulary: list[str], teacher: str, text_encoder: str,
-                      agreement: dict[str, float] | None = None) -> dict[str, Any]:
+                      agreement: dict[str, float] | None = None, agreement_kind: str = "label") -> dict[str, Any]:
     """``student.json["input"]``: the training tile's figures and how the student reads its inputs.
 
     spec: the trained :class:`~scene_kd.distill.unet.StudentSpec`; cfg: its
-    :class:`~scene_kd.distill.config.DistillConfig` (dropout settings); agreement: :func:`attribute_agreement`."""
+    :class:`~scene_kd.distill.config.DistillConfig` (dropout settings); agreement: :func:`attribute_agreement`
+    over the vocabulary (``agreement_kind`` "label") or feature clusters ("cluster")."""
     fig = measure(xyz, rgb, intensity, units)
     agreement = agreement or {}
 
     def attr(name: str, used: bool, dropout: float, norm: str) -> dict[str, Any]:
         a = {"used": bool(used), "dropout": float(dropout) if used else 0.0, "normalisation": norm}
         if used and name in agreement:
-            a["cluster_agreement_without_pct"] = agreement[name]
+            a[f"{agreement_kind}_agreement_without_pct"] = agreement[name]
         return a
 
     return {
@@ -233,9 +238,12 @@ def _ratio_warning(what: str, tile: float, trained: float | None, unit: str, lim
 
 
 def _attribute_warning(label: str, a: dict[str, Any]) -> str:
-    agree = a.get("cluster_agreement_without_pct")
-    figure = (f"; on its training tile {agree:.3g} % of points kept their feature cluster without {label}"
-              if agree is not None else "")
+    figure = ""
+    for kind, what in (("label", "label"), ("cluster", "feature cluster")):
+        agree = a.get(f"{kind}_agreement_without_pct")
+        if agree is not None:
+            figure = f"; on its training tile {agree:.3g} % of points kept their {what} without {label}"
+            break
     return (f"tile has no {label}; the student reads {label} and labels without it through {label} dropout "
             f"({100 * float(a['dropout']):.0f} % of training crops){figure}")
 

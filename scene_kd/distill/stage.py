@@ -105,18 +105,37 @@ DISTILL = DistillStage()
 _VERSION = "distill-v3"  # v3: student.json input contract, attribute dropout
 
 
-def _attribute_agreement(model: Any, xyz: Any, rgb: Any, intensity: Any, cfg: DistillConfig,
-                         max_points: int = 200_000) -> dict[str, float]:
-    """:func:`scene_kd.distill.contract.attribute_agreement` of a trained student on (a random ``max_points`` of)
-    its training tile."""
+def _attribute_agreement(model: Any, field: Any, rgb: Any, intensity: Any, basis: Any, cfg: DistillConfig,
+                         max_points: int = 200_000) -> tuple[dict[str, float], str]:
+    """(:func:`scene_kd.distill.contract.attribute_agreement`, its kind) of a trained student on (a random
+    ``max_points`` of) its training tile: labels over the training scene's vocabulary through the field's text
+    encoder when the scene has label names and the encoder loads ("label"), else feature clusters ("cluster")."""
+    import torch
+
     from scene_kd.distill.contract import attribute_agreement
     from scene_kd.distill.train import predict
 
+    classes, kind = None, "cluster"
+    if field.label_names:
+        try:
+            from scene_kd.teachers.text import load_text_encoder
+
+            enc = load_text_encoder(field.text_encoder)
+            names = [field.label_names[k] for k in sorted(field.label_names)]
+            classes = (enc.encode_class_names(names) if hasattr(enc, "encode_class_names")
+                       else enc.encode_text(names))
+            kind = "label"
+        except SceneKDError as e:  # e.g. open_clip weights not at hand: the teacher-independent figure
+            log.info("attribute agreement over feature clusters (%s)", e)
+    xyz = np.asarray(field.positions)
     sel = np.sort(np.random.default_rng(0).choice(len(xyz), min(len(xyz), max_points), replace=False))
     pick = lambda a: None if a is None else np.asarray(a)[sel]  # noqa: E731
-    pts = pick(xyz)
-    return attribute_agreement(lambda c, i: predict(model, pts, c, i, device=cfg.device, threads=cfg.cpu_threads),
-                               pick(rgb), pick(intensity))
+    pts, dec = xyz[sel], torch.as_tensor(basis, dtype=torch.float32)
+
+    def features_of(c: Any, i: Any) -> Any:
+        return predict(model, pts, c, i, device=cfg.device, threads=cfg.cpu_threads).float() @ dec
+
+    return attribute_agreement(features_of, pick(rgb), pick(intensity), classes=classes), kind
 
 
 def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *, resume: bool,
@@ -151,10 +170,11 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
         "points_per_second": history["points_per_second"], "train_seconds": round(seconds, 3),
         "feature_rank": int(basis.shape[0]),
     }
+    agreement, agreement_kind = _attribute_agreement(model, field, rgb, intensity, basis, cfg)
     contract = training_contract(
         np.asarray(field.positions), rgb, intensity, model.spec, cfg, units=field.units,
         vocabulary=[field.label_names[k] for k in sorted(field.label_names)], teacher=field.teacher,
-        text_encoder=field.text_encoder, agreement=_attribute_agreement(model, field.positions, rgb, intensity, cfg))
+        text_encoder=field.text_encoder, agreement=agreement, agreement_kind=agreement_kind)
     save_student(run_dir, model, config=cfg, decoder=basis, extra={
         "input": contract,
         "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,
