@@ -47,6 +47,7 @@ SHORTCUTS: dict[str, tuple[str, ...]] = {
     "--width": ("render.width",),
     "--height": ("render.height",),
     "--levels": ("render.levels",),
+    "--max-views": ("render.max_views",),
     "--label-flip": ("teacher.label_flip",),
     "--weights": ("teacher.weights",),
     "--epochs": ("distill.epochs",),

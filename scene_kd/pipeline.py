@@ -67,7 +67,8 @@ def run_pipeline(
     check_teacher_requirements(cfg.teacher, has_labels=scene_has_classes(loaded) or bool(capture and capture.labels))
     if cfg.teacher.name == ORACLE:
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
-    ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress)
+    ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress,
+                       on_plan=teacher_cost_hook(cfg.teacher))
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for stage in STAGES[: last + 1]:
@@ -81,16 +82,34 @@ def run_pipeline(
     return results
 
 
+def teacher_cost_hook(teacher: TeacherConfig | None, preset: str | None = None) -> Any:
+    """The render stage's ``on_plan``: plan counts -> the expected time of ``teacher`` on this machine's device
+    (scene_kd/teachers/cost.py) as a dict with a "line" to print; None without a teacher."""
+    if teacher is None:
+        return None
+
+    def on_plan(plan: dict[str, Any]) -> dict[str, Any]:
+        from scene_kd.teachers.cost import estimate_for_config
+
+        cost = estimate_for_config(teacher, int(plan.get("views", 0)), float(plan.get("megapixels", 0.0)),
+                                   preset=preset)
+        return {**cost.as_dict(), "line": cost.describe()}
+
+    return on_plan
+
+
 def _with(section: str, value: Any) -> PipelineConfig:
     return dataclasses.replace(PipelineConfig(), **{section: value})
 
 
 def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: bool = False,
-                 preview: bool = False, capture: Any = None) -> StageResult:
+                 preview: bool = False, capture: Any = None, teacher: TeacherConfig | None = None) -> StageResult:
     """Plan views (or take a capture's cameras and photos) and render ``scene`` into ``run_dir`` (see
-    scene_kd/render/stage.py)."""
+    scene_kd/render/stage.py); with ``teacher``, the plan line also gives its expected time."""
     return run_stage(RENDER, run_dir, _with("render", cfg), StageContext(scene=scene, capture=capture,
-                                                                         preview=preview), force=force)
+                                                                         preview=preview,
+                                                                         on_plan=teacher_cost_hook(teacher)),
+                     force=force)
 
 
 def features_stage(run_dir: str | Path, cfg: TeacherConfig, *, force: bool = False,

@@ -59,3 +59,11 @@ class RenderConfig:
     frame_depth_tolerance: float = 0.05
     """Disagreement: |render depth - frame depth| > this x frame depth. 5 % is above the noise of consumer depth
     sensors at a few metres (~1-2 %) and the nearest-pixel resize at depth edges only drops pixels there."""
+    max_views: int = 2000
+    """Budget: a plan of more views (all levels together) is refused right after planning, before anything is
+    rendered, with one line naming its views and expected teacher time (``--max-views N`` raises it; 0 = no
+    limit). 2,000 because a plan that large is already ~1.4 x the 1 km² urban tile's 1,416 views (~48 h of
+    clip-sam on a 2-core CPU); a thin tile spread over kilometres plans tens of thousands."""
+    max_teacher_hours: float = 0.0
+    """Budget: refuse a plan whose expected teacher time on this machine's device (the measured cost table,
+    scene_kd/teachers/cost.py) exceeds this many hours; 0 = no limit. Not applied when the cost is unknown."""

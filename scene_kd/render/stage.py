@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from scene_kd.errors import SceneKDError
+from scene_kd.errors import BudgetError, SceneKDError
 from scene_kd.progress import progress_bar
 from scene_kd.render.config import RenderConfig
 from scene_kd.render.types import Render, save_render
@@ -144,6 +144,44 @@ def contact_sheet(renders: list[tuple[int, np.ndarray, Camera]], path: Path, *, 
         sheet.save(tmp, format="PNG")
 
 
+def count_plan(cameras: list[Camera]) -> dict[str, Any]:
+    """A plan's counts from its cameras: {"views", "megapixels", "levels": [{"level", "views", "megapixels"}]}."""
+    by_level: dict[int, list[Camera]] = {}
+    for c in cameras:
+        by_level.setdefault(c.level, []).append(c)
+    rows = [{"level": lv, "views": len(cs), "megapixels": round(sum(c.width * c.height for c in cs) / 1e6, 3)}
+            for lv, cs in sorted(by_level.items())]
+    return {"views": len(cameras), "megapixels": round(sum(r["megapixels"] for r in rows), 3), "levels": rows}
+
+
+def plan_line(plan: dict[str, Any]) -> str:
+    """``plan: 48 views (4 levels: 4 + 12 + 16 + 16), 12.6 MP`` (+ the grid views left out over empty ground)."""
+    rows = plan.get("levels") or []
+    per = " + ".join(f"{r['views']:,}" for r in rows)
+    skipped = int(plan.get("skipped_empty") or 0)
+    return (f"plan: {int(plan.get('views', 0)):,} views ({len(rows)} level{'s' if len(rows) != 1 else ''}: {per}), "
+            f"{float(plan.get('megapixels', 0.0)):,.1f} MP"
+            + (f" ({skipped:,} empty grid views left out)" if skipped else ""))
+
+
+def announce_plan(plan: dict[str, Any], cfg: RenderConfig, on_plan: Any = None) -> dict[str, Any] | None:
+    """Log the plan and its expected teacher time (``on_plan(plan)``, the pipeline's cost model) before anything
+    is rendered, and refuse (BudgetError, one line) a plan over ``cfg.max_views`` views or, where the cost is
+    known, ``cfg.max_teacher_hours``. Returns the cost dict (None without ``on_plan``)."""
+    cost = on_plan(plan) if on_plan is not None else None
+    line = plan_line(plan) + (f"; {cost['line']}" if cost and cost.get("line") else "")
+    views, hours = int(plan.get("views", 0)), (cost or {}).get("hours")
+    if cfg.max_views > 0 and views > cfg.max_views:
+        raise BudgetError(f"refused: {line}; over the budget of {cfg.max_views:,} views: raise it with --max-views "
+                          f"{views} (render.max_views; 0 = no limit) or plan fewer views (coarser render.gsd, "
+                          "fewer levels)", plan=plan)
+    if cfg.max_teacher_hours > 0 and hours is not None and hours > cfg.max_teacher_hours:
+        raise BudgetError(f"refused: {line}; over the budget of {cfg.max_teacher_hours:g} teacher hours: raise it "
+                          f"with --render.max-teacher-hours {hours:.3g} (0 = no limit)", plan=plan)
+    log.info("%s", line)
+    return cost
+
+
 class RenderStage:
     """Plan views, render each, write views.json (+ coverage), renders/ and the run's copy of the scene.
 
@@ -167,11 +205,12 @@ class RenderStage:
     def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
         capture = ctx.capture.fingerprint() if ctx.capture is not None else None
         both = cfg.teacher.teacher_input == "both"  # the capture's views and planned ones
-        return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
+        budgetless = dataclasses.replace(cfg.render, max_views=0, max_teacher_hours=0.0)  # refuses, never changes
+        return [_VERSION, budgetless, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
 
     def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
         return _render(run, _scene(ctx), cfg.render, preview=ctx.preview, capture=ctx.capture,
-                       teacher_input=cfg.teacher.teacher_input)
+                       teacher_input=cfg.teacher.teacher_input, on_plan=ctx.on_plan)
 
 
 RENDER = RenderStage()
@@ -191,7 +230,7 @@ def _scene(ctx: StageContext) -> Any:
 
 
 def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, capture: Any = None,
-            teacher_input: str = "auto") -> dict[str, Any]:
+            teacher_input: str = "auto", on_plan: Any = None) -> dict[str, Any]:
     from scene_kd.render.cull import build_point_grid, render_point_view_culled
     from scene_kd.render.photos import capture_views, clear_photos, resolve_teacher_input, write_view_photo
     from scene_kd.render.points import estimate_point_radii, visible_in_view
@@ -210,10 +249,15 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     n_photos = len(cameras)
     plan: dict[str, Any] | None = None
     if capture is None or teacher_input == "both":
-        planned, plan = plan_views_with_summary(scene, cfg)
+        try:
+            planned, plan = plan_views_with_summary(scene, cfg)
+        except BudgetError as e:  # refused by the planner before it built a camera
+            announce_plan(e.plan or {}, cfg, on_plan)
+            raise
         cameras += [dataclasses.replace(c, level=c.level + (1 if capture is not None else 0)) for c in planned]
     if not cameras:
         raise SceneKDError(f"view preset {cfg.preset!r} produced no cameras")
+    teacher_cost = announce_plan(plan if plan is not None and capture is None else count_plan(cameras), cfg, on_plan)
     xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32))
     _check_cameras_see_scene(xyz, cameras)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +313,7 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
         plan = plan_summary(scene, cameras, cfg)
     views_source = _views_source(cfg.preset, capture is not None, plan_used=n_photos < len(cameras))
     write_json(run.views, {
-        "plan": plan,
+        "plan": plan, "teacher_cost": teacher_cost,
         "scene_kind": scene.kind, "preset": views_source, "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
         "photos": [i < n_photos for i in range(len(cameras))], "psnr": psnrs,
@@ -293,5 +337,5 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
             "photo_views": n_photos,
             "psnr_median": round(float(np.median(finite)), 3) if finite else None,
             "depth_disagree_pixels": None if all(d is None for d in disagree) else sum(d or 0 for d in disagree),
-            "scene_kind": scene.kind, "plan": plan,
+            "scene_kind": scene.kind, "plan": plan, "teacher_cost": teacher_cost,
             "teacher_work": {"views": len(cameras), "megapixels": round(megapixels, 3)}}

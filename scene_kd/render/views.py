@@ -26,6 +26,7 @@ Scenes are z-up in their local frame (LAS/LAZ, the synthetic scenes). Cameras ar
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scene_kd.errors import SceneKDError
+from scene_kd.errors import BudgetError, SceneKDError
 from scene_kd.render.config import RenderConfig
 from scene_kd.render.pinhole import bounds as _bounds
 from scene_kd.render.pinhole import intrinsics, look_at  # noqa: F401 (public here too)
@@ -120,6 +121,10 @@ class LevelPlan:
     grid: tuple[int, int]
     distance: float
     headings: int = 1
+    views: int = 0
+    """Views kept: the grid's views (times headings) that can see any point (render/footprint.py)."""
+    skipped: int = 0
+    """Views of the grid left out because no point can be in their image."""
 
 
 MAX_DENSITY = 4
@@ -198,45 +203,81 @@ def _site(xyz: np.ndarray, cfg: RenderConfig) -> _Site:
     return _Site(lo[:2], extent, ground, surface, float(hi[2]), fit)
 
 
-def _aerial_at_density(site: _Site, cfg: RenderConfig, density: int) -> tuple[list[Camera], list[LevelPlan]]:
+def _aerial_at_density(site: _Site, cfg: RenderConfig, density: int, xyz: np.ndarray | None = None,
+                       max_views: int = 0) -> tuple[list[Camera], list[LevelPlan]]:
     """The aerial plan at ``density`` s >= 1: nadir and oblique look-at grids with a per-axis step shrunk by
     sqrt(s) and at least ceil(sqrt(s)) views per axis (:func:`_grid_centres`), obliques from 4 s evenly spaced
-    headings starting at 45 deg; s = 1 is the extent-driven plan."""
+    headings starting at 45 deg; s = 1 is the extent-driven plan. With ``xyz``, views that cannot see any point
+    (render/footprint.py) are left out. ``max_views`` > 0: a plan of more views raises BudgetError (with the plan's
+    counts as ``.plan``) before any camera is built."""
+    from scene_kd.render.footprint import views_seeing_points
+
     W, H = cfg.width, cfg.height
     K = intrinsics(W, H, AERIAL_FOV_DEG)
     f = float(K[0, 0])
     usable = _usable_px(cfg)
     lo, extent, surface = site.lo, site.extent, site.surface
-    cams: list[Camera] = []
-    levels: list[LevelPlan] = []
+    # one group per (level, heading): the views of a group differ by an xy shift only
+    groups: list[tuple[LevelPlan, np.ndarray, np.ndarray, list[tuple[float, Any, np.ndarray]]]] = []
     for level, g in enumerate(_level_gsds(tuple(cfg.gsd), site.fit)):
-        h = g * f
-        z = max(surface + h, site.top + 2.0)
+        z = max(surface + g * f, site.top + 2.0)
         xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap, density) for i in (0, 1))
-        for iy, cy in enumerate(ys):
-            for ix, cx in enumerate(xs):
-                w2c = look_at(np.array([cx, cy, z]), np.array([cx, cy, z - 1.0]))
-                cams.append(Camera(K=K, world_to_cam=w2c, width=W, height=H, level=level,
-                                   name=f"aerial-L{level}-g{g:.3g}-r{iy}c{ix}"))
-        levels.append(LevelPlan(level, "nadir", g, (len(xs), len(ys)), z - surface))
+        eye = np.array([0.0, 0.0, z])
+        groups.append((LevelPlan(level, "nadir", g, (len(xs), len(ys)), z - surface), xs, ys,
+                       [(0.0, lambda cx, cy, z=z: (np.array([cx, cy, z]), np.array([cx, cy, z - 1.0])), eye)]))
     if cfg.oblique_gsd > 0:
-        level = len(levels)
+        level = len(groups)
         g = min(float(cfg.oblique_gsd), site.fit)
         dist = g * f
         pitch = math.radians(45.0)
         xs, ys = (_grid_centres(lo[i], extent[i], g * usable[i], cfg.overlap, density) for i in (0, 1))
         tz = 0.5 * (surface + site.ground)
         headings = [45.0 + k * 90.0 / density for k in range(4 * density)]
+        views = []
+        for heading in headings:
+            a = math.radians(heading)
+            fwd = np.array([math.cos(a) * math.cos(pitch), math.sin(a) * math.cos(pitch), -math.sin(pitch)])
+            views.append((heading, lambda cx, cy, fwd=fwd: (np.array([cx, cy, tz]) - dist * fwd,
+                                                             np.array([cx, cy, tz])), fwd))
+        groups.append((LevelPlan(level, "oblique", g, (len(xs), len(ys)), dist, len(headings)), xs, ys, views))
+
+    def camera(lp: LevelPlan, make: Any, cx: float, cy: float, name: str) -> Camera:
+        eye, target = make(cx, cy)
+        return Camera(K=K, world_to_cam=look_at(eye, target), width=W, height=H, level=lp.level, name=name)
+
+    keeps = []  # per group, per heading: [ny, nx] bool
+    for lp, xs, ys, views in groups:
+        keeps.append([views_seeing_points(xyz, camera(lp, make, xs[0], ys[0], ""), xs, ys) if xyz is not None
+                      else np.ones((len(ys), len(xs)), bool) for _, make, _ in views])
+    levels = [dataclasses.replace(lp, views=int(sum(k.sum() for k in keep)),
+                                  skipped=int(sum(k.size - k.sum() for k in keep)))
+              for (lp, *_), keep in zip(groups, keeps, strict=True)]
+    total = sum(lp.views for lp in levels)
+    if max_views > 0 and total > max_views:
+        raise BudgetError(f"{total:,} views planned", plan=levels_plan(cfg, levels))
+    cams: list[Camera] = []
+    for (lp, xs, ys, views), keep in zip(groups, keeps, strict=True):
         for iy, cy in enumerate(ys):
             for ix, cx in enumerate(xs):
-                for heading in headings:
-                    a = math.radians(heading)
-                    fwd = np.array([math.cos(a) * math.cos(pitch), math.sin(a) * math.cos(pitch), -math.sin(pitch)])
-                    target = np.array([cx, cy, tz])
-                    cams.append(Camera(K=K, world_to_cam=look_at(target - dist * fwd, target), width=W, height=H,
-                                       level=level, name=f"oblique-g{g:.3g}-r{iy}c{ix}-h{int(heading) % 360}"))
-        levels.append(LevelPlan(level, "oblique", g, (len(xs), len(ys)), dist, len(headings)))
+                for (heading, make, _), k in zip(views, keep, strict=True):
+                    if not k[iy, ix]:
+                        continue
+                    name = (f"aerial-L{lp.level}-g{lp.gsd:.3g}-r{iy}c{ix}" if lp.kind == "nadir" else
+                            f"oblique-g{lp.gsd:.3g}-r{iy}c{ix}-h{int(heading) % 360}")
+                    cams.append(camera(lp, make, cx, cy, name))
     return cams, levels
+
+
+def levels_plan(cfg: RenderConfig, levels: list[LevelPlan]) -> dict[str, Any]:
+    """A plan's counts from its LevelPlans alone (no cameras): {"preset", "views", "megapixels", "skipped_empty",
+    "levels": [{"level", "kind", "gsd_m", "views", "megapixels", "grid", "headings", "skipped_empty"}]}."""
+    mp = cfg.width * cfg.height / 1e6
+    rows = [{"level": lp.level, "kind": lp.kind, "gsd_m": round(lp.gsd, 4), "views": lp.views,
+             "megapixels": round(lp.views * mp, 3), "grid": list(lp.grid), "headings": lp.headings,
+             "skipped_empty": lp.skipped} for lp in levels]
+    views = sum(lp.views for lp in levels)
+    return {"preset": str(cfg.preset), "views": views, "megapixels": round(views * mp, 3),
+            "skipped_empty": sum(lp.skipped for lp in levels), "levels": rows}
 
 
 def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera], list[LevelPlan]]:
@@ -262,13 +303,22 @@ def plan_aerial_levels(xyz: np.ndarray, cfg: RenderConfig) -> tuple[list[Camera]
         raise SceneKDError(f"render.min_views must be >= 0 (0 = the extent-driven plan), got {cfg.min_views}")
     site = _site(xyz, cfg)
     density = 1
-    cams, levels = _aerial_at_density(site, cfg, density)
+    budget = int(getattr(cfg, "max_views", 0) or 0)
+    cams, levels = _aerial_at_density(site, cfg, density, xyz, budget)  # BudgetError: refused before any camera
     while density < MAX_DENSITY and cfg.min_views > 0 and _typical_views(xyz, cams) < cfg.min_views:
+        try:
+            cams, levels = _aerial_at_density(site, cfg, density + 1, xyz, budget)
+        except BudgetError as e:  # densify only as far as the budget allows; the extent-driven plan fits it
+            log.warning("aerial plan: densifying x%d would plan %s views, over render.max_views %d; kept x%d (%d "
+                        "views)", density + 1, f"{e.plan['views']:,}", budget, density, len(cams))
+            break
         density += 1
-        cams, levels = _aerial_at_density(site, cfg, density)
     if density > 1:
         log.info("aerial plan densified x%d to %d views so that >= %d views frame a typical point", density,
                  len(cams), cfg.min_views)
+    skipped = sum(lp.skipped for lp in levels)
+    if skipped:
+        log.info("aerial plan: %s grid views left out: no point can be in their image", f"{skipped:,}")
     return cams, levels
 
 
@@ -296,7 +346,7 @@ def plan_summary(scene: Any, cameras: list[Camera], cfg: RenderConfig,
     input), "views_per_point" (views framing the median point, :func:`framing_counts`), "min_views" (the aerial
     planner's target for it), "levels": [{"level", "kind", "gsd_m" (planned, None for presets without one),
     "gsd_seen_m" (median over the points the level's first views see), "views", "megapixels", "grid", "headings"
-    (obliques per grid cell)}]}."""
+    (obliques per grid cell), "skipped_empty" (grid views left out: no point in their image)}], "skipped_empty"}."""
     xyz = np.asarray(scene.xyz, dtype=np.float32)
     by_level: dict[int, list[Camera]] = defaultdict(list)
     for c in cameras:
@@ -312,10 +362,12 @@ def plan_summary(scene: Any, cameras: list[Camera], cfg: RenderConfig,
                      "gsd_m": round(lp.gsd, 4) if lp else None,
                      "gsd_seen_m": round(float(np.median(seen)), 4) if seen else None,
                      "views": len(cams), "megapixels": round(sum(c.width * c.height for c in cams) / 1e6, 3),
-                     "grid": list(lp.grid) if lp else None, "headings": lp.headings if lp else None})
+                     "grid": list(lp.grid) if lp else None, "headings": lp.headings if lp else None,
+                     "skipped_empty": lp.skipped if lp else 0})
     return {"preset": str(cfg.preset), "views": len(cameras),
             "megapixels": round(sum(c.width * c.height for c in cameras) / 1e6, 3),
-            "views_per_point": _typical_views(xyz, cameras), "min_views": int(cfg.min_views), "levels": rows}
+            "views_per_point": _typical_views(xyz, cameras), "min_views": int(cfg.min_views),
+            "skipped_empty": sum(lp.skipped for lp in levels or []), "levels": rows}
 
 
 def _kind_of(cam: Camera) -> str:

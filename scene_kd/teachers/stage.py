@@ -151,6 +151,7 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
     preview; returns the summary."""
     t0 = time.perf_counter()
     n, teacher, cache, use_photos = _plan_features(run, cfg)
+    expected = _expected_cost(run, cfg, n)
     preview_idx = set(np.linspace(0, n - 1, min(n, PREVIEW_VIEWS)).round().astype(int).tolist()) if preview else set()
     enc = _encode_views(run, teacher, cache, use_photos, n, max(1, cfg.batch_size), preview_idx)
     summary = write_outputs(run.root, enc.results, teacher, key)
@@ -161,11 +162,22 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
                       [enc.results[i].embeddings for i in shown])  # type: ignore[union-attr]
     summary.update(photo_views=sum(use_photos), cached_views=enc.cached, teacher_seconds=round(enc.teacher_seconds, 3),
                    masks_per_s=round(summary["masks"] / enc.teacher_seconds, 2) if enc.teacher_seconds > 0 else None)
+    summary["expected_teacher_s"] = expected.total_s  # the cost model's figure, beside the measured one
     if hasattr(teacher, "model_seconds"):
         summary["model_seconds"] = round(teacher.model_seconds(), 3)
     log.info("features: %d masks over %d views (%s) in %.1f s", summary["masks"], n, teacher.name,
              time.perf_counter() - t0)
     return summary
+
+
+def _expected_cost(run: RunDir, cfg: TeacherConfig, n: int) -> Any:
+    """Log the teacher's expected time over the run's ``n`` views (teachers/cost.py) before it starts."""
+    from scene_kd.teachers.cost import estimate_for_config
+
+    mp = sum(c.width * c.height for c in load_cameras(run.root)) / 1e6
+    cost = estimate_for_config(cfg, n, mp)
+    log.info("features: %d views, %.1f MP; expected %s (cached views are faster)", n, mp, cost.describe())
+    return cost
 
 
 def _plan_features(run: RunDir, cfg: TeacherConfig) -> tuple[int, Teacher, FeatureCache, list[bool]]:
