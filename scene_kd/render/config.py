@@ -39,7 +39,7 @@ class RenderConfig:
     """World radius of each point (scene units); 0 estimates it from the point density."""
     min_views: int = 14
     """aerial: views (all levels together) that should frame a typical point - the median point of the scene, inside
-    a view's image less the lifting border, no occlusion test (render/views.py framing_counts); 0 = the
+    a view's image less the lifting border, no occlusion test (render/aerial.py framing_counts); 0 = the
     extent-driven plan only. A plan short of it densifies in whole steps s = 2, 3, 4 (every level about s times
     the views per point: denser grids, a level that fitted one view gets 2 x 2 shifted views, obliques from 4 s
     headings; every level keeps its GSD) until it is met. 14 because the extent-driven plan already frames a

@@ -20,6 +20,7 @@ import torch
 
 from scene_kd.errors import BudgetError, SceneKDError
 from scene_kd.progress import progress_bar
+from scene_kd.render.budget import announce_plan, count_plan
 from scene_kd.render.config import RenderConfig
 from scene_kd.render.types import Render, save_render
 from scene_kd.rundir import RunDir, StageContext
@@ -158,44 +159,6 @@ def contact_sheet(renders: list[tuple[int, np.ndarray, Camera]], path: Path, *, 
         sheet.save(tmp, format="PNG")
 
 
-def count_plan(cameras: list[Camera]) -> dict[str, Any]:
-    """A plan's counts from its cameras: {"views", "megapixels", "levels": [{"level", "views", "megapixels"}]}."""
-    by_level: dict[int, list[Camera]] = {}
-    for c in cameras:
-        by_level.setdefault(c.level, []).append(c)
-    rows = [{"level": lv, "views": len(cs), "megapixels": round(sum(c.width * c.height for c in cs) / 1e6, 3)}
-            for lv, cs in sorted(by_level.items())]
-    return {"views": len(cameras), "megapixels": round(sum(r["megapixels"] for r in rows), 3), "levels": rows}
-
-
-def plan_line(plan: dict[str, Any]) -> str:
-    """``plan: 48 views (4 levels: 4 + 12 + 16 + 16), 12.6 MP`` (+ the grid views left out over empty ground)."""
-    rows = plan.get("levels") or []
-    per = " + ".join(f"{r['views']:,}" for r in rows)
-    skipped = int(plan.get("skipped_empty") or 0)
-    return (f"plan: {int(plan.get('views', 0)):,} views ({len(rows)} level{'s' if len(rows) != 1 else ''}: {per}), "
-            f"{float(plan.get('megapixels', 0.0)):,.1f} MP"
-            + (f" ({skipped:,} empty grid views left out)" if skipped else ""))
-
-
-def announce_plan(plan: dict[str, Any], cfg: RenderConfig, on_plan: Any = None) -> dict[str, Any] | None:
-    """Log the plan and its expected teacher time (``on_plan(plan)``, the pipeline's cost model) before anything
-    is rendered, and refuse (BudgetError, one line) a plan over ``cfg.max_views`` views or, where the cost is
-    known, ``cfg.max_teacher_hours``. Returns the cost dict (None without ``on_plan``)."""
-    cost = on_plan(plan) if on_plan is not None else None
-    line = plan_line(plan) + (f"; {cost['line']}" if cost and cost.get("line") else "")
-    views, hours = int(plan.get("views", 0)), (cost or {}).get("hours")
-    if cfg.max_views > 0 and views > cfg.max_views:
-        raise BudgetError(f"refused: {line}; over the budget of {cfg.max_views:,} views: raise it with --max-views "
-                          f"{views} (render.max_views; 0 = no limit) or plan fewer views (coarser render.gsd, "
-                          "fewer levels)", plan=plan)
-    if cfg.max_teacher_hours > 0 and hours is not None and hours > cfg.max_teacher_hours:
-        raise BudgetError(f"refused: {line}; over the budget of {cfg.max_teacher_hours:g} teacher hours: raise it "
-                          f"with --render.max-teacher-hours {hours:.3g} (0 = no limit)", plan=plan)
-    log.info("%s", line)
-    return cost
-
-
 class RenderStage:
     """Plan views, render each, write views.json (+ coverage), renders/ and the run's copy of the scene.
 
@@ -245,15 +208,11 @@ def _scene(ctx: StageContext) -> Any:
 
 def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, capture: Any = None,
             teacher_input: str = "auto", on_plan: Any = None) -> dict[str, Any]:
+    from scene_kd.render.coverage import COVERAGE_TOLERANCE, coverage_from_counts
     from scene_kd.render.cull import build_point_grid, render_point_view_culled
     from scene_kd.render.photos import capture_views, clear_photos, resolve_teacher_input, write_view_photo
     from scene_kd.render.points import estimate_point_radii, visible_in_view
-    from scene_kd.render.views import (
-        COVERAGE_TOLERANCE,
-        coverage_from_counts,
-        plan_summary,
-        plan_views_with_summary,
-    )
+    from scene_kd.render.views import plan_summary, plan_views_with_summary
     from scene_kd.scene.runscene import save_run_scene
 
     run_dir = run.root
