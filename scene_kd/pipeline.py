@@ -44,12 +44,15 @@ def run_pipeline(
     until: str | None = None,
     preview: bool = False,
     progress: bool = True,
+    cost_key: str | None = None,
 ) -> dict[str, Any]:
     """Run every enabled stage on ``scene`` (a path or a loaded scene) into ``run_dir``; {stage: result}.
 
     Before anything but RUN/config.yaml is written, the teacher's requirements are checked (missing weights
     raise MissingWeightsError naming the file; the oracle on an unlabelled scene a SceneKDError). ``until``
-    stops after that stage; ``preview`` also writes the contact sheets.
+    stops after that stage; ``preview`` also writes the contact sheets. Before rendering it logs the plan and the
+    teacher's expected time (the cost table's row for ``cost_key``, the config preset's name, else ``default``),
+    and refuses (BudgetError) a plan over render.max_views / render.max_teacher_hours.
     """
     from scene_kd.scene.io import load_scene
 
@@ -68,7 +71,7 @@ def run_pipeline(
     if cfg.teacher.name == ORACLE:
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
     ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress,
-                       on_plan=teacher_cost_hook(cfg.teacher))
+                       on_plan=teacher_cost_hook(cfg.teacher, cost_key), cost_key=cost_key)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for stage in STAGES[: last + 1]:
@@ -103,12 +106,15 @@ def _with(section: str, value: Any) -> PipelineConfig:
 
 
 def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: bool = False,
-                 preview: bool = False, capture: Any = None, teacher: TeacherConfig | None = None) -> StageResult:
+                 preview: bool = False, capture: Any = None, teacher: TeacherConfig | None = None,
+                 cost_key: str | None = None) -> StageResult:
     """Plan views (or take a capture's cameras and photos) and render ``scene`` into ``run_dir`` (see
-    scene_kd/render/stage.py); with ``teacher``, the plan line also gives its expected time."""
+    scene_kd/render/stage.py); with ``teacher``, the plan line also gives its expected time (the cost table's row
+    for ``cost_key``, the config preset's name, else ``default``)."""
     return run_stage(RENDER, run_dir, _with("render", cfg), StageContext(scene=scene, capture=capture,
                                                                          preview=preview,
-                                                                         on_plan=teacher_cost_hook(teacher)),
+                                                                         on_plan=teacher_cost_hook(teacher, cost_key),
+                                                                         cost_key=cost_key),
                      force=force)
 
 

@@ -182,17 +182,25 @@ def test_thin_tile_is_refused_in_seconds(tmp_path, capsys):
 # ---- run says the teacher time before the teacher starts; batch records refusals ------------------------------
 
 
-def test_run_logs_the_expected_teacher_time_before_the_features_stage(tmp_path, caplog):
+def test_run_logs_the_expected_teacher_time_before_the_features_stage(tmp_path, caplog, monkeypatch):
     from scene_kd.config import load_config
+    from scene_kd.teachers import cost
 
+    # the row of the run's preset (cost_key) is used, not the default one: 60 s per 512 x 512 view, per pixel
+    row = {"width": 512, "height": 512, "parts_s": {"all": 60.0}, "total_s": 60.0}
+    table = {"machine": "m", "teachers": {"oracle-labels": {"default": {"cpu": {**row, "parts_s": {"all": 999.0}}},
+                                                           "ci": {"cpu": row}}}}
+    monkeypatch.setattr(cost, "load_cost_table", lambda path=None: table)
     cfg = load_config("ci")
     with caplog.at_level("INFO"):
-        run_pipeline(block_scene(), tmp_path / "run", cfg, until="features", progress=False)
+        run_pipeline(block_scene(), tmp_path / "run", cfg, until="features", progress=False, cost_key="ci")
     lines = [r.getMessage() for r in caplog.records]
     plan = next(i for i, m in enumerate(lines) if m.startswith("plan: 21 views") and "teacher oracle-labels" in m)
     before = next(i for i, m in enumerate(lines) if m.startswith("features: 21 views") and "expected teacher" in m)
     done = next(i for i, m in enumerate(lines) if m.startswith("features:") and "masks over" in m)
     assert plan < before < done
+    # 21 views of 128 x 128 px: 60 s x (128 / 512)^2 = 3.75 s per view, 79 s in all
+    assert "~79 s (3.75 s/view" in lines[plan] and "~79 s (3.75 s/view" in lines[before]
 
 
 def test_batch_records_a_refused_tile_and_goes_on(tmp_path, capsys):

@@ -52,7 +52,7 @@ def main(args: Args) -> int:
         capture = load_capture(args.scene)
     scene = capture.scene if capture is not None else load_scene(args.scene)
     summary = render_stage(args.out, scene, cfg.render, force=args.force, preview=args.preview, capture=capture,
-                           teacher=cfg.teacher)
+                           teacher=cfg.teacher, cost_key=args.config)
     save_config(args.out, cfg)
     human = None
     if not args.json:

@@ -55,7 +55,7 @@ def main(args: Args) -> int:
 
     cfg = pipeline_config(args, SECTIONS)
     result = run_pipeline(args.scene, args.out, cfg, force=args.force, until=args.until, preview=args.preview,
-                          progress=not args.json)
+                          progress=not args.json, cost_key=args.config)
     if "fuse" in result:
         from scene_kd.report import write_report
 

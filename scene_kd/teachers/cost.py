@@ -1,16 +1,33 @@
 """What a teacher will cost, before it runs: seconds per view by part, scaled to a view plan, from a measured table.
 
-The table (``cost_table.json``, package data; written by the teacher benchmark) holds, per teacher, per settings
-key (a preset name, or ``default`` for the teacher's default settings) and per device, one measured row::
+The table is ``cost_table.json`` (package data beside this module; benchmarks/teacher_cost.py regenerates it).
+Its schema (version 1; keep it stable, readers and the benchmark share it)::
 
-    {"width": 512, "height": 512, "masks_per_view": 162, "parts_s": {"sam_encoder": 10.8, ...}, "total_s": 120.8,
-     "scales": {"sam_encoder": "view", ...}}   # optional
+    {
+      "machine":  "2-core AMD EPYC CPU; GPU ...",      # where the rows were measured (shown in the plan line)
+      "measured": "2026-12-06 ...",                    # when / how (free text)
+      "command":  "python benchmarks/teacher_cost.py ...",   # what reproduces the rows
+      ...                                              # other top-level keys are free (load_average, weights, ...)
+      "teachers": {
+        "<teacher registry name>": {                   # clip-sam, clip-dense, oracle-labels, ...
+          "<settings key>": {                          # a config preset's name (urban, indoor, ...) or "default"
+            "<device>": ROW | null,                    # "cpu" / "cuda"; null = not measured there
+          }}}}
+
+    ROW = {"width": 512, "height": 512,                # the view size measured, pixels (required, > 0)
+           "masks_per_view": 162,                      # masks per view measured (needed only for "masks" parts)
+           "parts_s": {"sam_encoder": 10.8, ...},      # seconds per view by part
+           "scales": {"sam_encoder": "view", ...},     # optional, per part: view | megapixels | masks
+           "total_s": 120.8,                           # sum of parts_s (used alone when parts_s is empty)
+           "source": "..."}                            # optional free text: what was measured
 
 Each part scales to a view of another size or mask count by its ``scales`` entry: ``view`` (a fixed cost per view:
 SAM resizes every image to 1024 px and decodes a fixed prompt grid), ``megapixels`` (per pixel: the default for a
 part the row does not list) or ``masks`` (per mask: CLIP's crops; scaled only when the caller knows the mask count,
-else the row's count stands). A teacher, settings or device the table has no row for is reported as unknown, with
-the reason; no number is made up for it.
+else the row's count stands). The row used is the one of the settings key asked for (the CLI passes its
+``--config`` preset name) when the table has it on the device, else ``default``. A teacher, settings or device the
+table has no row for is reported as unknown, with the reason; no number is made up for it. The device is the
+teacher config's (``auto``: cuda when torch sees a GPU).
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ class FeaturesStage:
                 cfg.teacher.teacher_input]
 
     def compute(self, run: RunDir, cfg: FeaturesStageConfig, ctx: StageContext) -> dict[str, Any]:
-        return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key)
+        return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key, cost_key=ctx.cost_key)
 
 
 FEATURES = FeaturesStage()
@@ -152,12 +152,13 @@ class EncodedViews:
     preview_rgb: dict[int, np.ndarray] = dataclass_field(default_factory=dict)
 
 
-def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> dict[str, Any]:
+def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str,
+              cost_key: str | None = None) -> dict[str, Any]:
     """The features stage: plan (views, teacher, cache) -> encode every view -> write masks/ + features ->
     preview; returns the summary."""
     t0 = time.perf_counter()
     n, teacher, cache, use_photos = _plan_features(run, cfg)
-    expected = _expected_cost(run, cfg, n)
+    expected = _expected_cost(run, cfg, n, cost_key)
     preview_idx = set(np.linspace(0, n - 1, min(n, PREVIEW_VIEWS)).round().astype(int).tolist()) if preview else set()
     enc = _encode_views(run, teacher, cache, use_photos, n, max(1, cfg.batch_size), preview_idx)
     summary = write_outputs(run.root, enc.results, teacher, key)
@@ -176,12 +177,13 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
     return summary
 
 
-def _expected_cost(run: RunDir, cfg: TeacherConfig, n: int) -> Any:
-    """Log the teacher's expected time over the run's ``n`` views (teachers/cost.py) before it starts."""
+def _expected_cost(run: RunDir, cfg: TeacherConfig, n: int, cost_key: str | None = None) -> Any:
+    """Log the teacher's expected time over the run's ``n`` views (teachers/cost.py; the row of ``cost_key``, the
+    config preset's name, else ``default``) before it starts."""
     from scene_kd.teachers.cost import estimate_for_config
 
     mp = sum(c.width * c.height for c in load_cameras(run.root)) / 1e6
-    cost = estimate_for_config(cfg, n, mp)
+    cost = estimate_for_config(cfg, n, mp, preset=cost_key)
     log.info("features: %d views, %.1f MP; expected %s (cached views are faster)", n, mp, cost.describe())
     return cost
 

@@ -274,7 +274,7 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
             run_dir.mkdir(parents=True, exist_ok=True)
             source = run_dir / "chunk.laz"
             save_scene(scene, source)
-        run_pipeline(source, run_dir, cfg, force=force)
+        run_pipeline(source, run_dir, cfg, force=force, cost_key=job.config)
         field = FeatureField.load(run_dir)
         if len(field) != len(scene):
             raise SceneKDError(f"pipeline field has {len(field)} points for {len(scene)} scene points", path=run_dir)
