@@ -107,7 +107,7 @@ def test_footprint_keeps_every_view_that_sees_a_point_and_drops_those_over_empty
     from scene_kd.render.pinhole import intrinsics, look_at
 
     K = intrinsics(64, 64, 60.0)
-    xs, ys = np.linspace(0, 200, 21), np.linspace(0, 200, 17)
+    xs, ys = np.linspace(0, 200, 13), np.linspace(0, 200, 11)
     for eye_off, target_off in (((0, 0, 60), (0, 0, 59)), ((-30, -30, 42), (0, 0, 0))):  # nadir, oblique
         def cam(cx, cy, eye_off=eye_off, target_off=target_off):
             return Camera(K=K, world_to_cam=look_at(np.add([cx, cy, 0], eye_off), np.add([cx, cy, 0], target_off)),
