@@ -106,6 +106,7 @@ def _check_section_flags(argv: list[str], cfg: Any, sections: tuple[str, ...]) -
     """A one-line ConfigError for ``--section.key`` flags the resolved config has no field for (e.g. an option
     of another teacher), instead of the parser's multi-line box."""
     import dataclasses
+    import difflib
 
     from scene_kd.teachers.config import TEACHER_CONFIGS
 
@@ -126,7 +127,9 @@ def _check_section_flags(argv: list[str], cfg: Any, sections: tuple[str, ...]) -
             if owners:
                 raise ConfigError(f"{a.split('=', 1)[0]} is an option of the {' / '.join(owners)} teacher, not of "
                                   f"{obj.name}; choose the teacher with --teacher NAME")
-        raise ConfigError(f"unknown option {a.split('=', 1)[0]}; {section} options: "
+        close = difflib.get_close_matches(key.replace("_", "-"), sorted(n.replace("_", "-") for n in names), n=1)
+        hint = f"did you mean --{section}.{close[0]}? " if close else ""
+        raise ConfigError(f"unknown option {a.split('=', 1)[0]}; {hint}{section} options: "
                           f"{', '.join(sorted(n.replace('_', '-') for n in names))}")
 
 
@@ -160,6 +163,54 @@ def _default_args(mod: Any, argv: list[str]) -> tuple[Any, list[str]]:
     return mod.Args(**values), argv
 
 
+def _known_flags(args_type: Any, default: Any) -> set[str]:
+    """Every ``--flag`` tyro makes of ``args_type`` (nested dataclasses as ``--section.key``, booleans also as
+    ``--no-key``; ``default``'s nested values decide the class of a section, e.g. the resolved teacher)."""
+    import dataclasses
+    import typing
+
+    def walk(tp: Any, value: Any, prefix: str) -> set[str]:
+        hints = typing.get_type_hints(tp, include_extras=True)
+        out: set[str] = set()
+        for f in dataclasses.fields(tp):
+            hint = hints.get(f.name)
+            if "Positional" in repr(hint):  # tyro.conf.Positional: no flag
+                continue
+            sub = getattr(value, f.name, None) if value is not None else None
+            name = prefix + f.name.replace("_", "-")
+            if dataclasses.is_dataclass(sub) or (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+                out |= walk(type(sub) if dataclasses.is_dataclass(sub) else hint, sub, name + ".")
+                continue
+            out.add("--" + name)
+            if hint is bool or typing.get_args(hint)[:1] == (bool,):
+                out.add("--" + prefix + "no-" + f.name.replace("_", "-"))
+        return out
+
+    return walk(args_type, default, "")
+
+
+def _check_flags(verb: str, mod: Any, default: Any, argv: list[str]) -> None:
+    """A one-line ConfigError for a flag the verb does not have, with the closest known flags (difflib); where
+    a close match has a short form (SHORTCUTS: ``--distill.epochs`` -> ``--epochs``) the short form is shown."""
+    import difflib
+
+    sections: tuple[str, ...] = getattr(mod, "SECTIONS", ())
+    shortcuts = {f: keys for f, keys in SHORTCUTS.items() if keys[0].split(".")[0] in sections}
+    short_of = {"--" + keys[0].replace("_", "-"): f for f, keys in shortcuts.items()}
+    known = _known_flags(mod.Args, default) | set(shortcuts) | {"--config", "--help", "--debug"}
+    for a in argv:
+        if a == "--":  # everything after is positional
+            return
+        if not a.startswith("--"):
+            continue
+        flag = a.split("=", 1)[0]
+        if flag.replace("_", "-") in known:
+            continue
+        close = difflib.get_close_matches(flag.replace("_", "-"), sorted(known), n=1, cutoff=0.6)
+        hint = f"; did you mean {short_of.get(close[0], close[0])}?" if close else ""
+        raise ConfigError(f"unknown option {flag} for scene-kd {verb}{hint} (scene-kd {verb} --help lists all)")
+
+
 def _usage() -> str:
     lines = ["usage: scene-kd VERB [options]   (scene-kd VERB --help for a verb's options)", "",
              "Give 3D scenes an open vocabulary. Add --debug to any command for tracebacks.", "", "verbs:"]
@@ -182,11 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     verb, rest = argv[0], argv[1:]
     if verb not in COMMANDS:
-        print(f"scene-kd: error: unknown verb {verb!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(verb, list(COMMANDS), n=2, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        print(f"scene-kd: error: unknown verb {verb!r}; {hint}choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     mod = importlib.import_module(COMMANDS[verb])
     try:
         default, rest = _default_args(mod, rest)
+        if not any(a in ("-h", "--help") for a in rest):
+            _check_flags(verb, mod, default, rest)
         args = tyro.cli(mod.Args, args=rest, prog=f"scene-kd {verb}", default=default,
                         config=(tyro.conf.AvoidSubcommands,))
         rc = mod.main(args)
