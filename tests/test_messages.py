@@ -82,7 +82,7 @@ def test_known_flags_cover_every_flag_tyro_makes():
         pytest.skip("this tyro has no extras.get_parser")
     for verb, modname in COMMANDS.items():
         mod = importlib.import_module(modname)
-        default, _ = _default_args(mod, ["RUN"] if getattr(mod, "RUN_CONFIG_BASE", False) is True else [])
+        default, _ = _default_args(mod, ["RUN"] if getattr(mod, "RUN_CONFIG_BASE", "") == "run" else [])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parser = get_parser(mod.Args, default=default, config=(tyro.conf.AvoidSubcommands,))
