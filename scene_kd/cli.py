@@ -44,7 +44,7 @@ COMMANDS: dict[str, str] = {
 def _flag_groups(args_type: Any, default: Any) -> list[tuple[str, ...]]:
     """The flags tyro makes of ``args_type``, one tuple per argument, aliases first (``("--epochs",
     "--distill.epochs")``); nested dataclasses give ``--section.key`` (``default``'s nested values decide a
-    section's class, e.g. the resolved teacher), booleans also ``--no-key``. Read from the same tyro markers
+    section's class, e.g. the resolved teacher), booleans also ``--no-key`` (in the same tuple). Read from the same tyro markers
     (``tyro.conf.arg``) tyro reads; tests/test_messages.py checks it against tyro's own parser."""
     import dataclasses
     import typing
@@ -66,10 +66,9 @@ def _flag_groups(args_type: Any, default: Any) -> list[tuple[str, ...]]:
             local = conf is not None and conf.prefix_name is False
             long = "--" + ("" if local else prefix.replace("_", "-")) + name
             aliases = tuple(conf.aliases or ()) if conf is not None else ()
-            out.append((*aliases, long))
             base = typing.get_args(hint)[0] if marks else hint
-            if base is bool:
-                out.append(("--" + ("" if local else prefix.replace("_", "-")) + "no-" + name,))
+            negative = ("--" + ("" if local else prefix.replace("_", "-")) + "no-" + name,) if base is bool else ()
+            out.append((*aliases, long, *negative))
         return out
 
     return walk(args_type, default, "")
@@ -86,7 +85,22 @@ def _parse(verb: str, mod: Any, argv: list[str], default: Any, *, quiet: bool = 
     import tyro
 
     return tyro.cli(mod.Args, args=argv, prog=f"scene-kd {verb}", default=default, return_unknown_args=True,
-                    add_help=not quiet, console_outputs=not quiet, config=(tyro.conf.AvoidSubcommands,))
+                    add_help=not quiet, console_outputs=not quiet, config=(tyro.conf.AvoidSubcommands,),
+                    description=None if quiet else _description(mod.Args))
+
+
+def _description(args_type: Any) -> str:
+    """The verb's docstring, each paragraph refilled to the terminal (at most 100 columns). tyro joins a line
+    starting with a letter to the one before and prints the result unwrapped, so continuation lines are
+    indented by one space (which tyro keeps as a line break)."""
+    import inspect
+    import shutil
+    import textwrap
+
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    paragraphs = (inspect.getdoc(args_type) or "").split("\n\n")
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), width, subsequent_indent=" ")
+                       for p in paragraphs)
 
 
 def _sections_default(mod: Any, cfg: Any) -> Any:
