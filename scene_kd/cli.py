@@ -82,11 +82,16 @@ def _known_flags(args_type: Any, default: Any) -> set[str]:
 def _parse(verb: str, mod: Any, argv: list[str], default: Any, *, quiet: bool = False) -> tuple[Any, list[str]]:
     """tyro over ``mod.Args`` with ``default``: the parsed Args and the tokens it did not recognise.
     ``quiet``: no --help, no output; tyro's SystemExit on an error propagates."""
+    import contextlib
+    import io
+
     import tyro
 
-    return tyro.cli(mod.Args, args=argv, prog=f"scene-kd {verb}", default=default, return_unknown_args=True,
-                    add_help=not quiet, console_outputs=not quiet, config=(tyro.conf.AvoidSubcommands,),
-                    description=None if quiet else _description(mod.Args))
+    # tyro 1.0.17 prints a value error's box even with console_outputs=False: a quiet parse swallows it
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+        return tyro.cli(mod.Args, args=argv, prog=f"scene-kd {verb}", default=default, return_unknown_args=True,
+                        add_help=not quiet, console_outputs=not quiet, config=(tyro.conf.AvoidSubcommands,),
+                        description=None if quiet else _description(mod.Args))
 
 
 def _description(args_type: Any) -> str:
