@@ -44,8 +44,8 @@ COMMANDS: dict[str, str] = {
 def _flag_groups(args_type: Any, default: Any) -> list[tuple[str, ...]]:
     """The flags tyro makes of ``args_type``, one tuple per argument, aliases first (``("--epochs",
     "--distill.epochs")``); nested dataclasses give ``--section.key`` (``default``'s nested values decide a
-    section's class, e.g. the resolved teacher), booleans also ``--no-key`` (in the same tuple). Read from the same tyro markers
-    (``tyro.conf.arg``) tyro reads; tests/test_messages.py checks it against tyro's own parser."""
+    section's class, e.g. the resolved teacher), booleans also ``--no-key`` (in the same tuple). Read from the
+    markers (``tyro.conf.arg``) tyro reads; tests/test_messages.py checks it against tyro's own parser."""
     import dataclasses
     import typing
 

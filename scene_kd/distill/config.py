@@ -42,7 +42,8 @@ class DistillConfig:
     points_per_voxel: float = 4.0
     """Target mean points per occupied voxel when ``voxel_size`` is 0."""
     epochs: Annotated[int, tyro.conf.arg(aliases=("--epochs",))] = 40
-    """The most epochs (on the command line, 0: no student); training stops earlier when the held-out loss stops improving (``patience``)."""
+    """The most epochs; training stops earlier when the held-out loss stops improving (``patience``). On the
+    command line 0 means no student (distillation off, epochs unchanged)."""
     patience: int = 5
     """Stop after this many epochs without a new best held-out loss and keep the best epoch's weights;
     0: run all ``epochs`` (with a held-out set its loss is still reported and the best epoch's weights kept)."""
@@ -100,7 +101,8 @@ class DistillConfig:
     backend: Literal["torch", "spconv"] = "torch"
     """Sparse conv backend for training/prediction: "torch" (pure torch) or "spconv" (CUDA, optional)."""
     student: Annotated[Literal["sparseconv", "gaussian-field"], tyro.conf.arg(aliases=("--student",))] = "sparseconv"
-    """(Choosing one on the command line turns the student on.) "sparseconv" (the point student; on Gaussian scenes it runs on the Gaussians' centres) or
+    """"sparseconv" (the point student; on Gaussian scenes it runs on the Gaussians' centres) or
     "gaussian-field" (per-Gaussian features trained through the rasterizer, Feature 3DGS; Gaussian scenes only).
-    On the synthetic tabletop as splats the point student's ensemble scored higher (README), so it is the default."""
+    On the synthetic tabletop as splats the point student's ensemble scored higher (README), so it is the default.
+    Choosing another than the resolved one on the command line turns distillation on."""
     gaussian_field: GaussianFieldConfig = field(default_factory=GaussianFieldConfig)
