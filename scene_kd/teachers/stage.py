@@ -77,22 +77,23 @@ def check_teacher_requirements(cfg: TeacherConfig, *, has_labels: bool) -> None:
                                "weights) instead")
         return
     from scene_kd.teachers.clip import resolve_clip_weights
-    from scene_kd.teachers.weights import RANDOM, parse_explicit, resolve_weights, sam_spec
+    from scene_kd.teachers.weights import RANDOM, missing_weights_summary, parse_explicit, resolve_weights, sam_spec
 
-    missing: list[str] = []
+    missing: list[MissingWeightsError] = []
     try:
         resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
     except MissingWeightsError as e:
-        missing.append(str(e))
+        missing.append(e)
     if cfg.name == "clip-sam":
         mine = parse_explicit(cfg.weights, "sam")
         try:
             if mine != RANDOM:
                 resolve_weights(sam_spec(cfg.sam_model), mine, download=cfg.download)
         except MissingWeightsError as e:
-            missing.append(str(e))
+            missing.append(e)
     if missing:
-        raise MissingWeightsError("; and ".join(missing) + " (`scene-kd weights` lists every file)")
+        raise missing_weights_summary(missing, cfg.name, f"`scene-kd weights` lists every file\nto try without weights: "
+                                      f"--teacher {ORACLE} (a test teacher for labelled scenes)")
 
 
 def validate_view_masks(vm: ViewMasks, render: Render, dim: int, where: str) -> None:
