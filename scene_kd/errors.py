@@ -33,3 +33,12 @@ class ConfigError(SceneKDError):
 
 class InputContractError(SceneKDError):
     """A tile lacks an input a trained student needs (an attribute, the units it was trained in)."""
+
+
+class BudgetError(SceneKDError):
+    """A plan refused before any work: more views, or more expected teacher time, than the budget allows.
+    ``plan`` holds the plan's counts (views, megapixels, levels) where known."""
+
+    def __init__(self, message: str, *, plan: dict | None = None, path: str | Path | None = None):
+        self.plan = plan
+        super().__init__(message, path=path)
