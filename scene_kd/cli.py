@@ -107,7 +107,7 @@ def _check_section_flags(argv: list[str], cfg: Any, sections: tuple[str, ...]) -
     of another teacher), instead of the parser's multi-line box."""
     import dataclasses
 
-    from scene_kd.teachers.config import TEACHER_CONFIGS
+    from scene_kd.teachers.config import TEACHERS
 
     for a in argv:
         if not a.startswith("--") or "." not in a.split("=", 1)[0]:
@@ -122,7 +122,7 @@ def _check_section_flags(argv: list[str], cfg: Any, sections: tuple[str, ...]) -
         if key in names or (key.startswith("no_") and key[3:] in booleans):  # tyro's --section.no-FLAG
             continue
         if section == "teacher":
-            owners = [n for n, c in TEACHER_CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)}]
+            owners = [e.name for e in TEACHERS if key in {f.name for f in dataclasses.fields(e.config)}]
             if owners:
                 raise ConfigError(f"{a.split('=', 1)[0]} is an option of the {' / '.join(owners)} teacher, not of "
                                   f"{obj.name}; choose the teacher with --teacher NAME")
