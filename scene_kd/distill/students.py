@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +41,10 @@ class Student(Protocol):
         save it; the stage summary (``student``, ``config_hash``, ``points``, ``final_loss``, ...)."""
         ...
 
+    def describe(self, summary: Mapping[str, Any], seconds: float) -> str:
+        """One line for the terminal about a ``train`` summary that took ``seconds``."""
+        ...
+
 
 class SparseConvStudent:
     """The sparse-conv point student (on Gaussian scenes it runs on the Gaussians' centres)."""
@@ -56,6 +61,11 @@ class SparseConvStudent:
     def train(self, run_dir: Path, field: Any, cfg: DistillConfig, key: str, *, resume: bool,
               progress: bool) -> dict[str, Any]:
         return _distill_points(run_dir, field, cfg, key, resume=resume, progress=progress)
+
+    def describe(self, summary: Mapping[str, Any], seconds: float) -> str:
+        return (f"distilled {summary['points']:,} points ({summary['covered_points']:,} covered), "
+                f"voxel {summary['voxel_size']}, {summary['epochs']} epochs, loss {summary['final_loss']:.4f}, "
+                f"{seconds:.1f} s")
 
 
 class GaussianFieldStudent:
@@ -74,6 +84,11 @@ class GaussianFieldStudent:
     def train(self, run_dir: Path, field: Any, cfg: DistillConfig, key: str, *, resume: bool,
               progress: bool) -> dict[str, Any]:
         return _distill_gaussian_field(run_dir, field, cfg, key, progress)
+
+    def describe(self, summary: Mapping[str, Any], seconds: float) -> str:
+        return (f"Gaussian feature field for {summary['points']:,} Gaussians "
+                f"({summary['covered_points']:,} covered), {summary['steps']} steps on {summary['backend']}, "
+                f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {seconds:.1f} s")
 
 
 def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *, resume: bool,

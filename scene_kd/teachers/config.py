@@ -150,6 +150,8 @@ TEACHERS.register("oracle-labels", OracleConfig, "scene_kd.teachers.oracle:Oracl
 
 TeacherConfig = TEACHERS.union()
 """Any registered teacher's config (a Union of the config classes; the ``name`` field tells which)."""
+TeacherName = TEACHERS.literal()
+"""``Literal`` of the registered teacher names (for flags that take a name)."""
 
 ORACLE = "oracle-labels"
 ORACLE_NOTE = ("made with the oracle-labels test teacher: features are the scene's own ground-truth classes (with "
