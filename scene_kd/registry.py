@@ -11,7 +11,7 @@ Adding a teacher is one call, in ``scene_kd/teachers/config.py`` beside the othe
 
     @dataclass
     class ClipDenseConfig(_ClipCommon):
-        name: tyro.conf.Suppress[Literal["clip-dense"]] = "clip-dense"
+        name: TeacherName = "clip-dense"
         ...
 
     TEACHERS.register("clip-dense", ClipDenseConfig, "scene_kd.teachers.clip_dense:ClipDenseTeacher",

@@ -11,16 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-import tyro
 
-from scene_kd.cli import _default_args
-from scene_kd.commands import batch as batch_cmd
+from scene_kd.cli import parse_verb
 from scene_kd.commands import run as run_cmd
 from scene_kd.config import resolve_config
 from scene_kd.distill.config import STUDENTS, DistillConfig, GaussianFieldConfig
 from scene_kd.errors import ConfigError
 from scene_kd.registry import Registry
-from scene_kd.teachers.config import TEACHERS, TeacherConfig, TeacherName
+from scene_kd.teachers.config import TEACHERS, TeacherConfig, TeacherLiteral
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -82,7 +80,10 @@ def test_config_types_are_derived_from_the_registries():
     assert TEACHERS.names() == ("clip-sam", "clip-grid", "oracle-labels")
     assert STUDENTS.names() == ("sparseconv", "gaussian-field")
     assert typing.get_args(TeacherConfig) == tuple(e.config for e in TEACHERS)
-    assert typing.get_args(TeacherName) == TEACHERS.names()
+    assert typing.get_args(TeacherLiteral) == TEACHERS.names()
+    for e in TEACHERS:  # every config's name field takes exactly the registered names (tyro's --teacher choices)
+        hint = typing.get_type_hints(e.config, include_extras=True)["name"]
+        assert typing.get_args(typing.get_args(hint)[0]) == TEACHERS.names()
     assert typing.get_args(typing.get_type_hints(DistillConfig)["student"]) == STUDENTS.names()
     assert STUDENTS.config("sparseconv") is DistillConfig and STUDENTS.config("gaussian-field") is GaussianFieldConfig
     for e in TEACHERS:  # the YAML `name:` key picks the registered class
@@ -99,28 +100,36 @@ def test_every_registered_factory_resolves():
         assert all(callable(getattr(s, m)) for m in ("inputs", "outputs", "train", "describe"))
 
 
-def _parse(mod, argv):
-    default, rest = _default_args(mod, argv)
-    return tyro.cli(mod.Args, args=rest, default=default, config=(tyro.conf.AvoidSubcommands,))
+def _choices(err: str) -> set[str]:
+    """The names in tyro's "invalid choice ... Expected one of (...)" box (less batch's optional None)."""
+    found = re.search(r"Expected\s+one\s+of\s+\(([^)]*)\)", " ".join(err.replace("│", " ").split()))
+    assert found, err
+    return set(re.findall(r"'([^']+)'", found.group(1))) - {"None"}
 
 
-def test_the_cli_accepts_exactly_the_registered_names():
+def test_the_cli_accepts_exactly_the_registered_names(capsys):
     for name in TEACHERS.names():
-        assert _parse(run_cmd, ["s.ply", "--out", "r", "--teacher", name]).teacher.name == name
-        assert _parse(batch_cmd, ["t.laz", "--out", "o", "--labels", "a", "--teacher", name]).teacher == name
+        assert parse_verb("run", ["s.ply", "--out", "r", "--teacher", name])[1].teacher.name == name
+        assert parse_verb("batch", ["t.laz", "--out", "o", "--labels", "a", "--teacher", name])[1].teacher == name
     for name in STUDENTS.names():
-        assert _parse(run_cmd, ["s.ply", "--out", "r", "--student", name]).distill.student == name
-    with pytest.raises(ConfigError) as e:
-        _parse(run_cmd, ["s.ply", "--out", "r", "--teacher", "clip-dense"])
+        assert parse_verb("run", ["s.ply", "--out", "r", "--student", name])[1].distill.student == name
+    capsys.readouterr()
+    for argv in (["run", "s.ply", "--out", "r", "--teacher", "clip-dense"],
+                 ["batch", "t.laz", "--out", "o", "--labels", "a", "--teacher", "clip-dense"]):
+        with pytest.raises(SystemExit):  # tyro's invalid choice, listing the registry's names
+            parse_verb(argv[0], argv[1:])
+        assert _choices(capsys.readouterr().err) == set(TEACHERS.names())
+    with pytest.raises(SystemExit):
+        parse_verb("run", ["s.ply", "--out", "r", "--student", "voxels"])
+    assert _choices(capsys.readouterr().err) == set(STUDENTS.names())
+    with pytest.raises(ConfigError) as e:  # a config file's unknown teacher: one line listing the names
+        resolve_config(None, None, {"teacher": {"name": "clip-dense"}})
     assert str(e.value) == "config key teacher.name: unknown teacher 'clip-dense'; choose one of " + \
         ", ".join(TEACHERS.names())
-    with pytest.raises(ConfigError, match="distill.student: 'voxels' is not one of 'sparseconv', 'gaussian-field'"):
-        _parse(run_cmd, ["s.ply", "--out", "r", "--student", "voxels"])
-    with pytest.raises(SystemExit):  # tyro's choices for batch --teacher are the registry's
-        _parse(batch_cmd, ["t.laz", "--out", "o", "--labels", "a", "--teacher", "clip-dense"])
+    with pytest.raises(ConfigError, match="distill.student: expected one of 'sparseconv', 'gaussian-field', got 'voxels'"):
+        resolve_config(None, None, {"distill": {"student": "voxels"}})
     # the help lists them, from the registry
-    for mod in (run_cmd,):
-        assert " | ".join(TEACHERS.names()) in mod.Args.__doc__ and " | ".join(STUDENTS.names()) in mod.Args.__doc__
+    assert " | ".join(TEACHERS.names()) in run_cmd.Args.__doc__ and " | ".join(STUDENTS.names()) in run_cmd.Args.__doc__
 
 
 def test_weights_come_from_the_registered_teachers():

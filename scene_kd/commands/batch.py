@@ -12,7 +12,7 @@ import tyro
 
 from scene_kd.commands._common import emit
 from scene_kd.errors import SceneKDError
-from scene_kd.teachers.config import TeacherName
+from scene_kd.teachers.config import TeacherLiteral
 
 
 @dataclass
@@ -30,7 +30,7 @@ class Args:
     """Output folder."""
     labels: str
     """Comma-separated class names, e.g. road,building,tree,car."""
-    teacher: TeacherName | None = None
+    teacher: TeacherLiteral | None = None
     """Teacher for the full pipeline (default: the --config preset's, else clip-sam); its weights are checked
     before any tile is read."""
     config: str | None = None

@@ -12,7 +12,7 @@ from scene_kd.commands._common import emit
 from scene_kd.render.config import RenderConfig
 
 SECTIONS = ("render",)
-RUN_CONFIG_BASE = "--out"
+RUN_CONFIG_BASE = "out"
 
 
 @dataclass

@@ -10,7 +10,7 @@ teacher. ``OracleConfig`` (the ground-truth test teacher) is opt-in and everythi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
@@ -42,8 +42,8 @@ class OracleConfig(_TeacherCommon):
     text vector. A test teacher: it needs a labelled scene, and its numbers measure lifting and distillation,
     not CLIP."""
 
-    name: tyro.conf.Suppress[Literal["oracle-labels"]] = "oracle-labels"
-    label_flip: float = 0.0
+    name: TeacherName = "oracle-labels"
+    label_flip: Annotated[float, tyro.conf.arg(aliases=("--label-flip",))] = 0.0
     """Fraction of masks whose class is replaced by another class."""
     embed_noise: float = 0.0
     """Relative size of Gaussian noise added to mask embeddings before re-normalising (per-component std-dev
@@ -88,7 +88,7 @@ class _ClipCommon(_TeacherCommon):
     """Settings of the open_clip teachers."""
 
     device: Device = "auto"
-    weights: str | None = None
+    weights: Annotated[str | None, tyro.conf.arg(aliases=("--weights",))] = None
     """Explicit weights: a file, a folder holding the expected files, ``clip=PATH,sam=PATH``, or ``random``
     (seeded random init, for plumbing tests and benchmarks only); otherwise $SCENE_KD_CACHE, then the hub."""
     download: bool = True
@@ -108,7 +108,7 @@ class ClipSamConfig(_ClipCommon):
     """``clip-sam``: SAM automatic masks at several granularities, one open_clip embedding per masked crop with
     multi-scale context (LangSplat / OpenUrban3D style). The default teacher."""
 
-    name: tyro.conf.Suppress[Literal["clip-sam"]] = "clip-sam"
+    name: TeacherName = "clip-sam"
     crop_padding: float = 0.1
     """Padding around a mask's box, as a fraction of its longer side."""
     context_scale: float = 2.0
@@ -131,7 +131,7 @@ class ClipSamConfig(_ClipCommon):
 class ClipGridConfig(_ClipCommon):
     """``clip-grid``: open_clip on a multi-scale grid of crops (LERF-style), pooled per region; no SAM."""
 
-    name: tyro.conf.Suppress[Literal["clip-grid"]] = "clip-grid"
+    name: TeacherName = "clip-grid"
     grid_scales: tuple[float, ...] = (0.5, 0.25, 0.125)
     """Crop sizes as fractions of the image's shorter side (LERF-style pyramid), coarse first; crops overlap by
     half; each scale's stride is also the cell size of one region level."""
@@ -150,8 +150,13 @@ TEACHERS.register("oracle-labels", OracleConfig, "scene_kd.teachers.oracle:Oracl
 
 TeacherConfig = TEACHERS.union()
 """Any registered teacher's config (a Union of the config classes; the ``name`` field tells which)."""
-TeacherName = TEACHERS.literal()
+TeacherLiteral = TEACHERS.literal()
 """``Literal`` of the registered teacher names (for flags that take a name)."""
+TeacherName = Annotated[TeacherLiteral, tyro.conf.arg(
+    name="teacher", prefix_name=False, metavar="NAME",
+    help=f"The teacher: {' | '.join(TEACHERS.names())} (its options follow).")]
+"""The type of every teacher config's ``name`` (resolved by name when tyro / the YAML loader read the hints, i.e.
+after the registrations above); on the command line ``--teacher NAME`` (it picks the config class)."""
 
 ORACLE = "oracle-labels"
 ORACLE_NOTE = ("made with the oracle-labels test teacher: features are the scene's own ground-truth classes (with "

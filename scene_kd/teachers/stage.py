@@ -78,23 +78,30 @@ def check_teacher_requirements(cfg: TeacherConfig, *, has_labels: bool) -> None:
                                "weights) instead")
         return
     from scene_kd.teachers.clip import resolve_clip_weights
-    from scene_kd.teachers.weights import RANDOM, parse_explicit, resolve_weights, sam_spec
+    from scene_kd.teachers.weights import (
+        RANDOM,
+        missing_weights_summary,
+        parse_explicit,
+        resolve_weights,
+        sam_spec,
+    )
 
-    missing: list[str] = []  # by the config's fields, so a newly registered open_clip / SAM teacher is checked too
+    missing: list[MissingWeightsError] = []  # by the config's fields: a newly registered open_clip / SAM teacher too
     try:
         if hasattr(cfg, "clip_model"):
             resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
     except MissingWeightsError as e:
-        missing.append(str(e))
+        missing.append(e)
     if hasattr(cfg, "sam_model"):
         mine = parse_explicit(cfg.weights, "sam")
         try:
             if mine != RANDOM:
                 resolve_weights(sam_spec(cfg.sam_model), mine, download=cfg.download)
         except MissingWeightsError as e:
-            missing.append(str(e))
+            missing.append(e)
     if missing:
-        raise MissingWeightsError("; and ".join(missing) + " (`scene-kd weights` lists every file)")
+        raise missing_weights_summary(missing, cfg.name, f"`scene-kd weights` lists every file\nto try without weights: "
+                                      f"--teacher {ORACLE} (a test teacher for labelled scenes)")
 
 
 def validate_view_masks(vm: ViewMasks, render: Render, dim: int, where: str) -> None:
