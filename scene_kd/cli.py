@@ -44,6 +44,7 @@ SHORTCUTS: dict[str, tuple[str, ...]] = {
     # flag: the config keys it sets (section.key); a shortcut and its long flag together are a conflict
     "--teacher": ("teacher.name",),
     "--views": ("render.preset",),
+    "--units": ("input.units",),
     "--width": ("render.width",),
     "--height": ("render.height",),
     "--levels": ("render.levels",),

@@ -63,12 +63,15 @@ def run_pipeline(
         from scene_kd.scene.capture import load_capture
 
         capture = load_capture(scene)  # logs the layout it found
-    loaded = capture.scene if capture else load_scene(scene) if isinstance(scene, (str, Path)) else scene
+    loaded = (capture.scene if capture else load_scene(scene, units=cfg.input.units) if isinstance(scene, (str, Path))
+              else scene)
     check_teacher_requirements(cfg.teacher, has_labels=scene_has_classes(loaded) or bool(capture and capture.labels))
     if cfg.teacher.name == ORACLE:
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
     ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress)
-    results: dict[str, Any] = {}
+    from scene_kd.scene.units import extent_summary
+
+    results: dict[str, Any] = {"scene": extent_summary(loaded)}
     t0 = time.perf_counter()
     for stage in STAGES[: last + 1]:
         if stage is EVAL and not scene_has_classes(loaded):

@@ -47,6 +47,9 @@ class Args:
     halo: float = 0.0
     """Context around each chunk in scene units; 0 = a quarter of the chunk's shorter side (with --student: at least
     the student's receptive-field margin plus one ground cell, also the default)."""
+    units: Literal["auto", "metre", "foot", "us-foot"] = "auto"
+    """Units of the tiles' coordinates: auto = each tile's CRS (metres without one); any other value overrides
+    it. Tiles in feet are labelled in metres; outputs keep the tiles' own records."""
     force: bool = False
     """Redo tiles whose output is already current."""
     json: bool = False
@@ -88,7 +91,7 @@ def make_job(args: Args) -> tuple[list[str], object]:
     job = BatchJob(
         out_dir=str(Path(args.out).resolve()), labels=labels, mode=mode, teacher=teacher, config=args.config,
         student=str(Path(args.student).resolve()) if args.student else None, labeller=args.labeller,
-        chunk_size=args.chunk_size, halo=args.halo, identity=identity,
+        chunk_size=args.chunk_size, halo=args.halo, identity=identity, units=args.units,
     )
     return [str(Path(t).resolve()) for t in tiles], job
 

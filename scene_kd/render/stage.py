@@ -167,10 +167,10 @@ class RenderStage:
     def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
         capture = ctx.capture.fingerprint() if ctx.capture is not None else None
         both = cfg.teacher.teacher_input == "both"  # the capture's views and planned ones
-        return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
+        return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx, cfg))] + ([capture, both] if capture is not None else [])
 
     def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-        return _render(run, _scene(ctx), cfg.render, preview=ctx.preview, capture=ctx.capture,
+        return _render(run, _scene(ctx, cfg), cfg.render, preview=ctx.preview, capture=ctx.capture,
                        teacher_input=cfg.teacher.teacher_input)
 
 
@@ -178,12 +178,12 @@ RENDER = RenderStage()
 _VERSION = "render-v2"
 
 
-def _scene(ctx: StageContext) -> Any:
-    """The context's scene, loaded once when it is a path."""
+def _scene(ctx: StageContext, cfg: PipelineConfig) -> Any:
+    """The context's scene, loaded once (in the units ``cfg.input`` says) when it is a path."""
     if isinstance(ctx.scene, (str, Path)):
         from scene_kd.scene.io import load_scene
 
-        ctx.scene = load_scene(ctx.scene)
+        ctx.scene = load_scene(ctx.scene, units=cfg.input.units)
     if ctx.scene is None:
         raise SceneKDError("the render stage needs a scene")
     _check_scene(ctx.scene)

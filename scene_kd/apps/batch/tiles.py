@@ -62,6 +62,8 @@ class BatchJob:
     at least :func:`student_halo`, which is also its default)."""
     identity: str = ""
     """Hash of the student/config the labels come from (filled in by :func:`make_job`)."""
+    units: str = "auto"
+    """The tiles' units (scene_kd.scene.units.InputConfig.units): auto = each tile's CRS, else an override."""
 
     def config_hash(self, tile_hash: str) -> str:
         from scene_kd.runio import config_hash
@@ -256,7 +258,7 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
     from scene_kd.pipeline import run_pipeline
     from scene_kd.scene.io import save_scene
 
-    cfg = load_config(job.config, overrides={"teacher": {"name": job.teacher}})
+    cfg = load_config(job.config, overrides={"teacher": {"name": job.teacher}, "input": {"units": job.units}})
     runs = Path(job.out_dir) / "runs" / tile_name(tile)
 
     def label(scene: Any, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -341,7 +343,7 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
     try:
         from scene_kd.scene.io import load_scene
 
-        scene = load_scene(tile)
+        scene = load_scene(tile, units=job.units)
         if scene.kind != "points":
             raise SceneKDError("batch segmentation needs a point cloud tile, not Gaussians", path=tile)
         n_chunks: int | None
