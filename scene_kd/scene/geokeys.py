@@ -196,16 +196,24 @@ def _vertical(k: dict[int, Any]) -> Any | None:
         try:
             return CRS.from_epsg(k[VERTICAL_TYPE])
         except Exception:  # noqa: BLE001 - pyproj CRSError: a code that is not a vertical CRS
-            log.warning("GeoTIFF keys: VerticalCSTypeGeoKey %s is not an EPSG CRS; ignored", k[VERTICAL_TYPE])
+            log.info("GeoTIFF keys: VerticalCSTypeGeoKey %s is not an EPSG CRS (a datum code?)", k[VERTICAL_TYPE])
     unit = _linear_unit(k.get(VERTICAL_UNITS))
     if unit is None:
         return None
-    name = k.get(VERTICAL_CITATION) or f"user-defined height ({unit[0]})"
+    datum: Any = None
+    for code in (k.get(VERTICAL_DATUM), k.get(VERTICAL_TYPE)):  # some writers swap the two (5103 / 5703)
+        if datum is None and _epsg(code):
+            try:
+                datum = Datum.from_epsg(code)
+            except Exception:  # noqa: BLE001 - not a datum code: the unit still counts
+                pass
+    citation = k.get(VERTICAL_CITATION)
+    name = (citation if citation and citation != "unknown"
+            else f"{datum.name if datum is not None else 'user-defined'} height ({unit[0]})")
     if unit[0] not in _VAXES:
         return _local_crs(name, unit, vertical=True)
-    datum: Any = {"type": "VerticalReferenceFrame", "name": "unknown"}
-    if _epsg(k.get(VERTICAL_DATUM)):
-        datum = Datum.from_epsg(k[VERTICAL_DATUM])
+    if datum is None:
+        datum = {"type": "VerticalReferenceFrame", "name": "unknown"}
     return VerticalCRS(name=name, datum=datum, vertical_cs=VerticalCS(axis=getattr(VerticalCSAxis, _VAXES[unit[0]])))
 
 
@@ -228,7 +236,11 @@ def crs_from_geokeys(keys: dict[int, Any]) -> Any | None:
         log.warning("GeoTIFF keys: horizontal CRS not understood (%s)", str(e).splitlines()[0] if str(e) else e)
         unit = _linear_unit(keys.get(PROJ_LINEAR_UNITS))
         horizontal = _local_crs("user-defined", unit) if unit else None
-    vertical = _vertical(keys)
+    try:
+        vertical = _vertical(keys)
+    except Exception as e:  # noqa: BLE001 - pyproj CRSError: the horizontal part is still worth having
+        log.warning("GeoTIFF keys: vertical CRS not understood (%s)", str(e).splitlines()[0] if str(e) else e)
+        vertical = None
     if horizontal is None:
         return vertical
     if vertical is None:
