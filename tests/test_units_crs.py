@@ -205,3 +205,72 @@ def test_float_intensity_is_scaled_into_uint16(tmp_path):
     whole = np.arange(100, dtype=np.float32) * 600  # what a LAS file held: kept exactly
     save_scene(PointCloud.from_world(xyz, intensity=whole), tmp_path / "w.las")
     np.testing.assert_array_equal(np.asarray(laspy.read(str(tmp_path / "w.las")).intensity), whole.astype(np.uint16))
+
+
+# real/field files: (folder, name, x/y unit, z unit, lon/lat box the file's centre must fall in or None). The box is
+# where the data is (by its CRS read right): a CRS read in the wrong unit puts the centre hundreds of km away.
+_REAL_CRS = [
+    ("real", "laspy_file_with_both_wkt_and_geotiff_vlrs.las", "US survey foot", "US survey foot",
+     (-104.1, 40.0, -95.3, 43.0)),  # Nebraska: WKT (ftUS) + GeoTIFF keys (EPSG 32104 keyed in ftUS, z in ftUS)
+    ("real", "pdal_mvk-thin.las", "US survey foot", "US survey foot",
+     (-91.7, 30.1, -88.1, 35.0)),  # Mississippi: EPSG 26995 (metres) keyed with ProjLinearUnitsGeoKey 9003
+    ("real", "pdal_autzen_trim.las", "foot", "foot", (-123.2, 43.9, -122.9, 44.2)),  # Eugene OR; z as x/y
+    ("field", "pdal_4_6_crop.las", "US survey foot", "US survey foot", (-109.1, 31.3, -103.0, 37.0)),  # NM
+    ("field", "las14_pf10_fullwave.laz", "metre", "metre", None),
+    ("field", "las_spec3_10pts.las", "metre", "metre", None),
+    ("field", "copc_simple.copc.laz", "metre", "US survey foot", None),  # WKT compound EPSG:2991 + 6360
+]
+
+
+@pytest.mark.parametrize("folder,name,hu,vu,box", _REAL_CRS, ids=[r[1] for r in _REAL_CRS])
+def test_real_and_field_files_load_with_their_crs(real_data, folder, name, hu, vu, box):
+    from scene_kd.scene.crs import horizontal
+
+    path = real_data.parent / folder / name
+    pc = load_scene(path)
+    units = pc.meta["file_units"]
+    assert (units["horizontal"], units["vertical"], units["source"]) == (hu, vu, "crs")
+    hdr = laspy.read(str(path)).header
+    if box is not None:
+        crs = horizontal(las_crs(hdr))
+        lon, lat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(
+            *((np.asarray(hdr.mins[:2]) + np.asarray(hdr.maxs[:2])) / 2))
+        assert box[0] < lon < box[2] and box[1] < lat < box[3], (lon, lat)
+    # metres in the pipeline: the file's extent times its units' factors
+    np.testing.assert_allclose(_extent(pc), (np.asarray(hdr.maxs) - hdr.mins) * units["to_metre"], rtol=1e-5,
+                               atol=0.02)
+
+
+def _run_and_segment(tmp_path, src, *extra):
+    from scene_kd.cli import main
+
+    run = tmp_path / f"run_{src.stem}"
+    assert main(["run", str(src), "--out", str(run), "--teacher", "oracle-labels", "--width", "192", "--height",
+                 "192", "--epochs", "0", "--render.gsd", "0.5", "--render.oblique-gsd", "0", "--render.min-views", "0",
+                 *extra]) == 0  # two views: the round trip, not the labels, is under test
+    out = tmp_path / f"seg_{src.stem}.las"
+    assert main(["segment", str(run), "--labels", "ground,building", "--out", str(out), "--json"]) == 0
+    return run, laspy.read(str(out))
+
+
+def test_segment_round_trip_in_feet(tmp_path, capsys):
+    """`run` + `segment --out` on a feet LAS: the output's X/Y/Z integers are the input's; on a PLY in feet
+    without a CRS (`--units us-foot`, kept in the run's config.yaml and scene.json), the written points are back
+    in the PLY's feet."""
+    from scene_kd.scene.runscene import run_scene_meta
+
+    src = _write(tmp_path / "ft.las", CRS.from_epsg(2227), n=1500)
+    run, seg = _run_and_segment(tmp_path, src)
+    a = laspy.read(str(src))
+    for d in "XYZ":
+        np.testing.assert_array_equal(np.asarray(a[d]), np.asarray(seg[d]))
+    assert las_crs(seg.header).to_epsg() == 2227
+    assert run_scene_meta(run)["file_units"]["to_metre"] == pytest.approx([US_FOOT] * 3)
+    out = capsys.readouterr().out
+    assert "scene 152.8 x 30.0 m, z range 12.0 m (file in US survey foot, converted to metres)" in out
+
+    ply = tmp_path / "ftply.ply"
+    save_scene(load_scene(src, units="metre"), ply)  # the same feet numbers, no CRS
+    run, seg = _run_and_segment(tmp_path, ply, "--units", "us-foot")
+    assert "units: us-foot" in (run / "config.yaml").read_text()
+    np.testing.assert_allclose(np.stack([seg.x, seg.y, seg.z], 1), np.stack([a.x, a.y, a.z], 1), atol=0.011)

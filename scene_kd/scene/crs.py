@@ -39,7 +39,7 @@ def las_crs(header: Any, path: Any = "") -> Any | None:
     """
     from pyproj import CRS
 
-    from scene_kd.scene.geokeys import crs_from_geokeys, parse_geokeys, projection_records
+    from scene_kd.scene.geokeys import crs_from_geokeys, parse_geokeys, projection_records, vertical_from_geokeys
 
     recs = projection_records([*header.vlrs, *(getattr(header, "evlrs", None) or [])])
     crs = None
@@ -51,14 +51,18 @@ def las_crs(header: Any, path: Any = "") -> Any | None:
             log.warning("%s: the WKT CRS record is not understood (%s); trying the GeoTIFF keys", path,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
     if "keys" in recs:
-        keyed = crs_from_geokeys(parse_geokeys(recs["keys"], recs.get("doubles", b""), recs.get("ascii", b"")))
+        keys = parse_geokeys(recs["keys"], recs.get("doubles", b""), recs.get("ascii", b""))
         if crs is None:
-            crs = keyed
-        elif keyed is not None and not crs.is_compound and len(crs.axis_info) < 3 and keyed.is_compound:
-            from pyproj.crs import CompoundCRS
+            crs = crs_from_geokeys(keys)
+        elif not crs.is_compound and len(crs.axis_info) < 3:  # the WKT's horizontal CRS + the keys' vertical
+            vertical = vertical_from_geokeys(keys)
+            if vertical is not None:
+                from pyproj.crs import CompoundCRS
 
-            vertical = keyed.sub_crs_list[1]
-            crs = CompoundCRS(name=f"{crs.name} + {vertical.name}", components=[crs, vertical])
+                try:
+                    crs = CompoundCRS(name=f"{crs.name} + {vertical.name}", components=[crs, vertical])
+                except Exception as e:  # noqa: BLE001 - pyproj CRSError: keep the WKT's CRS
+                    log.info("%s: the GeoTIFF keys' vertical CRS does not combine with the WKT's (%s)", path, e)
     if crs is None and recs:
         try:
             crs = header.parse_crs()

@@ -174,7 +174,7 @@ def _projected(k: dict[int, Any]) -> Any | None:
     from pyproj.crs.enums import Cartesian2DCSAxis
 
     if _epsg(k.get(PROJECTED_TYPE)):
-        return CRS.from_epsg(k[PROJECTED_TYPE])
+        return _keyed_unit(CRS.from_epsg(k[PROJECTED_TYPE]), k)
     unit = _linear_unit(k.get(PROJ_LINEAR_UNITS), k.get(PROJ_LINEAR_UNIT_SIZE)) or ("metre", 1.0)
     name = k.get(PCS_CITATION) or k.get(GT_CITATION) or "user-defined projection"
     conv = _conversion(k, unit[1])
@@ -183,7 +183,33 @@ def _projected(k: dict[int, Any]) -> Any | None:
                     name, k.get(PROJ_COORD_TRANS), unit[0])
         return _local_crs(name, unit)
     axis = getattr(Cartesian2DCSAxis, _AXES[unit[0]])
+    if name == "user-defined projection":
+        name = f"user-defined {conv.method_name} ({unit[0]})"
     return ProjectedCRS(conversion=conv, geodetic_crs=_geodetic(k), cartesian_cs=Cartesian2DCS(axis=axis), name=name)
+
+
+def _keyed_unit(crs: Any, k: dict[int, Any]) -> Any:
+    """``crs`` (an EPSG projected CRS) in the unit of ProjLinearUnitsGeoKey when that key names another unit.
+
+    Writers key e.g. ProjectedCSTypeGeoKey 26995 (NAD83 / Mississippi West, metres) with ProjLinearUnitsGeoKey
+    9003 and coordinates in US survey feet (PDAL's mvk-thin.las); GDAL/libgeotiff let the units key win, and
+    so do we: the same projection, its axes in the keyed unit (pyproj keeps the conversion's parameters in
+    their own units)."""
+    from pyproj.crs import ProjectedCRS
+    from pyproj.crs.coordinate_system import Cartesian2DCS
+    from pyproj.crs.enums import Cartesian2DCSAxis
+
+    unit = _linear_unit(k.get(PROJ_LINEAR_UNITS), k.get(PROJ_LINEAR_UNIT_SIZE))
+    axes = list(crs.axis_info)
+    if unit is None or not axes or abs(float(axes[0].unit_conversion_factor or 1.0) - unit[1]) < 1e-9 * unit[1]:
+        return crs
+    log.warning("GeoTIFF keys: ProjectedCSTypeGeoKey %s ('%s') is in %s but ProjLinearUnitsGeoKey says %s; "
+                "the keyed unit is used (as GDAL does)", k[PROJECTED_TYPE], crs.name, axes[0].unit_name, unit[0])
+    if unit[0] not in _AXES:
+        return _local_crs(f"{crs.name} ({unit[0]})", unit)
+    name = k.get(PCS_CITATION) or f"{crs.name} ({unit[0]})"
+    return ProjectedCRS(conversion=crs.coordinate_operation, geodetic_crs=crs.geodetic_crs, name=name,
+                        cartesian_cs=Cartesian2DCS(axis=getattr(Cartesian2DCSAxis, _AXES[unit[0]])))
 
 
 def _vertical(k: dict[int, Any]) -> Any | None:
@@ -196,7 +222,7 @@ def _vertical(k: dict[int, Any]) -> Any | None:
         try:
             return CRS.from_epsg(k[VERTICAL_TYPE])
         except Exception:  # noqa: BLE001 - pyproj CRSError: a code that is not a vertical CRS
-            log.info("GeoTIFF keys: VerticalCSTypeGeoKey %s is not an EPSG CRS (a datum code?)", k[VERTICAL_TYPE])
+            log.debug("GeoTIFF keys: VerticalCSTypeGeoKey %s is not an EPSG CRS (a datum code?)", k[VERTICAL_TYPE])
     unit = _linear_unit(k.get(VERTICAL_UNITS))
     if unit is None:
         return None
@@ -215,6 +241,16 @@ def _vertical(k: dict[int, Any]) -> Any | None:
     if datum is None:
         datum = {"type": "VerticalReferenceFrame", "name": "unknown"}
     return VerticalCRS(name=name, datum=datum, vertical_cs=VerticalCS(axis=getattr(VerticalCSAxis, _VAXES[unit[0]])))
+
+
+def vertical_from_geokeys(keys: dict[int, Any]) -> Any | None:
+    """The vertical CRS the GeoTIFF keys describe (EPSG VerticalCSTypeGeoKey, else VerticalUnitsGeoKey with the
+    datum where keyed), or None; a key pyproj refuses is logged, never raised."""
+    try:
+        return _vertical(keys)
+    except Exception as e:  # noqa: BLE001 - pyproj CRSError: the horizontal part is still worth having
+        log.warning("GeoTIFF keys: vertical CRS not understood (%s)", str(e).splitlines()[0] if str(e) else e)
+        return None
 
 
 def crs_from_geokeys(keys: dict[int, Any]) -> Any | None:
@@ -236,11 +272,7 @@ def crs_from_geokeys(keys: dict[int, Any]) -> Any | None:
         log.warning("GeoTIFF keys: horizontal CRS not understood (%s)", str(e).splitlines()[0] if str(e) else e)
         unit = _linear_unit(keys.get(PROJ_LINEAR_UNITS))
         horizontal = _local_crs("user-defined", unit) if unit else None
-    try:
-        vertical = _vertical(keys)
-    except Exception as e:  # noqa: BLE001 - pyproj CRSError: the horizontal part is still worth having
-        log.warning("GeoTIFF keys: vertical CRS not understood (%s)", str(e).splitlines()[0] if str(e) else e)
-        vertical = None
+    vertical = vertical_from_geokeys(keys)
     if horizontal is None:
         return vertical
     if vertical is None:
