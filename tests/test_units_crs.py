@@ -274,3 +274,23 @@ def test_segment_round_trip_in_feet(tmp_path, capsys):
     run, seg = _run_and_segment(tmp_path, ply, "--units", "us-foot")
     assert "units: us-foot" in (run / "config.yaml").read_text()
     np.testing.assert_allclose(np.stack([seg.x, seg.y, seg.z], 1), np.stack([a.x, a.y, a.z], 1), atol=0.011)
+
+
+def test_crs_naming_the_wrong_unit_gets_a_hint(real_data, tmp_path, caplog):
+    """copc_simple's WKT says Oregon LCC in metres, but its x/y are Autzen's in feet (as metres they lie in Canada):
+    one warning names --units foot. A file whose CRS is right gets none; EPSG:2227 (ftUS) over metre numbers
+    gets --units metre."""
+    with caplog.at_level(logging.WARNING):
+        pc = load_scene(real_data.parent / "field" / "copc_simple.copc.laz")
+    assert "inside it as foot: if so, --units foot" in caplog.text and "area_hint" in pc.meta["file_units"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert "area_hint" not in load_scene(_write(tmp_path / "ft.las", CRS.from_epsg(2227))).meta["file_units"]
+    assert "area of use" not in caplog.text
+    src = _write(tmp_path / "m.las", CRS.from_epsg(2227))
+    las = laspy.read(str(src))
+    las.x, las.y = np.asarray(las.x) * US_FOOT, np.asarray(las.y) * US_FOOT  # metre numbers under a ftUS CRS
+    las.write(str(src))
+    with caplog.at_level(logging.WARNING):
+        load_scene(src)
+    assert "--units metre" in caplog.text

@@ -39,7 +39,12 @@ def las_crs(header: Any, path: Any = "") -> Any | None:
     """
     from pyproj import CRS
 
-    from scene_kd.scene.geokeys import crs_from_geokeys, parse_geokeys, projection_records, vertical_from_geokeys
+    from scene_kd.scene.geokeys import (
+        crs_from_geokeys,
+        parse_geokeys,
+        projection_records,
+        vertical_from_geokeys,
+    )
 
     recs = projection_records([*header.vlrs, *(getattr(header, "evlrs", None) or [])])
     crs = None

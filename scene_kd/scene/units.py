@@ -115,10 +115,55 @@ def scale_scene(scene: Any, f: np.ndarray) -> None:
         scene.meta["bounds_world"] = [(np.asarray(b, dtype=np.float64) * f).tolist() for b in bounds]
 
 
+def area_hint(crs_wkt: str | None, x: float, y: float) -> str | None:
+    """A hint when the point (x, y), in the file's coordinates, lies more than 1 degree outside the area of use
+    of the file's projected CRS (a CRS that names the wrong unit puts a scene hundreds of km away): which
+    ``--units`` brings it inside, if one does. None when inside, or when the CRS is absent, geographic or has
+    no area of use."""
+    if not crs_wkt:
+        return None
+    from pyproj import CRS, Transformer
+
+    from scene_kd.scene.crs import horizontal
+
+    h = horizontal(CRS.from_wkt(crs_wkt))
+    area = getattr(h, "area_of_use", None)
+    if h is not None and area is None and h.to_epsg(min_confidence=70):  # WKT1 carries no area: the registry's
+        area = CRS.from_epsg(h.to_epsg(min_confidence=70)).area_of_use
+    if h is None or h.is_geographic or area is None or area.west > area.east or not h.axis_info:
+        return None
+    try:
+        to_lonlat = Transformer.from_crs(h, "EPSG:4326", always_xy=True)
+    except Exception:  # noqa: BLE001 - pyproj has no path to lon/lat for this CRS: nothing to check
+        return None
+
+    def inside(f: float) -> bool:
+        lon, lat = to_lonlat.transform(x * f, y * f, errcheck=False)
+        return bool(np.isfinite([lon, lat]).all() and area.west - 1 <= lon <= area.east + 1
+                    and area.south - 1 <= lat <= area.north + 1)
+
+    if inside(1.0):
+        return None
+    unit = float(h.axis_info[0].unit_conversion_factor or 1.0)
+    fits = [k for k, (_, m) in UNIT_CHOICES.items() if abs(m / unit - 1.0) > 1e-3 and inside(m / unit)]
+    where = f"outside the area of use of '{h.name}' ({area.name.rstrip('.')})"
+    if fits:
+        return f"x/y lie {where} as {h.axis_info[0].unit_name}, inside it as {fits[0]}: if so, --units {fits[0]}"
+    return f"x/y lie {where}: check the file's CRS"
+
+
 def apply_units(scene: Any, override: str = "auto", path: Any = "") -> Any:
     """Record ``scene.meta["file_units"]`` (:func:`resolve_units` on the reader's ``crs``) and convert the
-    scene to metres in place. Returns the scene."""
+    scene to metres in place; warn (:func:`area_hint`) when the scene's centre lies outside its CRS's area of
+    use. Returns the scene."""
     rec = resolve_units(scene.meta.get("crs"), bool(scene.meta.get("reprojected_to")), override, path)
+    if rec["source"] == "crs" and not scene.meta.get("reprojected_to"):
+        xyz = scene.means if scene.kind == "gaussians" else scene.xyz
+        centre = scene.origin[:2] + (xyz[:, :2].min(axis=0).astype(np.float64) + xyz[:, :2].max(axis=0)) / 2
+        hint = area_hint(scene.meta.get("crs"), float(centre[0]), float(centre[1]))
+        if hint:
+            log.warning("%s: %s", path, hint)
+            rec["area_hint"] = hint
     scale_scene(scene, np.asarray(rec["to_metre"]))
     scene.meta["file_units"] = rec
     return scene
