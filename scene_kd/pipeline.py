@@ -47,8 +47,9 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Run every enabled stage on ``scene`` (a path or a loaded scene) into ``run_dir``; {stage: result}.
 
-    Before anything but RUN/config.yaml is written, the teacher's requirements are checked (missing weights
-    raise MissingWeightsError naming the file; the oracle on an unlabelled scene a SceneKDError). ``until``
+    The scene (or capture) is read and the teacher's requirements are checked before anything is written, so bad
+    input leaves no run folder (missing weights raise MissingWeightsError with the links; the oracle on an
+    unlabelled scene a SceneKDError). ``until``
     stops after that stage; ``preview`` also writes the contact sheets.
     """
     from scene_kd.scene.io import load_scene
@@ -56,8 +57,6 @@ def run_pipeline(
     last = STAGE_NAMES.index(stage_by_name(until).name) if until else len(STAGES) - 1
     cfg = cfg or PipelineConfig()
     run = RunDir(Path(run_dir))
-    run.root.mkdir(parents=True, exist_ok=True)
-    save_config(run.root, cfg)
     capture = None
     if isinstance(scene, (str, Path)) and Path(scene).is_dir():  # a capture folder: photos + cameras + scene
         from scene_kd.scene.capture import load_capture
@@ -66,6 +65,9 @@ def run_pipeline(
     loaded = (capture.scene if capture else load_scene(scene, units=cfg.input.units) if isinstance(scene, (str, Path))
               else scene)
     check_teacher_requirements(cfg.teacher, has_labels=scene_has_classes(loaded) or bool(capture and capture.labels))
+    # only now, with the inputs read and the teacher's needs met, does the run folder appear
+    run.root.mkdir(parents=True, exist_ok=True)
+    save_config(run.root, cfg)
     if cfg.teacher.name == ORACLE:
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
     ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress)

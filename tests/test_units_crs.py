@@ -178,19 +178,27 @@ def test_no_crs_line_and_units_override(tmp_path, caplog, capsys):
                                                                                       abs=0.02)
 
 
-def test_units_setting_lives_in_the_config(tmp_path):
-    from scene_kd.cli import _shortcut_overrides
-    from scene_kd.config import PipelineConfig, resolve_config, save_config
+def test_units_setting_lives_in_the_config(tmp_path, capsys):
+    """--units (alias of --input.units) is saved in the run's config.yaml and read back from it: a second
+    `render` on the same run folder without the flag keeps us-foot (the scene's extent is metres again)."""
+    from scene_kd.cli import main
+    from scene_kd.config import PipelineConfig, resolve_config
     from scene_kd.errors import ConfigError
 
-    overrides, rest = _shortcut_overrides(["--units", "us-foot", "--width", "64"], ("input", "render"))
-    assert overrides["input"] == {"units": "us-foot"} and "--units" not in rest
-    cfg = resolve_config(None, None, overrides)
-    save_config(tmp_path, cfg)
-    assert "units: us-foot" in (tmp_path / "config.yaml").read_text()
-    assert resolve_config(tmp_path).input.units == "us-foot"
+    src = _write(tmp_path / "none.las", n=500)
+    run = tmp_path / "run"
+    small = ["--width", "96", "--height", "96", "--render.gsd", "2.0", "--render.oblique-gsd", "0",
+             "--render.min-views", "0", "--json"]
+    assert main(["render", str(src), "--out", str(run), "--units", "us-foot", *small]) == 0
+    assert json.loads(capsys.readouterr().out)["scene"]["extent_m"][0] == pytest.approx(STRIP_M, abs=0.02)
+    assert "units: us-foot" in (run / "config.yaml").read_text()
+    assert resolve_config(run).input.units == "us-foot"
+    assert main(["render", str(src), "--out", str(run), *small]) == 0
+    assert json.loads(capsys.readouterr().out)["scene"]["extent_m"][0] == pytest.approx(STRIP_M, abs=0.02)
     with pytest.raises(ConfigError):
         resolve_config(None, None, {"input": {"units": "furlong"}})
+    assert main(["render", str(src), "--out", str(run), "--units", "foot", "--input.units", "metre"]) == 2
+    assert "not both" in capsys.readouterr().err
     assert PipelineConfig().input.units == "auto"
 
 

@@ -10,8 +10,6 @@ import tyro
 from scene_kd.commands._common import emit
 from scene_kd.scene.units import InputConfig
 
-SECTIONS = ("input",)
-
 
 @dataclass
 class Args:

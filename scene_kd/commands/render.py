@@ -13,7 +13,7 @@ from scene_kd.render.config import RenderConfig
 from scene_kd.scene.units import InputConfig
 
 SECTIONS = ("render", "input")
-RUN_CONFIG_BASE = "--out"
+RUN_CONFIG_BASE = "out"
 
 
 @dataclass

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 
 @dataclass
 class RenderConfig:
-    preset: str = "aerial"
+    preset: Annotated[str, tyro.conf.arg(aliases=("--views",))] = "aerial"
     """View preset: aerial (levels by ground sampling distance) | aerial-fixed (the old 1 + 4 + 9 nadir + 16
     oblique plan, whatever the extent) | orbit | street | cameras:FILE (transforms.json or a COLMAP folder)."""
-    width: int = 512
+    width: Annotated[int, tyro.conf.arg(aliases=("--width",))] = 512
     """Image width, pixels."""
-    height: int = 512
+    height: Annotated[int, tyro.conf.arg(aliases=("--height",))] = 512
     """Image height, pixels."""
-    levels: int = 3
+    levels: Annotated[int, tyro.conf.arg(aliases=("--levels",))] = 3
     """Granularity levels of the orbit and aerial-fixed presets (orbit radii / fixed altitudes)."""
     orbit_frame: Literal["auto", "scene"] = "auto"
     """orbit: "auto" estimates the up axis and floater-robust bounds of a Gaussian-splat scene (captures arrive

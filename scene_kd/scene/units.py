@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import tyro
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ _CHUNK = 1 << 20
 class InputConfig:
     """How scene files are read (the scene-loading section of the pipeline config; recorded in config.yaml)."""
 
-    units: Literal["auto", "metre", "foot", "us-foot"] = "auto"
+    units: Annotated[Literal["auto", "metre", "foot", "us-foot"], tyro.conf.arg(aliases=("--units",))] = "auto"
     """Units of the file's coordinates: auto (the file's CRS; metres when it has none) | metre | foot (0.3048 m)
     | us-foot (1200/3937 m). Any value but auto overrides the CRS, for x, y and z. The pipeline converts to
     metres on load; outputs keep (or are written back in) the file's units."""

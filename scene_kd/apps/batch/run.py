@@ -423,7 +423,7 @@ def run_batch(
     bar = progress_bar(progress, columns=("tiles", "{task.fields[rate]}"), transient=False)
     try:
         with bar:
-            task = bar.add_task("batch", total=len(tiles), rate="")
+            task = bar.add_task("batch tiles", total=len(tiles), rate="")
             results = run_on_ray(tiles, job, force) if use_ray else run_in_process(tiles, job, force)
             for rec in results:
                 records[rec["tile"]] = rec

@@ -194,9 +194,10 @@ def label_in_chunks(scene: Any, labeller: Labeller, chunk_size: int, halo: float
 def _segment_field(field: Any, labels: tuple[str, ...], run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Segment ``field`` with the QueryConfig of the run folder it comes from (a QuerySession, as every entry
     point): the student's run in student mode, the tile's run in pipeline mode."""
+    from scene_kd.config import read_query_config
     from scene_kd.query.session import QuerySession
 
-    idx, conf = QuerySession.open(run_dir, field=field).segment(list(labels))
+    idx, conf = QuerySession.open(run_dir, query=read_query_config(run_dir), field=field).segment(list(labels))
     to_np = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
     return to_np(idx).astype(np.int32), to_np(conf).astype(np.float32)
 
