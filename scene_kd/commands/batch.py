@@ -29,7 +29,7 @@ class Args:
     """Output folder."""
     labels: str
     """Comma-separated class names, e.g. road,building,tree,car."""
-    teacher: Literal["clip-sam", "clip-grid", "oracle-labels"] | None = None
+    teacher: Literal["clip-sam", "clip-dense", "clip-grid", "oracle-labels"] | None = None
     """Teacher for the full pipeline (default: the --config preset's, else clip-sam); its weights are checked
     before any tile is read."""
     config: str | None = None

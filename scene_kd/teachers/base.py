@@ -80,7 +80,7 @@ def _import_builtin() -> None:
     # Importing the modules registers them; heavy model imports stay inside their factories.
     import importlib
 
-    for mod in ("oracle", "clip_sam", "clip_grid"):
+    for mod in ("oracle", "clip_sam", "clip_grid", "clip_dense"):
         importlib.import_module(f"scene_kd.teachers.{mod}")
 
 

@@ -136,11 +136,34 @@ class ClipGridConfig(_ClipCommon):
     """Regions split by relative depth slabs of this width (0.1 = 10% of depth)."""
 
 
-TeacherConfig = Union[ClipSamConfig, ClipGridConfig, OracleConfig]  # noqa: UP007 (tyro reads the Union)
+@dataclass
+class ClipDenseConfig(_ClipCommon):
+    """``clip-dense``: the fast real teacher. One dense CLIP forward per view (ClearCLIP's last-block change) and
+    the patch features mean-pooled over regions cut from the render's own depth, normals and colour
+    (teachers/clip_dense.py, teachers/geometry_regions.py); no SAM. Same weights and text space as clip-sam."""
+
+    name: tyro.conf.Suppress[Literal["clip-dense"]] = "clip-dense"
+    dense_image_size: int | None = None
+    """Longer side of the dense forward's input (a multiple of 16); None: the view's own (512 -> 32 x 32 patches)."""
+    dense_batch: int = 4
+    """Views per dense forward."""
+    region_jump_rel: tuple[float, ...] = (0.05, 0.02, 0.02)
+    """Per mask level (coarse first): a depth jump above this fraction of the depth separates two regions."""
+    region_crease_deg: tuple[float, ...] = (0.0, 40.0, 40.0)
+    """Per mask level: surface normals differing by more than this angle separate two regions (0: off)."""
+    region_colour: tuple[float, ...] = (0.0, 0.0, 0.15)
+    """Per mask level: an RGB step larger than this (Euclidean, 0..1 units) separates two regions (0: off), so a
+    road and a lawn on one plane part on the finest level."""
+    region_smooth_px: float = 1.5
+    """Gaussian smoothing (pixels) of the back-projected depth before normals are taken (splatted points make a
+    depth image of flat discs)."""
+
+
+TeacherConfig = Union[ClipSamConfig, ClipDenseConfig, ClipGridConfig, OracleConfig]  # noqa: UP007 (tyro reads the Union)
 """Any teacher's config; the ``name`` field tells which."""
 
-TEACHER_CONFIGS: dict[str, type] = {"clip-sam": ClipSamConfig, "clip-grid": ClipGridConfig,
-                                    "oracle-labels": OracleConfig}
+TEACHER_CONFIGS: dict[str, type] = {"clip-sam": ClipSamConfig, "clip-dense": ClipDenseConfig,
+                                    "clip-grid": ClipGridConfig, "oracle-labels": OracleConfig}
 ORACLE = "oracle-labels"
 ORACLE_NOTE = ("made with the oracle-labels test teacher: features are the scene's own ground-truth classes (with "
                "the configured noise), not CLIP; numbers measure rendering, lifting and distillation only")
