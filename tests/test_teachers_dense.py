@@ -11,7 +11,7 @@ from test_teachers_fixtures import make_render
 from scene_kd.errors import MissingWeightsError, SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.teachers.base import available_teachers, create_teacher
-from scene_kd.teachers.clip_dense import clearclip_last_block, dense_clip_features, vit_tokens
+from scene_kd.teachers.clip_dense import clearclip_last_block, dense_clip_features, region_patch_weights, vit_tokens
 from scene_kd.teachers.config import TEACHER_CONFIGS, ClipDenseConfig, teacher_kwargs
 from scene_kd.teachers.geometry_regions import RegionLevel, geometry_regions
 
@@ -146,3 +146,14 @@ def test_offline_without_weights_names_the_file(tmp_path, monkeypatch):
         t.load()
     with pytest.raises(SceneKDError, match="one value per mask level"):
         create_teacher("clip-dense", region_jump_rel=(0.05, 0.02), region_crease_deg=(0.0,), region_colour=(0.0,))
+
+
+def test_region_pooling_equals_the_mean_of_the_bilinearly_upsampled_map():
+    rng = np.random.default_rng(0)
+    feats = torch.from_numpy(rng.normal(size=(5, 3, 4)).astype(np.float32))  # [D, gh, gw]
+    region = rng.integers(-1, 3, size=(24, 32))
+    up = torch.nn.functional.interpolate(feats[None], size=(24, 32), mode="bilinear", align_corners=False)[0]
+    w = torch.from_numpy(region_patch_weights(region, 3, 4, 3))
+    pooled = w @ feats.reshape(5, -1).T
+    for r in range(3):
+        assert torch.allclose(pooled[r], up[:, torch.from_numpy(region == r)].mean(1), atol=1e-5)

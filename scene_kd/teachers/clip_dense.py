@@ -15,7 +15,7 @@ The fast real teacher (issue 21). Per view:
    Render holds the photo's rgb with the depth and ids of the render from the same camera
    (render/photos.py ``as_photo_render``), so the same regions apply.
 3. **Pooling**: each region's embedding is the mean of the bilinearly upsampled patch-feature map over its pixels
-   (computed exactly through a [regions, patches] weight matrix, ``clip_grid.bilinear_pool``), L2-normalised.
+   (computed exactly through a [regions, patches] weight matrix, :func:`region_patch_weights`), L2-normalised.
 
 Cost on a 2-core CPU, 512 x 512 view, ViT-B/16: one forward over 1,024 patch tokens (~1.3 s) + regions and pooling
 (tens of ms), against clip-sam's SAM encoder, 256-prompt grid and two CLIP crops per mask (benchmarks/teacher_cost.py).
@@ -36,7 +36,6 @@ from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
 from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise, register_teacher
 from scene_kd.teachers.clip import normalised_images
-from scene_kd.teachers.clip_grid import bilinear_pool
 from scene_kd.teachers.clip_sam import ClipTeacherBase
 from scene_kd.teachers.geometry_regions import RegionLevel, geometry_regions
 
@@ -111,13 +110,39 @@ def dense_clip_features(visual: torch.nn.Module, images: torch.Tensor) -> torch.
     return out.transpose(1, 2).reshape(images.shape[0], -1, gh, gw)
 
 
+def _axis_weights(n_pix: int, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pixel along one axis: (lower cell, upper cell, weight of the lower) of linear interpolation between
+    cell centres (clamped at the borders, as F.interpolate(align_corners=False) does)."""
+    g = ((np.arange(n_pix) + 0.5) * n_cells / n_pix - 0.5).clip(0, n_cells - 1)
+    i0 = np.minimum(np.floor(g).astype(np.int64), max(n_cells - 2, 0))
+    i1 = np.minimum(i0 + 1, n_cells - 1)
+    return i0, i1, 1.0 - (g - i0)
+
+
+def region_patch_weights(region: np.ndarray, gh: int, gw: int, num_regions: int) -> np.ndarray:
+    """[R, gh*gw] float32: row r = the mean over region r's pixels of each patch's bilinear weight, so
+    ``weights @ features`` is the region's mean of the bilinearly upsampled [gh, gw] feature map (rows sum to 1).
+    region: [H, W] int, 0..R-1 or -1 (none)."""
+    h, w = region.shape
+    y0, y1, wy = _axis_weights(h, gh)
+    x0, x1, wx = _axis_weights(w, gw)
+    yy, xx = np.nonzero(region >= 0)
+    r = region[yy, xx].astype(np.int64) * (gh * gw)
+    out = np.zeros(num_regions * gh * gw, np.float64)
+    for yi, wyv in ((y0[yy], wy[yy]), (y1[yy], 1 - wy[yy])):
+        for xi, wxv in ((x0[xx], wx[xx]), (x1[xx], 1 - wx[xx])):
+            out += np.bincount(r + yi * gw + xi, weights=wyv * wxv, minlength=out.size)
+    out = out.reshape(num_regions, gh * gw)
+    return (out / np.maximum(out.sum(1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 class ClipDenseTeacher(ClipTeacherBase):
     name = "clip-dense"
 
     def __init__(self, *, dense_image_size: int | None = None, dense_batch: int = 4,
                  region_jump_rel: Sequence[float] = (0.05, 0.02, 0.02),
                  region_crease_deg: Sequence[float] = (0.0, 40.0, 40.0),
-                 region_colour: Sequence[float] = (0.0, 0.0, 0.15), region_smooth_px: float = 1.5,
+                 region_colour: Sequence[float] = (0.0, 0.0, 0.15), region_smooth_px: float = 1.0,
                  min_mask_area: int = 16, **cfg):
         super().__init__(**cfg)
         n = len(region_jump_rel)
@@ -174,9 +199,6 @@ class ClipDenseTeacher(ClipTeacherBase):
         """One view's ViewMasks: features [D, gh, gw] mean-pooled (bilinear upsampling) over each region."""
         t0 = time.perf_counter()
         d, gh, gw = feats.shape
-        _, h, w = regions.shape
-        xc = (np.arange(gw) + 0.5) * w / gw  # patch centres in view pixels
-        yc = (np.arange(gh) + 0.5) * h / gh
         flat = feats.reshape(d, -1).T  # [gh*gw, D]
         ids = np.full(regions.shape, -1, np.int32)
         embs, levels = [], []
@@ -184,8 +206,8 @@ class ClipDenseTeacher(ClipTeacherBase):
             n = int(regions[lv].max()) + 1
             if n <= 0:
                 continue
-            reg_t = torch.from_numpy(regions[lv].astype(np.int64)).to(flat.device)
-            embs.append(l2_normalise(bilinear_pool(reg_t, xc, yc, n) @ flat))
+            weights = torch.from_numpy(region_patch_weights(regions[lv], gh, gw, n)).to(flat)
+            embs.append(l2_normalise(weights @ flat))
             ids[lv] = np.where(regions[lv] >= 0, regions[lv] + len(levels), -1)
             levels += [lv] * n
         emb = torch.cat(embs).float().cpu().contiguous() if embs else torch.zeros(0, self.dim)

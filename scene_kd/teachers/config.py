@@ -154,7 +154,7 @@ class ClipDenseConfig(_ClipCommon):
     region_colour: tuple[float, ...] = (0.0, 0.0, 0.15)
     """Per mask level: an RGB step larger than this (Euclidean, 0..1 units) separates two regions (0: off), so a
     road and a lawn on one plane part on the finest level."""
-    region_smooth_px: float = 1.5
+    region_smooth_px: float = 1.0
     """Gaussian smoothing (pixels) of the back-projected depth before normals are taken (splatted points make a
     depth image of flat discs)."""
 

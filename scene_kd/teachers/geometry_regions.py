@@ -193,7 +193,7 @@ def _keep_large(label: np.ndarray, valid: np.ndarray, min_area: int, fill_px: fl
 
 
 def geometry_regions(depth: np.ndarray, ids: np.ndarray | None, K: np.ndarray, levels: Sequence[RegionLevel], *,
-                     rgb: np.ndarray | None = None, smooth_px: float = 1.5, gap: int = 1, min_area: int = 16,
+                     rgb: np.ndarray | None = None, smooth_px: float = 1.0, gap: int = 1, min_area: int = 16,
                      fill_px: float = 3.0) -> np.ndarray:
     """[L, H, W] int32 region index per level (local to the level, 0..R_l-1; -1 none) of one view.
 
