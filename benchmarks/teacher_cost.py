@@ -21,8 +21,12 @@ Parts, seconds per view (one process, one run, so the ratios compare):
 - clip-grid: ``clip_crops`` (its grid crops per view at the per-crop time measured for clip-sam's context crops:
   the same call), ``regions_pooling`` (the teacher with the CLIP call replaced by random unit rows).
 
-    PYTHONPATH=. python benchmarks/teacher_cost.py [--views 4] [--sam-views 2] [--crops 32]
-        [--presets urban,indoor,splat] [--devices cpu,cuda] [--work /tmp/scene_kd_teacher_cost] [--no-write]
+    PYTHONPATH=. python benchmarks/teacher_cost.py [--views 4] [--sam-views 2] [--sam-batches 0] [--crops 32]
+        [--clock wall|cpu] [--presets urban,indoor,splat] [--devices cpu,cuda] [--work /tmp/scene_kd_teacher_cost]
+        [--no-write]
+
+``--clock cpu`` (for a shared, loaded machine) times each part as this thread's CPU seconds with torch on one
+thread; ``--sam-batches k`` runs k of the SAM grid's prompt batches per view and scales (all batches cost the same).
 
 Writes the package cost table ``scene_kd/teachers/cost_table.json`` (read by teachers/cost.py, which the CLI uses
 to show a plan's teacher time before it starts; rows of teachers this script does not measure, e.g. oracle-labels,
@@ -99,19 +103,26 @@ def pick_views(run: Path, n: int) -> list:
 
 
 class Clock:
-    """perf_counter that waits for CUDA work first."""
+    """Seconds now: ``wall`` (perf_counter, after waiting for CUDA work) or, on the CPU, ``cpu``: this thread's CPU
+    time (time.thread_time) with torch on one thread, so other jobs on a shared machine do not inflate it: the cost
+    of the work on one core of this CPU (an idle machine's 2-thread wall time is at most this, at least half)."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, mode: str = "wall"):
         self.cuda = device.startswith("cuda")
+        self.mode = "wall" if self.cuda else mode
+        if self.mode == "cpu":
+            torch.set_num_threads(1)
 
     def __call__(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return time.thread_time() if self.mode == "cpu" else time.perf_counter()
 
 
-def _sam_view(t, render, clock) -> tuple[float, float, float, torch.Tensor]:
-    """(encoder s, grid decoding s, per-batch postprocess s, a [P, H, W] stack of decoded masks) of one view."""
+def _sam_view(t, render, clock, max_batches: int) -> tuple[float, float, float, torch.Tensor]:
+    """(encoder s, grid decoding s, postprocess s, a [P, H, W] stack of decoded masks) of one view; with
+    ``max_batches`` > 0 only that many prompt batches of the grid are run and the times scaled to the whole grid
+    (every batch has the same shape and cost)."""
     from segment_anything.utils.amg import build_point_grid, calculate_stability_score
     from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -129,7 +140,9 @@ def _sam_view(t, render, clock) -> tuple[float, float, float, torch.Tensor]:
         pts = build_point_grid(p.points_per_side) * np.array([[w, h]])
         pts = torch.as_tensor(tr.apply_coords(pts, (h, w)), dtype=torch.float32, device=dev)
         dense_pe = sam.prompt_encoder.get_dense_pe()
-        for i in range(0, len(pts), p.points_per_batch):
+        starts = list(range(0, len(pts), p.points_per_batch))
+        run = starts[:max_batches] if max_batches > 0 else starts
+        for i in run:
             b = pts[i : i + p.points_per_batch]
             t0 = clock()
             labels = torch.ones(b.shape[0], 1, dtype=torch.int64, device=dev)
@@ -144,7 +157,8 @@ def _sam_view(t, render, clock) -> tuple[float, float, float, torch.Tensor]:
             t2 = clock()
             t_dec, t_post = t_dec + t1 - t0, t_post + t2 - t1
             masks.append(binary[:, 0])
-    return t_enc, t_dec, t_post, torch.cat(masks)
+    scale = len(starts) / len(run)
+    return t_enc, t_dec * scale, t_post * scale, torch.cat(masks)
 
 
 def _crop_seconds(t, render, n_crops: int, clock) -> tuple[float, float]:
@@ -171,7 +185,8 @@ def _crop_seconds(t, render, n_crops: int, clock) -> tuple[float, float]:
     return (t1 - t0) / k, (clock() - t1) / k
 
 
-def clip_sam_rows(renders: list, masks_per_view: dict[str, float], device: str, n_crops: int) -> tuple[dict, float]:
+def clip_sam_rows(renders: list, masks_per_view: dict[str, float], device: str, clock: Clock, n_crops: int,
+                  max_batches: int) -> tuple[dict, float]:
     """({preset: row} at each preset's realistic mask count, s per context crop); model parts timed on ``renders``."""
     from torchvision.ops import nms
     from segment_anything.utils.amg import batched_mask_to_box
@@ -181,11 +196,11 @@ def clip_sam_rows(renders: list, masks_per_view: dict[str, float], device: str, 
 
     t = create_teacher("clip-sam", weights="random", device=device)
     t.load()
-    clock, p = Clock(device), t.params
+    p = t.params
     enc = dec = post = masked = ctx = 0.0
     cand = None
     for r in renders:
-        e, d, q, cand = _sam_view(t, r, clock)
+        e, d, q, cand = _sam_view(t, r, clock, max_batches)
         m, c = _crop_seconds(t, r, n_crops, clock)
         enc, dec, post, masked, ctx = enc + e, dec + d, post + q, masked + m, ctx + c
     n = len(renders)
@@ -203,24 +218,39 @@ def clip_sam_rows(renders: list, masks_per_view: dict[str, float], device: str, 
         parts = {"sam_encoder": enc, "sam_grid_decoding": dec, "sam_postprocess": post + filters,
                  "clip_crops": m * (masked + ctx)}
         rows[preset] = {"masks_per_view": round(m, 1), "parts_s": parts,
-                        "source": f"benchmarks/teacher_cost.py: SAM parts averaged over {n} urban view(s); "
+                        "source": f"benchmarks/teacher_cost.py: SAM parts averaged over {n} urban view(s)"
+                                  + (f" ({max_batches} of the grid's prompt batches run, scaled)" if max_batches else "")
+                                  + "; "
                                   f"{n_crops} CLIP crops per view timed ({masked:.3f} s masked, {ctx:.3f} s context "
                                   f"per crop) x 2 per mask; masks per view = realistic oracle's x {SAM_LEVELS} levels"}
     return rows, ctx
 
 
-def clip_dense_row(renders: list, device: str) -> dict:
+def clip_dense_row(renders: list, device: str, clock: Clock) -> dict:
+    """The teacher's own three steps (what its encode_views runs), one view at a time, timed each."""
     from scene_kd.teachers.base import create_teacher
 
     t = create_teacher("clip-dense", weights="random", device=device)
     t.load()
-    masks = sum(t.encode_views([r])[0].num_masks for r in renders)  # one view per call: the cost of a view
+    parts = dict.fromkeys(("dense_forward", "regions", "pooling"), 0.0)
+    masks = 0
+    for r in renders:
+        t0 = clock()
+        feats = t.dense_features([r.rgb])
+        t1 = clock()
+        regions = t.regions(r)
+        t2 = clock()
+        masks += t.pool(feats[0], regions).num_masks
+        t3 = clock()
+        for k, dt_ in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            parts[k] += dt_
     n = len(renders)
-    return {"masks_per_view": round(masks / n, 1), "parts_s": {k: v / n for k, v in t.timings.items()},
-            "source": f"benchmarks/teacher_cost.py: the teacher's own timers over {n} view(s), its own regions"}
+    return {"masks_per_view": round(masks / n, 1), "parts_s": {k: v / n for k, v in parts.items()},
+            "source": f"benchmarks/teacher_cost.py: the teacher's dense_features, regions, pool over {n} view(s) of "
+                      "the preset, its own regions"}
 
 
-def clip_grid_row(render, per_crop_s: float, device: str) -> dict:
+def clip_grid_row(render, per_crop_s: float, device: str, clock: Clock) -> dict:
     import scene_kd.teachers.clip_grid as cg
     from scene_kd.teachers.base import create_teacher, l2_normalise
 
@@ -232,7 +262,6 @@ def clip_grid_row(render, per_crop_s: float, device: str) -> dict:
     cg.embed_crops = lambda bundle, images, boxes, **kw: l2_normalise(
         torch.randn(len(boxes), bundle.dim, device=images.device))
     try:
-        clock = Clock(device)
         t0 = clock()
         vm = t.encode_views([render])[0]
         pool = clock() - t0
@@ -250,18 +279,21 @@ def finish_row(teacher: str, row: dict, render) -> dict:
             "scales": SCALES[teacher], "total_s": round(sum(parts.values()), 3), "source": row["source"]}
 
 
-def measure(device: str, runs: dict, n_views: int, sam_views: int, n_crops: int) -> dict:
+def measure(device: str, runs: dict, a: argparse.Namespace) -> dict:
     """{teacher: {preset: row}} on one device."""
-    views = {p: pick_views(run, n_views) for p, (run, _) in runs.items()}
+    clock = Clock(device, a.clock)
+    views = {p: pick_views(run, a.views) for p, (run, _) in runs.items()}
+    dense = {p: clip_dense_row(views[p], device, clock) for p in runs}  # first: the cheap one, so failures show early
     sam_src = "urban" if "urban" in runs else next(iter(runs))
-    sam, per_crop = clip_sam_rows(pick_views(runs[sam_src][0], sam_views),
-                                  {p: m * SAM_LEVELS for p, (_, m) in runs.items()}, device, n_crops)
+    sam, per_crop = clip_sam_rows(pick_views(runs[sam_src][0], a.sam_views),
+                                  {p: m * SAM_LEVELS for p, (_, m) in runs.items()}, device, clock, a.crops,
+                                  a.sam_batches)
     res: dict = {t: {} for t in TEACHERS}
     for p in runs:
         first = views[p][0]
+        res["clip-dense"][p] = finish_row("clip-dense", dense[p], first)
         res["clip-sam"][p] = finish_row("clip-sam", sam[p], first)
-        res["clip-dense"][p] = finish_row("clip-dense", clip_dense_row(views[p], device), first)
-        res["clip-grid"][p] = finish_row("clip-grid", clip_grid_row(first, per_crop, device), first)
+        res["clip-grid"][p] = finish_row("clip-grid", clip_grid_row(first, per_crop, device, clock), first)
     return res
 
 
@@ -284,8 +316,8 @@ def markdown(table: dict, presets: list[str]) -> str:
     out = []
     for preset in presets:
         rows = {t: table["teachers"][t][preset] for t in TEACHERS}
-        out.append(f"\n**{preset} preset** (512 x 512 views, seconds per view; CPU: {table['machine']}; "
-                   f"load average at start / end: {table['load_average']})\n")
+        out.append(f"\n**{preset} preset** (512 x 512 views, seconds per view; {table['clock']}; CPU: "
+                   f"{table['machine']}; load average at start / end: {table['load_average']})\n")
         out.append("| part | " + " | ".join(f"{t} CPU" for t in TEACHERS) + " |")
         out.append("|---|" + "---:|" * len(TEACHERS))
         for t in TEACHERS:
@@ -308,6 +340,10 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=4, help="views per preset timed for clip-dense")
     ap.add_argument("--sam-views", type=int, default=2, help="urban views timed for clip-sam (~2 min each on 2 cores)")
     ap.add_argument("--crops", type=int, default=32, help="CLIP crops timed per clip-sam view (half masked)")
+    ap.add_argument("--sam-batches", type=int, default=0,
+                    help="prompt batches of SAM's grid run per view, scaled to the grid (0: all)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="CPU rows: wall seconds, or this thread's CPU seconds with torch on one thread (load-proof)")
     ap.add_argument("--presets", default="urban,indoor,splat")
     ap.add_argument("--devices", default="cpu,cuda")
     ap.add_argument("--work", default="/tmp/scene_kd_teacher_cost")
@@ -324,7 +360,7 @@ def main() -> None:
         if dev == "cuda" and not torch.cuda.is_available():
             print("cuda: not measured (no CUDA device)", file=sys.stderr)
             continue
-        per_device[dev] = measure(dev, runs, a.views, a.sam_views, a.crops)
+        per_device[dev] = measure(dev, runs, a)
     old = json.loads(TABLE.read_text()) if TABLE.exists() else {"teachers": {}}
     teachers = {k: v for k, v in old["teachers"].items() if k not in TEACHERS}  # rows measured elsewhere stay
     for t in TEACHERS:
@@ -338,6 +374,9 @@ def main() -> None:
         "measured": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "PYTHONPATH=. python benchmarks/teacher_cost.py " + " ".join(sys.argv[1:]),
         "load_average": f"{load_start} / {load_average()} (1, 5, 15 min)",
+        "clock": {"wall": "CPU rows: wall seconds",
+                  "cpu": "CPU rows: CPU seconds of one thread (torch on 1 thread; an idle 2-core machine's wall time "
+                         "is between half of this and this)"}[a.clock],
         "weights": "random (seeded): the real architectures (SAM ViT-B, open_clip ViT-B-16), the compute of pretrained",
         "teachers": teachers,
     }
