@@ -304,7 +304,7 @@ def machine() -> str:
                      if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()}-core {model}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return f"{os.cpu_count()}-core {model}, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
 
 
 def load_average() -> str:
@@ -329,7 +329,7 @@ def markdown(table: dict, presets: list[str]) -> str:
         out.append("| masks per view | " + " | ".join(f"{rows[t]['cpu']['masks_per_view']:g}" for t in TEACHERS) + " |")
         out.append("| GPU | " + " | ".join(f"{rows[t]['cuda']['total_s']:.2f}" if rows[t].get("cuda")
                                           else "not measured" for t in TEACHERS) + " |")
-        for plan, n in PLANS.items():
+        for plan, n in PLANS.items() if preset == "urban" else ():  # both plans are aerial (urban preset) plans
             out.append(f"| teacher hours, {plan} | "
                        + " | ".join(f"{rows[t]['cpu']['total_s'] * n / 3600:.2f}" for t in TEACHERS) + " |")
     return "\n".join(out)
@@ -376,7 +376,7 @@ def main() -> None:
         "load_average": f"{load_start} / {load_average()} (1, 5, 15 min)",
         "clock": {"wall": "CPU rows: wall seconds",
                   "cpu": "CPU rows: CPU seconds of one thread (torch on 1 thread; an idle 2-core machine's wall time "
-                         "is between half of this and this)"}[a.clock],
+                         "is expected between half of this and this)"}[a.clock],
         "weights": "random (seeded): the real architectures (SAM ViT-B, open_clip ViT-B-16), the compute of pretrained",
         "teachers": teachers,
     }
