@@ -304,7 +304,7 @@ def machine() -> str:
                      if ln.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{os.cpu_count()}-core {model}, torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)"
+    return f"{os.cpu_count()}-core {model}"
 
 
 def load_average() -> str:
@@ -317,7 +317,7 @@ def markdown(table: dict, presets: list[str]) -> str:
     for preset in presets:
         rows = {t: table["teachers"][t][preset] for t in TEACHERS}
         out.append(f"\n**{preset} preset** (512 x 512 views, seconds per view; {table['clock']}; CPU: "
-                   f"{table['machine']}; load average at start / end: {table['load_average']})\n")
+                   f"{table['machine']}; GPU: {table['gpu']}; load average at start / end: {table['load_average']})\n")
         out.append("| part | " + " | ".join(f"{t} CPU" for t in TEACHERS) + " |")
         out.append("|---|" + "---:|" * len(TEACHERS))
         for t in TEACHERS:
@@ -370,7 +370,9 @@ def main() -> None:
             teachers[t]["default"] = teachers[t]["urban"]
     cuda = torch.cuda.get_device_name(0) if "cuda" in per_device else None
     table = {
-        "machine": machine() + (f"; GPU {cuda}" if cuda else "; GPU: not measured (no CUDA device)"),
+        "machine": machine() + (", one thread's CPU seconds" if a.clock == "cpu" else ""),
+        "gpu": cuda or "not measured (no CUDA device)",
+        "torch": f"{torch.__version__}, {torch.get_num_threads()} thread(s)",
         "measured": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "PYTHONPATH=. python benchmarks/teacher_cost.py " + " ".join(sys.argv[1:]),
         "load_average": f"{load_start} / {load_average()} (1, 5, 15 min)",
