@@ -23,7 +23,8 @@ class Args:
 
     The teacher is clip-sam unless you choose another (--teacher clip-grid | oracle-labels); its weights are
     checked before any work. Shortcuts: --teacher NAME, --views PRESET, --width/--height/--levels N,
-    --label-flip F, --weights PATH, --epochs N (0: no student), --student NAME.
+    --label-flip F, --weights PATH, --epochs N (0: no student), --student NAME, --max-views N (the plan budget;
+    the plan and its expected teacher time are printed before rendering).
     """
 
     scene: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
@@ -54,7 +55,7 @@ def main(args: Args) -> int:
 
     cfg = pipeline_config(args, SECTIONS)
     result = run_pipeline(args.scene, args.out, cfg, force=args.force, until=args.until, preview=args.preview,
-                          progress=not args.json)
+                          progress=not args.json, cost_key=args.config)
     if "fuse" in result:
         from scene_kd.report import write_report
 
@@ -69,7 +70,9 @@ def main(args: Args) -> int:
         rd = result.get("render")
         if rd is not None and "teacher_work" in rd:
             tw = rd["teacher_work"]
-            lines.append(f"  teacher work: {tw['views']} views, {tw['megapixels']:.1f} megapixels")
+            cost = rd.get("teacher_cost") or {}
+            lines.append(f"  teacher work: {tw['views']} views, {tw['megapixels']:.1f} megapixels"
+                         + (f"; expected {cost['line']}" if cost.get("line") else ""))
         for src in ("fused", "distilled", "ensemble"):
             if src in ev:
                 lines.append(f"  {src:<10} mIoU {ev[src]['miou'] or 0:.3f}  mAcc {ev[src]['macc'] or 0:.3f}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 
 @dataclass
@@ -39,8 +41,9 @@ class DistillConfig:
     """Voxel edge in scene units; 0 picks one giving about ``points_per_voxel`` points per occupied voxel."""
     points_per_voxel: float = 4.0
     """Target mean points per occupied voxel when ``voxel_size`` is 0."""
-    epochs: int = 40
-    """The most epochs; training stops earlier when the held-out loss stops improving (``patience``)."""
+    epochs: Annotated[int, tyro.conf.arg(aliases=("--epochs",))] = 40
+    """The most epochs; training stops earlier when the held-out loss stops improving (``patience``). On the
+    command line 0 means no student (distillation off, epochs unchanged)."""
     patience: int = 5
     """Stop after this many epochs without a new best held-out loss and keep the best epoch's weights;
     0: run all ``epochs`` (with a held-out set its loss is still reported and the best epoch's weights kept)."""
@@ -97,8 +100,9 @@ class DistillConfig:
     """"auto" (CUDA when available), "cpu" or "cuda"."""
     backend: Literal["torch", "spconv"] = "torch"
     """Sparse conv backend for training/prediction: "torch" (pure torch) or "spconv" (CUDA, optional)."""
-    student: Literal["sparseconv", "gaussian-field"] = "sparseconv"
+    student: Annotated[Literal["sparseconv", "gaussian-field"], tyro.conf.arg(aliases=("--student",))] = "sparseconv"
     """"sparseconv" (the point student; on Gaussian scenes it runs on the Gaussians' centres) or
     "gaussian-field" (per-Gaussian features trained through the rasterizer, Feature 3DGS; Gaussian scenes only).
-    On the synthetic tabletop as splats the point student's ensemble scored higher (README), so it is the default."""
+    On the synthetic tabletop as splats the point student's ensemble scored higher (README), so it is the default.
+    Choosing another than the resolved one on the command line turns distillation on."""
     gaussian_field: GaussianFieldConfig = field(default_factory=GaussianFieldConfig)

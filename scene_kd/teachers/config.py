@@ -9,11 +9,15 @@ teacher) is opt-in and everything made with it says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 import tyro
 
 Device = Literal["auto", "cpu", "cuda"]
+TeacherName = Annotated[Literal["clip-sam", "clip-grid", "oracle-labels"],
+                        tyro.conf.arg(name="teacher", prefix_name=False, metavar="NAME",
+                                      help="The teacher: clip-sam | clip-grid | oracle-labels (its options follow).")]
+"""The ``name`` of every teacher config; on the command line ``--teacher NAME`` (it picks the config class)."""
 
 
 @dataclass
@@ -39,8 +43,8 @@ class OracleConfig(_TeacherCommon):
     text vector. A test teacher: it needs a labelled scene, and its numbers measure lifting and distillation,
     not CLIP."""
 
-    name: tyro.conf.Suppress[Literal["oracle-labels"]] = "oracle-labels"
-    label_flip: float = 0.0
+    name: TeacherName = "oracle-labels"
+    label_flip: Annotated[float, tyro.conf.arg(aliases=("--label-flip",))] = 0.0
     """Fraction of masks whose class is replaced by another class."""
     embed_noise: float = 0.0
     """Relative size of Gaussian noise added to mask embeddings before re-normalising (per-component std-dev
@@ -85,7 +89,7 @@ class _ClipCommon(_TeacherCommon):
     """Settings of the open_clip teachers."""
 
     device: Device = "auto"
-    weights: str | None = None
+    weights: Annotated[str | None, tyro.conf.arg(aliases=("--weights",))] = None
     """Explicit weights: a file, a folder holding the expected files, ``clip=PATH,sam=PATH``, or ``random``
     (seeded random init, for plumbing tests and benchmarks only); otherwise $SCENE_KD_CACHE, then the hub."""
     download: bool = True
@@ -105,7 +109,7 @@ class ClipSamConfig(_ClipCommon):
     """``clip-sam``: SAM automatic masks at several granularities, one open_clip embedding per masked crop with
     multi-scale context (LangSplat / OpenUrban3D style). The default teacher."""
 
-    name: tyro.conf.Suppress[Literal["clip-sam"]] = "clip-sam"
+    name: TeacherName = "clip-sam"
     crop_padding: float = 0.1
     """Padding around a mask's box, as a fraction of its longer side."""
     context_scale: float = 2.0
@@ -128,7 +132,7 @@ class ClipSamConfig(_ClipCommon):
 class ClipGridConfig(_ClipCommon):
     """``clip-grid``: open_clip on a multi-scale grid of crops (LERF-style), pooled per region; no SAM."""
 
-    name: tyro.conf.Suppress[Literal["clip-grid"]] = "clip-grid"
+    name: TeacherName = "clip-grid"
     grid_scales: tuple[float, ...] = (0.5, 0.25, 0.125)
     """Crop sizes as fractions of the image's shorter side (LERF-style pyramid), coarse first; crops overlap by
     half; each scale's stride is also the cell size of one region level."""

@@ -385,7 +385,7 @@ def write_summary(out_dir: Path, records: list[dict[str, Any]], job: BatchJob, m
     from scene_kd.runio import atomic_path, write_json
 
     status = [r["status"] for r in records]
-    totals = {s: status.count(s) for s in ("done", "skipped", "error", "not run")}
+    totals = {s: status.count(s) for s in ("done", "skipped", "error", "refused", "not run")}
     points = sum(int(r.get("points") or 0) for r in records if r["status"] in ("done", "skipped"))
     summary = {"job": job, **meta, "totals": {**totals, "tiles": len(records), "points": points}, "tiles": records}
     write_json(out_dir / "summary.json", summary)
@@ -423,7 +423,7 @@ def run_batch(
     bar = progress_bar(progress, columns=("tiles", "{task.fields[rate]}"), transient=False)
     try:
         with bar:
-            task = bar.add_task("batch", total=len(tiles), rate="")
+            task = bar.add_task("batch tiles", total=len(tiles), rate="")
             results = run_on_ray(tiles, job, force) if use_ray else run_in_process(tiles, job, force)
             for rec in results:
                 records[rec["tile"]] = rec
