@@ -188,8 +188,8 @@ def _crop_seconds(t, render, n_crops: int, clock) -> tuple[float, float]:
 def clip_sam_rows(renders: list, masks_per_view: dict[str, float], device: str, clock: Clock, n_crops: int,
                   max_batches: int) -> tuple[dict, float]:
     """({preset: row} at each preset's realistic mask count, s per context crop); model parts timed on ``renders``."""
-    from torchvision.ops import nms
     from segment_anything.utils.amg import batched_mask_to_box
+    from torchvision.ops import nms
 
     from scene_kd.teachers.base import create_teacher
     from scene_kd.teachers.sam import resolve_overlaps

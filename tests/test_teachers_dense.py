@@ -11,7 +11,12 @@ from test_teachers_fixtures import make_render
 from scene_kd.errors import MissingWeightsError, SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.teachers.base import available_teachers, create_teacher
-from scene_kd.teachers.clip_dense import clearclip_last_block, dense_clip_features, region_patch_weights, vit_tokens
+from scene_kd.teachers.clip_dense import (
+    clearclip_last_block,
+    dense_clip_features,
+    region_patch_weights,
+    vit_tokens,
+)
 from scene_kd.teachers.config import TEACHER_CONFIGS, ClipDenseConfig, teacher_kwargs
 from scene_kd.teachers.geometry_regions import RegionLevel, geometry_regions
 
@@ -142,7 +147,8 @@ def test_photo_view_uses_the_render_depth():
 def test_offline_without_weights_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("SCENE_KD_CACHE", str(tmp_path))
     t = create_teacher("clip-dense", device="cpu")
-    with pytest.raises(MissingWeightsError, match=r"no weights for open_clip ViT-B-16.*offline.*--weights"):
+    msg = r"(?s)no weights for open_clip ViT-B-16.*offline.*open_clip_model.safetensors.*--weights"  # multi-line
+    with pytest.raises(MissingWeightsError, match=msg):
         t.load()
     with pytest.raises(SceneKDError, match="one value per mask level"):
         create_teacher("clip-dense", region_jump_rel=(0.05, 0.02), region_crease_deg=(0.0,), region_colour=(0.0,))
