@@ -19,8 +19,8 @@ The fast real teacher (issue 21). Per view:
 
 Cost per 512 x 512 urban view, ViT-B/16, measured as one thread's CPU seconds on a 2-core AMD EPYC
 (benchmarks/teacher_cost.py, scene_kd/teachers/cost_table.json; docs/fast_teacher.md): dense forward over 1,024
-patch tokens 3.2 s + regions 0.6 s + pooling 0.02 s = 3.8 s, against clip-sam's 255 s (SAM encoder, 256-prompt
-grid, two CLIP crops for each of ~160 masks): 66x less.
+patch tokens 3.0 s + regions 0.6 s + pooling 0.03 s = 3.6 s, against clip-sam's 219 s (SAM encoder, 256-prompt
+grid, two CLIP crops for each of ~160 masks): 60x less.
 """
 
 from __future__ import annotations
