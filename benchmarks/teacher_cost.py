@@ -191,7 +191,7 @@ def clip_sam_rows(renders: list, masks_per_view: dict[str, float], device: str, 
     from segment_anything.utils.amg import batched_mask_to_box
     from torchvision.ops import nms
 
-    from scene_kd.teachers.base import create_teacher
+    from scene_kd.teachers.factory import create_teacher
     from scene_kd.teachers.sam import resolve_overlaps
 
     t = create_teacher("clip-sam", weights="random", device=device)
@@ -228,7 +228,7 @@ def clip_sam_rows(renders: list, masks_per_view: dict[str, float], device: str, 
 
 def clip_dense_row(renders: list, device: str, clock: Clock) -> dict:
     """The teacher's own three steps (what its encode_views runs), one view at a time, timed each."""
-    from scene_kd.teachers.base import create_teacher
+    from scene_kd.teachers.factory import create_teacher
 
     t = create_teacher("clip-dense", weights="random", device=device)
     t.load()
@@ -252,7 +252,8 @@ def clip_dense_row(renders: list, device: str, clock: Clock) -> dict:
 
 def clip_grid_row(render, per_crop_s: float, device: str, clock: Clock) -> dict:
     import scene_kd.teachers.clip_grid as cg
-    from scene_kd.teachers.base import create_teacher, l2_normalise
+    from scene_kd.teachers.base import l2_normalise
+    from scene_kd.teachers.factory import create_teacher
 
     t = create_teacher("clip-grid", weights="random", device=device)
     t.load()

@@ -10,14 +10,14 @@ from test_teachers_fixtures import make_render
 
 from scene_kd.errors import MissingWeightsError, SceneKDError
 from scene_kd.render.types import Render
-from scene_kd.teachers.base import available_teachers, create_teacher
 from scene_kd.teachers.clip_dense import (
     clearclip_last_block,
     dense_clip_features,
     region_patch_weights,
     vit_tokens,
 )
-from scene_kd.teachers.config import TEACHER_CONFIGS, ClipDenseConfig, teacher_kwargs
+from scene_kd.teachers.config import TEACHERS, ClipDenseConfig, teacher_kwargs
+from scene_kd.teachers.factory import available_teachers, create_teacher
 from scene_kd.teachers.geometry_regions import RegionLevel, geometry_regions
 
 TINY = dict(clip_model="ViT-B-16", weights="random", device="cpu", clip_image_size=32)
@@ -110,7 +110,7 @@ def test_dense_forward_equals_open_clip_and_a_direct_computation():
 
 
 def test_clip_dense_random_weights_plumbing():
-    assert "clip-dense" in available_teachers() and TEACHER_CONFIGS["clip-dense"] is ClipDenseConfig
+    assert "clip-dense" in available_teachers() and TEACHERS.config("clip-dense") is ClipDenseConfig
     renders = [make_render(i) for i in range(3)]
     t = create_teacher("clip-dense", **teacher_kwargs(ClipDenseConfig(**TINY)))
     assert t.dim == 512 and t.text_encoder_id == "open_clip:ViT-B-16:random"

@@ -6,12 +6,13 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import tyro
 
 from scene_kd.commands._common import emit
 from scene_kd.errors import SceneKDError
+from scene_kd.teachers.config import TeacherLiteral
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Args:
     """Output folder."""
     labels: str
     """Comma-separated class names, e.g. road,building,tree,car."""
-    teacher: Literal["clip-sam", "clip-dense", "clip-grid", "oracle-labels"] | None = None
+    teacher: TeacherLiteral | None = None
     """Teacher for the full pipeline (default: the --config preset's, else clip-sam); its weights are checked
     before any tile is read."""
     config: str | None = None

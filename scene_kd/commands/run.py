@@ -7,7 +7,7 @@ from typing import Annotated
 
 import tyro
 
-from scene_kd.commands._common import emit
+from scene_kd.commands._common import emit, registered_names
 from scene_kd.distill.config import DistillConfig
 from scene_kd.lift.config import FuseConfig
 from scene_kd.query.config import QueryConfig
@@ -17,13 +17,14 @@ from scene_kd.teachers.config import ClipSamConfig, TeacherConfig
 SECTIONS = ("render", "teacher", "fuse", "distill", "query")
 
 
+@registered_names
 @dataclass
 class Args:
     """Run the whole pipeline on a scene; each stage skips when its output is current (--force redoes).
 
-    The teacher is clip-sam unless you choose another (--teacher clip-grid | oracle-labels); its weights are
-    checked before any work. Shortcuts: --teacher NAME, --views PRESET, --width/--height/--levels N,
-    --label-flip F, --weights PATH, --epochs N (0: no student), --student NAME, --max-views N (the plan budget;
+    The teacher is clip-sam unless you choose another (--teacher {teachers}); its weights are checked before
+    any work. Shortcuts: --teacher NAME, --views PRESET, --width/--height/--levels N, --label-flip F,
+    --weights PATH, --epochs N (0: no student), --student NAME ({students}), --max-views N (the plan budget;
     the plan and its expected teacher time are printed before rendering).
     """
 

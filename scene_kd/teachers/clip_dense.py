@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
-from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise, register_teacher
+from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise
 from scene_kd.teachers.clip import normalised_images
 from scene_kd.teachers.clip_sam import ClipTeacherBase
 from scene_kd.teachers.geometry_regions import RegionLevel, geometry_regions
@@ -223,7 +223,3 @@ class ClipDenseTeacher(ClipTeacherBase):
         feats = self.dense_features([r.rgb for r in renders])
         return [self.pool(f, self.regions(r)) for f, r in zip(feats, renders, strict=True)]
 
-
-@register_teacher("clip-dense")
-def make_clip_dense(**cfg) -> ClipDenseTeacher:
-    return ClipDenseTeacher(**cfg)
