@@ -168,7 +168,7 @@ def _unknown(verb: str, mod: Any, default: Any, tokens: list[str]) -> ConfigErro
     import dataclasses
     import difflib
 
-    from scene_kd.teachers.config import TEACHER_CONFIGS
+    from scene_kd.teachers.config import TEACHERS
 
     flags = [t.split("=", 1)[0] for t in tokens if t.startswith("--")]
     if not flags:
@@ -177,7 +177,7 @@ def _unknown(verb: str, mod: Any, default: Any, tokens: list[str]) -> ConfigErro
     known = _known_flags(mod.Args, default)
     if default is not None and "teacher" in getattr(mod, "SECTIONS", ()):
         current = default.teacher.name
-        for name, cls in TEACHER_CONFIGS.items():
+        for name, cls in ((e.name, e.config) for e in TEACHERS):
             theirs = _known_flags(mod.Args, dataclasses.replace(default, teacher=cls()))
             if name != current and flag in theirs - known:
                 return ConfigError(f"{flag} is an option of the {name} teacher, not of {current}; choose the "

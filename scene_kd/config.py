@@ -25,11 +25,13 @@ from scene_kd.errors import ConfigError
 from scene_kd.lift.config import FuseConfig
 from scene_kd.query.config import QueryConfig
 from scene_kd.render.config import RenderConfig
-from scene_kd.teachers.config import TEACHER_CONFIGS, ClipSamConfig, TeacherConfig
+from scene_kd.scene.units import InputConfig
+from scene_kd.teachers.config import TEACHERS, ClipSamConfig, TeacherConfig
 
 
 @dataclass
 class PipelineConfig:
+    input: InputConfig = field(default_factory=InputConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     teacher: TeacherConfig = field(default_factory=ClipSamConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
@@ -127,11 +129,10 @@ def _merge_teacher(cur: Any, updates: Any) -> Any:
     if not isinstance(updates, dict):
         raise ConfigError(f"config key teacher must be a mapping, got {updates!r}")
     name = updates.get("name", cur.name)
-    if name not in TEACHER_CONFIGS:
-        raise ConfigError(f"config key teacher.name: unknown teacher {name!r}; choose one of "
-                          f"{', '.join(TEACHER_CONFIGS)}")
+    if name not in TEACHERS:
+        raise ConfigError(f"config key teacher.name: {TEACHERS.unknown(name)}")
     if name != cur.name:
-        cur = TEACHER_CONFIGS[name](seed=cur.seed, batch_size=cur.batch_size)
+        cur = TEACHERS.config(name)(seed=cur.seed, batch_size=cur.batch_size)
     return merge_into(cur, {k: v for k, v in updates.items() if k != "name"}, "teacher.")
 
 

@@ -12,6 +12,7 @@ import tyro
 
 from scene_kd.commands._common import emit
 from scene_kd.errors import SceneKDError
+from scene_kd.teachers.config import TeacherLiteral
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Args:
     """Output folder."""
     labels: str
     """Comma-separated class names, e.g. road,building,tree,car."""
-    teacher: Literal["clip-sam", "clip-grid", "oracle-labels"] | None = None
+    teacher: TeacherLiteral | None = None
     """Teacher for the full pipeline (default: the --config preset's, else clip-sam); its weights are checked
     before any tile is read."""
     config: str | None = None
@@ -51,6 +52,9 @@ class Args:
     """Full-pipeline mode: the view budget per tile (render.max_views; default: the preset's, 2,000). A tile whose
     plan exceeds it is refused in seconds, before rendering (status "refused" in summary.json, with its plan and
     expected teacher time); the other tiles go on. 0 = no limit."""
+    units: Literal["auto", "metre", "foot", "us-foot"] = "auto"
+    """Units of the tiles' coordinates: auto = each tile's CRS (metres without one); any other value overrides
+    it. Tiles in feet are labelled in metres; outputs keep the tiles' own records."""
     force: bool = False
     """Redo tiles whose output is already current."""
     json: bool = False
@@ -97,7 +101,7 @@ def make_job(args: Args) -> tuple[list[str], object]:
     job = BatchJob(
         out_dir=str(Path(args.out).resolve()), labels=labels, mode=mode, teacher=teacher, config=args.config,
         student=str(Path(args.student).resolve()) if args.student else None, labeller=args.labeller,
-        chunk_size=args.chunk_size, halo=args.halo, identity=identity,
+        chunk_size=args.chunk_size, halo=args.halo, identity=identity, units=args.units,
         max_views=args.max_views if mode == "pipeline" else None,
     )
     return [str(Path(t).resolve()) for t in tiles], job

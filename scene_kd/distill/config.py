@@ -1,11 +1,19 @@
-"""Distillation stage config (owned by scene_kd/distill)."""
+"""Distillation stage config (owned by scene_kd/distill) and the student registry ``STUDENTS``.
+
+Each student is registered once, by name, with the dataclass holding its settings and its factory
+(scene_kd/registry.py): ``sparseconv``'s settings are the ``distill:`` section's own keys (``DistillConfig``),
+``gaussian-field``'s are the ``distill.gaussian_field`` section. ``StudentName``, the type of
+``DistillConfig.student`` (tyro's choices, YAML validation), is derived from the registry.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import tyro
+
+from scene_kd.registry import Registry
 
 
 @dataclass
@@ -105,9 +113,20 @@ class DistillConfig:
     """"auto" (CUDA when available), "cpu" or "cuda"."""
     backend: Literal["torch", "spconv"] = "torch"
     """Sparse conv backend for training/prediction: "torch" (pure torch) or "spconv" (CUDA, optional)."""
-    student: Annotated[Literal["sparseconv", "gaussian-field"], tyro.conf.arg(aliases=("--student",))] = "sparseconv"
+    student: Annotated[StudentName, tyro.conf.arg(aliases=("--student",))] = "sparseconv"
     """"sparseconv" (the point student; on Gaussian scenes it runs on the Gaussians' centres) or
     "gaussian-field" (per-Gaussian features trained through the rasterizer, Feature 3DGS; Gaussian scenes only).
     On the synthetic tabletop as splats the point student's ensemble scored higher (README), so it is the default.
     Choosing another than the resolved one on the command line turns distillation on."""
     gaussian_field: GaussianFieldConfig = field(default_factory=GaussianFieldConfig)
+
+
+STUDENTS: Registry[Any] = Registry("student")
+"""Every student: name -> (its settings' dataclass, factory() -> scene_kd.distill.students.Student)."""
+STUDENTS.register("sparseconv", DistillConfig, "scene_kd.distill.students:SparseConvStudent",
+                  summary="MinkUNet-style sparse-conv point student (on Gaussian scenes: their centres)")
+STUDENTS.register("gaussian-field", GaussianFieldConfig, "scene_kd.distill.students:GaussianFieldStudent",
+                  summary="per-Gaussian low-dim features + 1x1 decoder trained through the rasterizer")
+
+StudentName = STUDENTS.literal()
+"""``Literal`` of the registered student names (``DistillConfig.student``'s type, resolved lazily by name)."""

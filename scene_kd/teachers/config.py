@@ -1,23 +1,22 @@
-"""Teacher configs (owned by scene_kd/teachers): one dataclass per teacher, a tagged union on ``name``.
+"""Teacher configs (owned by scene_kd/teachers) and the teacher registry ``TEACHERS``.
 
-Like open_clip's model registry, each teacher is registered by one name with its config class
-(``TEACHER_CONFIGS``); the YAML ``teacher:`` section picks the class by its ``name`` key and may hold only that
-class's fields. ``ClipSamConfig`` is the default: the real teacher. ``OracleConfig`` (the ground-truth test
-teacher) is opt-in and everything made with it says so.
+Each teacher is registered once, by name, with its config dataclass and its factory (scene_kd/registry.py: a
+new teacher is one ``TEACHERS.register(...)`` call below, after its config class); ``TeacherConfig``, the tagged
+union on ``name`` that tyro and the YAML loader read, is derived from it. The YAML ``teacher:`` section picks the
+class by its ``name`` key and may hold only that class's fields. ``ClipSamConfig`` is the default: the real
+teacher. ``OracleConfig`` (the ground-truth test teacher) is opt-in and everything made with it says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 import tyro
 
+from scene_kd.registry import Registry
+
 Device = Literal["auto", "cpu", "cuda"]
-TeacherName = Annotated[Literal["clip-sam", "clip-grid", "oracle-labels"],
-                        tyro.conf.arg(name="teacher", prefix_name=False, metavar="NAME",
-                                      help="The teacher: clip-sam | clip-grid | oracle-labels (its options follow).")]
-"""The ``name`` of every teacher config; on the command line ``--teacher NAME`` (it picks the config class)."""
 
 
 @dataclass
@@ -140,11 +139,50 @@ class ClipGridConfig(_ClipCommon):
     """Regions split by relative depth slabs of this width (0.1 = 10% of depth)."""
 
 
-TeacherConfig = Union[ClipSamConfig, ClipGridConfig, OracleConfig]  # noqa: UP007 (tyro reads the Union)
-"""Any teacher's config; the ``name`` field tells which."""
+@dataclass
+class ClipDenseConfig(_ClipCommon):
+    """``clip-dense``: the fast real teacher. One dense CLIP forward per view (ClearCLIP's last-block change) and
+    the patch features mean-pooled over regions cut from the render's own depth, normals and colour
+    (teachers/clip_dense.py, teachers/geometry_regions.py); no SAM. Same weights and text space as clip-sam."""
 
-TEACHER_CONFIGS: dict[str, type] = {"clip-sam": ClipSamConfig, "clip-grid": ClipGridConfig,
-                                    "oracle-labels": OracleConfig}
+    name: TeacherName = "clip-dense"
+    dense_image_size: int | None = None
+    """Longer side of the dense forward's input (a multiple of 16); None: the view's own (512 -> 32 x 32 patches)."""
+    dense_batch: int = 4
+    """Views per dense forward."""
+    region_jump_rel: tuple[float, ...] = (0.05, 0.02, 0.02)
+    """Per mask level (coarse first): a depth jump above this fraction of the depth separates two regions."""
+    region_crease_deg: tuple[float, ...] = (0.0, 40.0, 40.0)
+    """Per mask level: surface normals differing by more than this angle separate two regions (0: off)."""
+    region_colour: tuple[float, ...] = (0.0, 0.0, 0.15)
+    """Per mask level: an RGB step larger than this (Euclidean, 0..1 units) separates two regions (0: off), so a
+    road and a lawn on one plane part on the finest level."""
+    region_smooth_px: float = 1.0
+    """Gaussian smoothing (pixels) of the back-projected depth before normals are taken (splatted points make a
+    depth image of flat discs)."""
+
+
+TEACHERS: Registry[_TeacherCommon] = Registry("teacher")
+"""Every teacher: name -> (config dataclass, factory(**teacher_kwargs(cfg)) -> Teacher), in listing order."""
+TEACHERS.register("clip-sam", ClipSamConfig, "scene_kd.teachers.clip_sam:ClipSamTeacher",
+                  summary="SAM automatic masks at several granularities, an open_clip embedding per masked crop")
+TEACHERS.register("clip-dense", ClipDenseConfig, "scene_kd.teachers.clip_dense:ClipDenseTeacher",
+                  summary="the fast real teacher: one dense ClearCLIP forward per view, pooled over geometry regions")
+TEACHERS.register("clip-grid", ClipGridConfig, "scene_kd.teachers.clip_grid:ClipGridTeacher",
+                  summary="open_clip on a multi-scale grid of crops (LERF-style), pooled per region; no SAM")
+TEACHERS.register("oracle-labels", OracleConfig, "scene_kd.teachers.oracle:OracleTeacher",
+                  summary="test teacher: ground-truth class regions, embedding = the class's text vector")
+
+TeacherConfig = TEACHERS.union()
+"""Any registered teacher's config (a Union of the config classes; the ``name`` field tells which)."""
+TeacherLiteral = TEACHERS.literal()
+"""``Literal`` of the registered teacher names (for flags that take a name)."""
+TeacherName = Annotated[TeacherLiteral, tyro.conf.arg(
+    name="teacher", prefix_name=False, metavar="NAME",
+    help=f"The teacher: {' | '.join(TEACHERS.names())} (its options follow).")]
+"""The type of every teacher config's ``name`` (resolved by name when tyro / the YAML loader read the hints, i.e.
+after the registrations above); on the command line ``--teacher NAME`` (it picks the config class)."""
+
 ORACLE = "oracle-labels"
 ORACLE_NOTE = ("made with the oracle-labels test teacher: features are the scene's own ground-truth classes (with "
                "the configured noise), not CLIP; numbers measure rendering, lifting and distillation only")

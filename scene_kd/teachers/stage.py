@@ -27,9 +27,10 @@ from scene_kd.runio import (
     load_tensors,
     save_tensors,
 )
-from scene_kd.teachers.base import Teacher, ViewMasks, create_teacher
+from scene_kd.teachers.base import Teacher, ViewMasks
 from scene_kd.teachers.cache import FeatureCache, render_content_hash
 from scene_kd.teachers.config import ORACLE, TeacherConfig, teacher_kwargs
+from scene_kd.teachers.factory import create_teacher
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,21 @@ def check_teacher_requirements(cfg: TeacherConfig, *, has_labels: bool) -> None:
                                "weights) instead")
         return
     from scene_kd.teachers.clip import resolve_clip_weights
-    from scene_kd.teachers.weights import RANDOM, missing_weights_summary, parse_explicit, resolve_weights, sam_spec
+    from scene_kd.teachers.weights import (
+        RANDOM,
+        missing_weights_summary,
+        parse_explicit,
+        resolve_weights,
+        sam_spec,
+    )
 
-    missing: list[MissingWeightsError] = []
+    missing: list[MissingWeightsError] = []  # by the config's fields: a newly registered open_clip / SAM teacher too
     try:
-        resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
+        if hasattr(cfg, "clip_model"):
+            resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
     except MissingWeightsError as e:
         missing.append(e)
-    if cfg.name == "clip-sam":
+    if hasattr(cfg, "sam_model"):
         mine = parse_explicit(cfg.weights, "sam")
         try:
             if mine != RANDOM:

@@ -226,7 +226,7 @@ def planned_halo(job: BatchJob) -> float:
 def _tile_chunks(tile: str, job: BatchJob) -> tuple[Any, list[Any]]:
     from scene_kd.scene.io import load_scene
 
-    scene = load_scene(tile)
+    scene = load_scene(tile, units=job.units)
     if job.mode == "student":  # refused here: no chunk is staged, process_tile reports why
         from scene_kd.apps.batch.tiles import check_student_inputs
         from scene_kd.distill.contract import to_student_units
