@@ -12,8 +12,8 @@ Steps:
    A's run gives the student; it is distilled twice: with the default colour / intensity dropout
    (``distill.rgb_dropout`` 0.3, ``distill.intensity_dropout`` 0.2) and without (both 0, ``A-nodrop``).
 3. Variants of B (the same points where possible, so labels can be compared point by point): written as LAS in
-   US survey feet with a compound CRS (EPSG:2263 + 6360, ftUS horizontal and vertical; the contract converts it
-   from the CRS's units); the same in memory with ``meta["units"] = "US survey foot"``; without colour; without
+   US survey feet with a compound CRS (EPSG:2263 + 6360, ftUS horizontal and vertical; load_scene converts it
+   to metres, else the contract would from the CRS's units); the same in memory with ``meta["units"] = "US survey foot"``; without colour; without
    intensity; written through ``synth --out B.las``; subsampled to 0.7, 0.5 and 0.2 of its density; and B with
    its coordinates shifted by 0.1 m (same world points): the agreement floor any change of origin (a LAS file's
    offsets) gives, because the student's voxel grid is anchored at the local origin.

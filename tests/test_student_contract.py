@@ -129,6 +129,8 @@ def test_scene_units_from_the_crs():
     assert name == "US survey foot" and scale == pytest.approx([1200 / 3937] * 3)
     wkt = pyproj.CRS.from_user_input("EPSG:2263+6360").to_wkt()
     assert scene_scale(PointCloud(xyz=np.zeros((2, 3)), meta={"crs": wkt}))[1] == pytest.approx([1200 / 3937] * 3)
+    converted = PointCloud(xyz=np.zeros((2, 3)), meta={"crs": wkt, "file_units": {"to_metre": [1200 / 3937] * 3}})
+    assert scene_scale(converted)[1] == pytest.approx([1.0] * 3)  # load_scene converted it already: not twice
 
 
 def test_apply_student_converts_a_tile_in_feet_to_the_students_metres(scene, student_run):

@@ -76,17 +76,18 @@ def _axis_factor(crs: Any) -> tuple[str, float] | None:
 
 
 def scene_scale(scene: Any) -> tuple[str | None, np.ndarray | None]:
-    """(unit name, metres per unit for x, y, z [3]) of a scene's coordinates: metres when the reader converted
-    them (``meta["file_units"]``, load_scene's default), else ``meta["units"]`` when set (x, y and z in that unit), else the CRS the file names (``meta["crs"]`` WKT; a compound CRS's vertical
-    part for z, else the horizontal unit) unless the reader reprojected it. (None, None) when unknown (assumed
+    """(unit name, metres per unit for x, y, z [3]) of a scene's coordinates: ``meta["units"]`` when set (x, y and
+    z in that unit; a declaration wins), else metres when the reader converted them (``meta["file_units"]``,
+    load_scene's default), else the CRS the file names (``meta["crs"]`` WKT; a compound CRS's vertical part for
+    z, else the horizontal unit) unless the reader reprojected it. (None, None) when unknown (assumed
     metres); (name, None) for a unit name without a known length."""
     meta = getattr(scene, "meta", None) or {}
-    if meta.get("file_units"):  # the reader already converted the file's units to metres (scene_kd.scene.units)
-        return "metre", np.ones(3)
     if meta.get("units"):
         name = str(meta["units"])
         f = UNIT_METRES.get(name.lower())
         return name, (None if f is None else np.full(3, f))
+    if meta.get("file_units"):  # the reader already converted the file's units to metres (scene_kd.scene.units)
+        return "metre", np.ones(3)
     wkt = meta.get("crs")
     if not wkt or meta.get("reprojected_to"):
         return None, None
