@@ -180,6 +180,12 @@ def resolve_config(run_dir: str | Path | None = None, preset: str | Path | None 
     return cfg
 
 
+def read_query_config(run_dir: str | Path) -> QueryConfig:
+    """The run's QueryConfig by the one config rule (``resolve_config``): the ``query`` section of RUN/config.yaml,
+    defaults when the run has no config. Raises ConfigError for an invalid config."""
+    return resolve_config(run_dir).query
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Defaults, then a preset (a YAML path or a shipped name), then ``overrides``: ``resolve_config`` without a run."""
     return resolve_config(None, path, overrides)

@@ -72,9 +72,10 @@ def test_group_score_is_the_max_of_its_members():
 
 def test_groups_give_the_same_classes_in_segment_query_viewer(urban_run, capsys, tmp_path):
     from scene_kd.apps.viewer.app import ViewerApp
+    from scene_kd.config import read_query_config
     from scene_kd.query.session import QuerySession
 
-    session = QuerySession.open(urban_run)
+    session = QuerySession.open(urban_run, query=read_query_config(urban_run))
     members, _ = session.segment(MEMBERS)
     grouped, conf = session.segment(GROUPS)
     ref = mapped(members.numpy())
@@ -150,9 +151,10 @@ def test_batch_groups_and_the_las_class_note(urban_run, capsys, tmp_path):
     assert {0, 1, 2} <= set(np.unique(gl).tolist())
     # and the same classes as `segment` on the student's own features of this scene (the tile's LAS coordinates
     # are rounded to 1 mm, so a few points may differ)
+    from scene_kd.config import read_query_config
     from scene_kd.query.session import QuerySession
 
-    seg, _ = QuerySession.open(urban_run).segment(GROUPS, source="distilled")
+    seg, _ = QuerySession.open(urban_run, query=read_query_config(urban_run)).segment(GROUPS, source="distilled")
     agree = float((seg.numpy() == gl).mean())
     assert agree >= 0.99, agree
     assert grouped["tiles"][0]["counts"] == dict(zip(["ground", "building", "vegetation", "car"],

@@ -25,7 +25,7 @@ class Args:
     source: str | None = None
     """fused | distilled | ensemble | auto (default: the run's query config, else auto)."""
     template: str | None = None
-    """Prompt template with {} for the class name (default: the run's, else "a photo of a {}.")."""
+    """Class-name prompts: one template with {}, or imagenet-80 (open_clip's 80-template ensemble; the default)."""
     unknown_threshold: float | None = None
     """Label a point unknown (-1; LAS class 1) when its best cosine similarity is below this."""
     text_encoder: str | None = None
@@ -37,9 +37,10 @@ class Args:
 def main(args: Args) -> int:
     from dataclasses import replace
 
+    from scene_kd.config import read_query_config
     from scene_kd.query.labels import parse_vocabulary
     from scene_kd.query.segment import label_counts
-    from scene_kd.query.session import QuerySession, read_query_config
+    from scene_kd.query.session import QuerySession
 
     vocab = parse_vocabulary(args.labels)
     names = list(vocab.names)

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,10 +16,16 @@ from scene_kd.distill.config import DistillConfig
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.rundir import RunDir, StageContext
 
-if TYPE_CHECKING:
-    from scene_kd.config import PipelineConfig
-
 log = logging.getLogger(__name__)
+
+
+class DistillStageConfig(Protocol):
+    """The config section the distill stage reads: ``distill`` (a Protocol so distill/ never imports the config
+    layer above it; :class:`scene_kd.config.PipelineConfig` has it)."""
+
+    @property
+    def distill(self) -> DistillConfig: ...
+
 
 CHECKPOINT = "student.ckpt.pt"
 STUDENTS = ("sparseconv", "gaussian-field")
@@ -61,28 +67,28 @@ class DistillStage:
     name = "distill"
     section = "distill"
 
-    def enabled(self, cfg: PipelineConfig) -> bool:
+    def enabled(self, cfg: DistillStageConfig) -> bool:
         return cfg.distill.enabled
 
-    def _kind(self, run: RunDir, cfg: PipelineConfig) -> str:
+    def _kind(self, run: RunDir, cfg: DistillStageConfig) -> str:
         try:
             return student_kind(cfg.distill, _scene_kind(run))
         except SceneKDError as e:
             raise RunStateError(str(e), path=run.root) from None
 
-    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+    def inputs(self, run: RunDir, cfg: DistillStageConfig) -> list[Path]:
         extra = [run.views, run.masks, run.features] if cfg.distill.student == "gaussian-field" else []
         return [run.fused, run.scene_tensors, *extra]
 
-    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+    def outputs(self, run: RunDir, cfg: DistillStageConfig, ctx: StageContext) -> list[Path]:
         if cfg.distill.student == "gaussian-field":
             return [run.gaussian_field, run.field_tensors, run.field_json]
         return [run.student, run.student_json, run.field_tensors, run.field_json]
 
-    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+    def key(self, run: RunDir, cfg: DistillStageConfig, ctx: StageContext) -> Any:
         return [_VERSION, distill_settings(cfg.distill, cfg.distill.student)]
 
-    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    def compute(self, run: RunDir, cfg: DistillStageConfig, ctx: StageContext) -> dict[str, Any]:
         from scene_kd.field import FeatureField
 
         kind = self._kind(run, cfg)

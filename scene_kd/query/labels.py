@@ -146,7 +146,7 @@ _GROUP_HINTS: dict[str, tuple[str, ...]] = {
 
 def known_classes(field: Any) -> list[str]:
     """The class names a field's teacher embedded and that evaluate (its label names, without ignored ones)."""
-    from scene_kd.eval.labels import is_evaluable
+    from scene_kd.scene.labels import is_evaluable
 
     names = getattr(field, "label_names", None) or {}
     return [n for n in dict.fromkeys(names[k] for k in sorted(names)) if is_evaluable(n)]

@@ -1,9 +1,10 @@
 """Open-vocabulary segmentation: argmax over prompt-templated class names, with an optional "unknown".
 
 label_i = argmax_c s_ic, s_ic = max over the members m of class c of cos(f_i, t_m), t_m = text embedding of
-template.format(m) (a plain class name is its own one member; groups: :mod:`scene_kd.query.labels`);
-confidence_i = softmax(tau * s_i.)[label_i]; label_i = -1 (unknown) where max_c s_ic < unknown_threshold.
-With the oracle text encoder a member the field cannot express is refused (:func:`scene_kd.query.labels.check_expressible`).
+member m (open_clip's 80-template ensemble by default, or one template; a plain class name is its own one member;
+groups: :mod:`scene_kd.query.labels`); confidence_i = softmax(tau * s_i.)[label_i]; label_i = -1 (unknown) where
+max_c s_ic < unknown_threshold. With the oracle text encoder a member the field cannot express is refused
+(:func:`scene_kd.query.labels.check_expressible`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
-from scene_kd.query.config import DEFAULT_TEMPLATE
+from scene_kd.query.config import DEFAULT_TEMPLATE, TEMPLATE_ENSEMBLE
 from scene_kd.query.labels import Vocabulary, check_expressible, group_scores, parse_vocabulary
 from scene_kd.query.similarity import embed_prompts, load_encoder, similarities
 
@@ -44,12 +45,26 @@ def parse_labels(labels: str | Sequence[str]) -> list[str]:
 
 
 def apply_template(template: str | None, name: str) -> str:
-    """``template`` with "{}" replaced by ``name`` (None or "": ``name`` as is); SceneKDError without "{}"."""
+    """``template`` with "{}" replaced by ``name`` (None or "": ``name`` as is; "imagenet-80": the one-template
+    stand-in DEFAULT_TEMPLATE); SceneKDError without "{}"."""
     if not template:
         return name
+    if template == TEMPLATE_ENSEMBLE:
+        template = DEFAULT_TEMPLATE
     if "{}" not in template:
         raise SceneKDError(f"prompt template {template!r} has no '{{}}' for the class name")
     return template.replace("{}", name)
+
+
+def embed_class_names(encoder: Any, names: Sequence[str], template: str | None, cache: Any | None = None) -> torch.Tensor:
+    """[C, D] float32 unit text embeddings of class ``names``: for ``template == "imagenet-80"`` and an encoder with
+    ``encode_class_ensemble`` (open_clip) open_clip's 80-template ensemble, one cached vector per class; otherwise
+    each name in ``template`` (:func:`apply_template`) through :func:`embed_prompts`."""
+    names = list(names)
+    if template == TEMPLATE_ENSEMBLE and hasattr(encoder, "encode_class_ensemble"):
+        vecs = torch.as_tensor(encoder.encode_class_ensemble(names, cache=cache)).to("cpu", torch.float32)
+        return vecs / vecs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return embed_prompts(encoder, [apply_template(template, n) for n in names], cache)
 
 
 def segment(
@@ -57,7 +72,7 @@ def segment(
     labels: str | Sequence[str] | Vocabulary,
     *,
     source: str = "auto",
-    template: str | None = DEFAULT_TEMPLATE,
+    template: str | None = TEMPLATE_ENSEMBLE,
     unknown_threshold: float | None = None,
     temperature: float = 10.0,
     encoder: Any | None = None,
@@ -69,7 +84,8 @@ def segment(
     members, :mod:`scene_kd.query.labels`). Raises SceneKDError for a grammar error or, with the oracle text
     encoder, a member the field cannot express.
 
-    source: fused | distilled | ensemble | auto.   template: "{}" is replaced by each class name (None: as is).
+    source: fused | distilled | ensemble | auto.   template: "imagenet-80" (open_clip's 80-template ensemble for
+    open_clip encoders, else "a photo of a {}."), or "{}" replaced by each class name (None: as is).
     unknown_threshold: cosine similarity below which a point is unknown (-1); None keeps every argmax.
     cache: the TextEmbeddingCache for the prompts (default the process-wide one).
     Entry points call this through :class:`scene_kd.query.session.QuerySession` (the run's QueryConfig).
@@ -78,9 +94,8 @@ def segment(
     if unknown_threshold is not None and not np.isfinite(unknown_threshold):
         raise SceneKDError(f"unknown_threshold must be a finite number, got {unknown_threshold!r}")
     encoder = load_encoder(field, encoder)
-    prompts = [apply_template(template, m) for m in vocab.flat]
-    check_expressible(field, encoder, vocab, prompts)
-    emb = embed_prompts(encoder, prompts, cache)
+    check_expressible(field, encoder, vocab, [apply_template(template, m) for m in vocab.flat])
+    emb = embed_class_names(encoder, vocab.flat, template, cache)
     sims = group_scores(similarities(field, emb, source=source, precision=precision).T.contiguous(), vocab)  # [C, N]
     best, index = sims.max(dim=0)
     confidence = torch.softmax(sims.mul_(float(temperature)), dim=0).gather(0, index[None, :])[0]

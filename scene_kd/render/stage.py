@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,10 +26,24 @@ from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import write_json
 from scene_kd.scene.types import Camera
 
-if TYPE_CHECKING:
-    from scene_kd.config import PipelineConfig
-
 log = logging.getLogger(__name__)
+
+
+class _TeacherInput(Protocol):
+    teacher_input: str
+
+
+class RenderStageConfig(Protocol):
+    """The config sections the render stage reads (:class:`scene_kd.config.PipelineConfig` has them): its own
+    ``render`` section and the teacher's ``teacher_input`` (photos / renders / both decide which views are drawn).
+    A Protocol so that render/ never imports the config layer above it."""
+
+    @property
+    def render(self) -> RenderConfig: ...
+
+    @property
+    def teacher(self) -> _TeacherInput: ...
+
 
 GAUSSIAN_TOPK = 4
 GAUSSIAN_MIN_ALPHA = 0.05
@@ -154,22 +168,22 @@ class RenderStage:
     name = "render"
     section = "render"
 
-    def enabled(self, cfg: PipelineConfig) -> bool:
+    def enabled(self, cfg: RenderStageConfig) -> bool:
         return True
 
-    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+    def inputs(self, run: RunDir, cfg: RenderStageConfig) -> list[Path]:
         return []  # the scene is part of the key (its fingerprint)
 
-    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+    def outputs(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> list[Path]:
         return ([run.views, run.scene_tensors, run.scene_json, run.renders] + ([run.views_png] if ctx.preview else [])
                 + ([run.photos] if ctx.capture is not None else []))
 
-    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+    def key(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> Any:
         capture = ctx.capture.fingerprint() if ctx.capture is not None else None
         both = cfg.teacher.teacher_input == "both"  # the capture's views and planned ones
         return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
 
-    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    def compute(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> dict[str, Any]:
         return _render(run, _scene(ctx), cfg.render, preview=ctx.preview, capture=ctx.capture,
                        teacher_input=cfg.teacher.teacher_input)
 

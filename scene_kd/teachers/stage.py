@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -31,10 +31,16 @@ from scene_kd.teachers.base import Teacher, ViewMasks, create_teacher
 from scene_kd.teachers.cache import FeatureCache, render_content_hash
 from scene_kd.teachers.config import ORACLE, TeacherConfig, teacher_kwargs
 
-if TYPE_CHECKING:
-    from scene_kd.config import PipelineConfig
-
 log = logging.getLogger(__name__)
+
+
+class FeaturesStageConfig(Protocol):
+    """The config section the features stage reads: ``teacher`` (a Protocol so teachers/ never imports the config
+    layer above it; :class:`scene_kd.config.PipelineConfig` has it)."""
+
+    @property
+    def teacher(self) -> TeacherConfig: ...
+
 
 PREVIEW_VIEWS = 8
 
@@ -56,7 +62,7 @@ def make_teacher(run_dir: str | Path, cfg: TeacherConfig) -> Teacher:
 def scene_has_classes(scene: Any) -> bool:
     """Whether ``scene`` has ground-truth labels with at least one evaluable class (not only unclassified /
     noise / overlap codes): what the oracle teacher needs."""
-    from scene_kd.eval.labels import evaluation_classes
+    from scene_kd.scene.labels import evaluation_classes
 
     return scene.labels is not None and bool(evaluation_classes(scene.labels, scene.label_names)[0])
 
@@ -113,21 +119,21 @@ class FeaturesStage:
     name = "features"
     section = "teacher"
 
-    def enabled(self, cfg: PipelineConfig) -> bool:
+    def enabled(self, cfg: FeaturesStageConfig) -> bool:
         return True
 
-    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+    def inputs(self, run: RunDir, cfg: FeaturesStageConfig) -> list[Path]:
         return [run.views, run.renders, run.scene_json, run.photos]
 
-    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+    def outputs(self, run: RunDir, cfg: FeaturesStageConfig, ctx: StageContext) -> list[Path]:
         return [run.features, run.masks] + ([run.masks_png] if ctx.preview else [])
 
-    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+    def key(self, run: RunDir, cfg: FeaturesStageConfig, ctx: StageContext) -> Any:
         teacher = make_teacher(run.root, cfg.teacher)
         return [_VERSION, getattr(teacher, "cache_key", None) or teacher_kwargs(cfg.teacher), cfg.teacher.name,
                 cfg.teacher.teacher_input]
 
-    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    def compute(self, run: RunDir, cfg: FeaturesStageConfig, ctx: StageContext) -> dict[str, Any]:
         return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key)
 
 

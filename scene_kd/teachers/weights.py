@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scene_kd.errors import MissingWeightsError, SceneKDError
+from scene_kd.runio import cache_dir
 
 RANDOM = "random"
 """Explicit weights value meaning: seeded random init (plumbing tests and benchmarks only)."""
@@ -28,11 +29,6 @@ SAM_FILES = {
 }
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/{}"
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-def cache_dir() -> Path:
-    """``$SCENE_KD_CACHE`` or ``~/.cache/scene_kd``."""
-    return Path(os.environ.get("SCENE_KD_CACHE") or Path.home() / ".cache" / "scene_kd").expanduser()
 
 
 @dataclass(frozen=True)

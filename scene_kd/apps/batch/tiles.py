@@ -206,9 +206,10 @@ def _segment_field(field: Any, vocab: Any, run_dir: str | Path) -> tuple[np.ndar
     """Segment ``field`` over the job's vocabulary (names and groups) with the QueryConfig of the run folder it
     comes from (a QuerySession, as every entry point): the student's run in student mode, the tile's run in
     pipeline mode."""
+    from scene_kd.config import read_query_config
     from scene_kd.query.session import QuerySession
 
-    idx, conf = QuerySession.open(run_dir, field=field).segment(vocab)
+    idx, conf = QuerySession.open(run_dir, query=read_query_config(run_dir), field=field).segment(vocab)
     to_np = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
     return to_np(idx).astype(np.int32), to_np(conf).astype(np.float32)
 
@@ -234,9 +235,9 @@ def check_student_vocabulary(job: BatchJob) -> None:
     none of the classes it was trained on; :func:`scene_kd.query.labels.check_expressible`)."""
     from types import SimpleNamespace
 
+    from scene_kd.config import read_query_config
     from scene_kd.query.labels import check_expressible
     from scene_kd.query.segment import apply_template
-    from scene_kd.query.session import read_query_config
     from scene_kd.teachers.text import load_text_encoder
 
     meta = _student_meta(job.student)
