@@ -145,11 +145,11 @@ _GROUP_HINTS: dict[str, tuple[str, ...]] = {
 
 
 def known_classes(field: Any) -> list[str]:
-    """The class names a field's teacher embedded and that evaluate (its label names, without ignored ones)."""
-    from scene_kd.scene.labels import is_evaluable
-
+    """The class names a field's teacher embedded: its label names in code order, each once. Names that evaluation
+    ignores (noise, overlap, unclassified) are kept: the oracle gives their regions masks and vectors too, so a
+    user may ask for them (``segment --labels ground,noise`` on an ASPRS tile)."""
     names = getattr(field, "label_names", None) or {}
-    return [n for n in dict.fromkeys(names[k] for k in sorted(names)) if is_evaluable(n)]
+    return list(dict.fromkeys(names[k] for k in sorted(names)))
 
 
 def check_expressible(field: Any, encoder: Any, vocab: Vocabulary, prompts: Sequence[str]) -> None:
@@ -168,7 +168,6 @@ def check_expressible(field: Any, encoder: Any, vocab: Vocabulary, prompts: Sequ
         names = field.label_names
         all_names = [names[k] for k in sorted(names)]  # as the oracle teacher embedded them (order matters)
         class_vecs = torch.as_tensor(encoder.encode_class_names(all_names), dtype=torch.float32)
-        class_vecs = class_vecs[[i for i, n in enumerate(all_names) if n in known]]
         vecs = encoder.encode_text(list(prompts)).float()
         cos = vecs @ class_vecs.T
         bad = [m for m, c in zip(vocab.flat, cos, strict=True) if float(c.max()) < 0.999]
