@@ -12,9 +12,9 @@ from test_teachers_fixtures import make_render, make_run
 from scene_kd.cli import main as cli_main
 from scene_kd.errors import MissingWeightsError, SceneKDError
 from scene_kd.pipeline import features_stage
-from scene_kd.teachers.base import create_teacher
 from scene_kd.teachers.clip import load_open_clip
 from scene_kd.teachers.config import ClipGridConfig
+from scene_kd.teachers.factory import create_teacher
 from scene_kd.teachers.text import load_text_encoder
 from scene_kd.teachers.weights import open_clip_spec, resolve_weights, sam_spec
 

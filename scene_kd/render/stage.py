@@ -18,13 +18,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from scene_kd.errors import SceneKDError
+from scene_kd.errors import BudgetError, SceneKDError
 from scene_kd.progress import progress_bar
+from scene_kd.render.budget import announce_plan, count_plan
 from scene_kd.render.config import RenderConfig
 from scene_kd.render.types import Render, save_render
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import write_json
 from scene_kd.scene.types import Camera
+from scene_kd.scene.units import InputConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,15 @@ class _TeacherInput(Protocol):
 
 class RenderStageConfig(Protocol):
     """The config sections the render stage reads (:class:`scene_kd.config.PipelineConfig` has them): its own
-    ``render`` section and the teacher's ``teacher_input`` (photos / renders / both decide which views are drawn).
-    A Protocol so that render/ never imports the config layer above it."""
+    ``render`` section, the teacher's ``teacher_input`` (photos / renders / both decide which views are drawn) and
+    the ``input`` section (the units a scene path is loaded in). A Protocol so that render/ never imports the
+    config layer above it."""
 
     @property
     def render(self) -> RenderConfig: ...
+
+    @property
+    def input(self) -> InputConfig: ...
 
     @property
     def teacher(self) -> _TeacherInput: ...
@@ -181,23 +187,24 @@ class RenderStage:
     def key(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> Any:
         capture = ctx.capture.fingerprint() if ctx.capture is not None else None
         both = cfg.teacher.teacher_input == "both"  # the capture's views and planned ones
-        return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
+        budgetless = dataclasses.replace(cfg.render, max_views=0, max_teacher_hours=0.0)  # refuses, never changes
+        return [_VERSION, budgetless, scene_fingerprint(_scene(ctx, cfg))] + ([capture, both] if capture is not None else [])
 
     def compute(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> dict[str, Any]:
-        return _render(run, _scene(ctx), cfg.render, preview=ctx.preview, capture=ctx.capture,
-                       teacher_input=cfg.teacher.teacher_input)
+        return _render(run, _scene(ctx, cfg), cfg.render, preview=ctx.preview, capture=ctx.capture,
+                       teacher_input=cfg.teacher.teacher_input, on_plan=ctx.on_plan)
 
 
 RENDER = RenderStage()
 _VERSION = "render-v2"
 
 
-def _scene(ctx: StageContext) -> Any:
-    """The context's scene, loaded once when it is a path."""
+def _scene(ctx: StageContext, cfg: RenderStageConfig) -> Any:
+    """The context's scene, loaded once (in the units ``cfg.input`` says) when it is a path."""
     if isinstance(ctx.scene, (str, Path)):
         from scene_kd.scene.io import load_scene
 
-        ctx.scene = load_scene(ctx.scene)
+        ctx.scene = load_scene(ctx.scene, units=cfg.input.units)
     if ctx.scene is None:
         raise SceneKDError("the render stage needs a scene")
     _check_scene(ctx.scene)
@@ -205,16 +212,12 @@ def _scene(ctx: StageContext) -> Any:
 
 
 def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, capture: Any = None,
-            teacher_input: str = "auto") -> dict[str, Any]:
+            teacher_input: str = "auto", on_plan: Any = None) -> dict[str, Any]:
+    from scene_kd.render.coverage import COVERAGE_TOLERANCE, coverage_from_counts
     from scene_kd.render.cull import build_point_grid, render_point_view_culled
     from scene_kd.render.photos import capture_views, clear_photos, resolve_teacher_input, write_view_photo
     from scene_kd.render.points import estimate_point_radii, visible_in_view
-    from scene_kd.render.views import (
-        COVERAGE_TOLERANCE,
-        coverage_from_counts,
-        plan_summary,
-        plan_views_with_summary,
-    )
+    from scene_kd.render.views import plan_summary, plan_views_with_summary
     from scene_kd.scene.runscene import save_run_scene
 
     run_dir = run.root
@@ -224,10 +227,15 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     n_photos = len(cameras)
     plan: dict[str, Any] | None = None
     if capture is None or teacher_input == "both":
-        planned, plan = plan_views_with_summary(scene, cfg)
+        try:
+            planned, plan = plan_views_with_summary(scene, cfg)
+        except BudgetError as e:  # refused by the planner before it built a camera
+            announce_plan(e.plan or {}, cfg, on_plan)
+            raise
         cameras += [dataclasses.replace(c, level=c.level + (1 if capture is not None else 0)) for c in planned]
     if not cameras:
         raise SceneKDError(f"view preset {cfg.preset!r} produced no cameras")
+    teacher_cost = announce_plan(plan if plan is not None and capture is None else count_plan(cameras), cfg, on_plan)
     xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32))
     _check_cameras_see_scene(xyz, cameras)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +291,7 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
         plan = plan_summary(scene, cameras, cfg)
     views_source = _views_source(cfg.preset, capture is not None, plan_used=n_photos < len(cameras))
     write_json(run.views, {
-        "plan": plan,
+        "plan": plan, "teacher_cost": teacher_cost,
         "scene_kind": scene.kind, "preset": views_source, "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
         "photos": [i < n_photos for i in range(len(cameras))], "psnr": psnrs,
@@ -307,5 +315,5 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
             "photo_views": n_photos,
             "psnr_median": round(float(np.median(finite)), 3) if finite else None,
             "depth_disagree_pixels": None if all(d is None for d in disagree) else sum(d or 0 for d in disagree),
-            "scene_kind": scene.kind, "plan": plan,
+            "scene_kind": scene.kind, "plan": plan, "teacher_cost": teacher_cost,
             "teacher_work": {"views": len(cameras), "megapixels": round(megapixels, 3)}}

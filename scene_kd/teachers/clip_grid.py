@@ -22,7 +22,7 @@ import torch
 from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
-from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise, register_teacher
+from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise
 from scene_kd.teachers.clip import embed_crops, pixel_images
 from scene_kd.teachers.clip_sam import ClipTeacherBase
 
@@ -151,8 +151,3 @@ class ClipGridTeacher(ClipTeacherBase):
             emb = torch.cat(embs).float().cpu() if embs else torch.zeros(0, self.dim)
             out.append(ViewMasks(mask_ids=ids, embeddings=emb.contiguous(), mask_level=np.asarray(levels, np.int32)))
         return out
-
-
-@register_teacher("clip-grid")
-def make_clip_grid(**cfg) -> ClipGridTeacher:
-    return ClipGridTeacher(**cfg)

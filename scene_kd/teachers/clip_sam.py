@@ -16,7 +16,7 @@ import torch
 
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
-from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise, register_teacher
+from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise
 from scene_kd.teachers.clip import (
     clip_embed_dim,
     embed_crops,
@@ -179,8 +179,3 @@ class ClipSamTeacher(ClipTeacherBase):
             out.append(ViewMasks(mask_ids=ids, embeddings=emb[start : start + m].contiguous(), mask_level=levels))
             start += m
         return out
-
-
-@register_teacher("clip-sam")
-def make_clip_sam(**cfg) -> ClipSamTeacher:
-    return ClipSamTeacher(**cfg)

@@ -27,9 +27,10 @@ from scene_kd.runio import (
     load_tensors,
     save_tensors,
 )
-from scene_kd.teachers.base import Teacher, ViewMasks, create_teacher
+from scene_kd.teachers.base import Teacher, ViewMasks
 from scene_kd.teachers.cache import FeatureCache, render_content_hash
 from scene_kd.teachers.config import ORACLE, TeacherConfig, teacher_kwargs
+from scene_kd.teachers.factory import create_teacher
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +78,30 @@ def check_teacher_requirements(cfg: TeacherConfig, *, has_labels: bool) -> None:
                                "weights) instead")
         return
     from scene_kd.teachers.clip import resolve_clip_weights
-    from scene_kd.teachers.weights import RANDOM, parse_explicit, resolve_weights, sam_spec
+    from scene_kd.teachers.weights import (
+        RANDOM,
+        missing_weights_summary,
+        parse_explicit,
+        resolve_weights,
+        sam_spec,
+    )
 
-    missing: list[str] = []
+    missing: list[MissingWeightsError] = []  # by the config's fields: a newly registered open_clip / SAM teacher too
     try:
-        resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
+        if hasattr(cfg, "clip_model"):
+            resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
     except MissingWeightsError as e:
-        missing.append(str(e))
-    if cfg.name == "clip-sam":
+        missing.append(e)
+    if hasattr(cfg, "sam_model"):
         mine = parse_explicit(cfg.weights, "sam")
         try:
             if mine != RANDOM:
                 resolve_weights(sam_spec(cfg.sam_model), mine, download=cfg.download)
         except MissingWeightsError as e:
-            missing.append(str(e))
+            missing.append(e)
     if missing:
-        raise MissingWeightsError("; and ".join(missing) + " (`scene-kd weights` lists every file)")
+        raise missing_weights_summary(missing, cfg.name, f"`scene-kd weights` lists every file\nto try without weights: "
+                                      f"--teacher {ORACLE} (a test teacher for labelled scenes)")
 
 
 def validate_view_masks(vm: ViewMasks, render: Render, dim: int, where: str) -> None:
@@ -134,7 +143,7 @@ class FeaturesStage:
                 cfg.teacher.teacher_input]
 
     def compute(self, run: RunDir, cfg: FeaturesStageConfig, ctx: StageContext) -> dict[str, Any]:
-        return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key)
+        return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key, cost_key=ctx.cost_key)
 
 
 FEATURES = FeaturesStage()
@@ -152,11 +161,13 @@ class EncodedViews:
     preview_rgb: dict[int, np.ndarray] = dataclass_field(default_factory=dict)
 
 
-def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> dict[str, Any]:
+def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str,
+              cost_key: str | None = None) -> dict[str, Any]:
     """The features stage: plan (views, teacher, cache) -> encode every view -> write masks/ + features ->
     preview; returns the summary."""
     t0 = time.perf_counter()
     n, teacher, cache, use_photos = _plan_features(run, cfg)
+    expected = _expected_cost(run, cfg, n, cost_key)
     preview_idx = set(np.linspace(0, n - 1, min(n, PREVIEW_VIEWS)).round().astype(int).tolist()) if preview else set()
     enc = _encode_views(run, teacher, cache, use_photos, n, max(1, cfg.batch_size), preview_idx)
     summary = write_outputs(run.root, enc.results, teacher, key)
@@ -167,11 +178,23 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
                       [enc.results[i].embeddings for i in shown])  # type: ignore[union-attr]
     summary.update(photo_views=sum(use_photos), cached_views=enc.cached, teacher_seconds=round(enc.teacher_seconds, 3),
                    masks_per_s=round(summary["masks"] / enc.teacher_seconds, 2) if enc.teacher_seconds > 0 else None)
+    summary["expected_teacher_s"] = expected.total_s  # the cost model's figure, beside the measured one
     if hasattr(teacher, "model_seconds"):
         summary["model_seconds"] = round(teacher.model_seconds(), 3)
     log.info("features: %d masks over %d views (%s) in %.1f s", summary["masks"], n, teacher.name,
              time.perf_counter() - t0)
     return summary
+
+
+def _expected_cost(run: RunDir, cfg: TeacherConfig, n: int, cost_key: str | None = None) -> Any:
+    """Log the teacher's expected time over the run's ``n`` views (teachers/cost.py; the row of ``cost_key``, the
+    config preset's name, else ``default``) before it starts."""
+    from scene_kd.teachers.cost import estimate_for_config
+
+    mp = sum(c.width * c.height for c in load_cameras(run.root)) / 1e6
+    cost = estimate_for_config(cfg, n, mp, preset=cost_key)
+    log.info("features: %d views, %.1f MP; expected %s (cached views are faster)", n, mp, cost.describe())
+    return cost
 
 
 def _plan_features(run: RunDir, cfg: TeacherConfig) -> tuple[int, Teacher, FeatureCache, list[bool]]:

@@ -6,7 +6,8 @@ Layout of the cache (default ``~/.cache/scene_kd``)::
     weights/sam/sam_vit_b_01ec64.pth
 
 Files are always read safely: safetensors, or ``torch.load(weights_only=True)``.
-Offline with nothing found raises :class:`MissingWeightsError` naming the model, the file and where to put it.
+Offline with nothing found raises :class:`MissingWeightsError` naming the model, its download link and where to put
+it, on a few short lines.
 """
 
 from __future__ import annotations
@@ -155,10 +156,38 @@ def resolve_weights(spec: WeightsSpec, explicit: str | None = None, *, download:
             reason = f"download failed ({type(e).__name__}: {e})"
     else:
         reason = "offline" if (not download or _offline()) else "hub not reachable"
-    raise MissingWeightsError(
-        f"no weights for {spec.label} ({reason}): place {spec.filenames[0]} (from {spec.source()}) at {where}, "
-        f"or pass --weights PATH"
-    )
+    raise missing_weights(spec, reason)
+
+
+def missing_weights(spec: WeightsSpec, reason: str) -> MissingWeightsError:
+    """The error for ``spec`` not found, on three short lines: what is missing (and why: offline, ...), the
+    download link, the folder to put it in. ``spec`` and ``reason`` ride on the error so that
+    :func:`missing_weights_summary` can merge several into one message."""
+    err = MissingWeightsError(f"no weights for {spec.label} ({reason})\n"
+                              f"  download  {spec.source()}\n"
+                              f"  put it in {spec.cache_folder()}/  (or pass --weights PATH)")
+    err.spec, err.reason = spec, reason  # type: ignore[attr-defined]
+    return err
+
+
+def missing_weights_summary(errors: list[MissingWeightsError], teacher: str, hint: str = "") -> MissingWeightsError:
+    """One error for every missing file of ``teacher``: per file its link and folder, then where the cache is and
+    ``hint`` (e.g. how to try without weights), each on its own short line."""
+    lines = [f"the {teacher} teacher needs pretrained weights that are not here:"]
+    kinds = []
+    for e in errors:
+        spec = getattr(e, "spec", None)
+        if spec is None:  # an explicit --weights path that is wrong: its own message says what
+            lines.append(f"  {e}")
+            continue
+        kinds.append("clip" if spec.kind == "open_clip" else spec.kind)
+        lines += [f"  no weights for {spec.label} ({e.reason}):",  # type: ignore[attr-defined]
+                  f"    download  {spec.source()}",
+                  f"    put it in {spec.cache_folder()}/"]
+    explicit = ",".join(f"{k}=PATH" for k in kinds) or "PATH"
+    lines.append(f"  or pass --weights {explicit} (the cache folder is $SCENE_KD_CACHE, default ~/.cache/scene_kd)")
+    lines += [f"  {h}" for h in hint.splitlines()]
+    return MissingWeightsError("\n".join(lines))
 
 
 def _download(spec: WeightsSpec, where: Path) -> Path:
@@ -201,13 +230,18 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 
 
 def known_specs() -> list[WeightsSpec]:
-    """The weights the built-in teachers can use (defaults first)."""
-    from scene_kd.teachers.config import ClipSamConfig
+    """The weights the registered teachers can use (``TEACHERS``, by their config fields): each open_clip
+    teacher's default model, then every SAM size when a teacher uses SAM (its default first); no duplicates."""
+    from scene_kd.teachers.config import TEACHERS
 
-    cfg = ClipSamConfig()
-    specs = [open_clip_spec(cfg.clip_model, cfg.clip_pretrained)]
-    specs += [sam_spec(m) for m in SAM_FILES]
-    return specs
+    clip, sam = [], []
+    for entry in TEACHERS:
+        cfg = entry.config()
+        if hasattr(cfg, "clip_model"):
+            clip.append(open_clip_spec(cfg.clip_model, cfg.clip_pretrained))
+        if hasattr(cfg, "sam_model"):
+            sam += [sam_spec(m) for m in (cfg.sam_model, *SAM_FILES)]
+    return list(dict.fromkeys(clip + sam))  # WeightsSpec is frozen: equal specs collapse, order kept
 
 
 def weights_report(explicit: str | None = None, specs: list[WeightsSpec] | None = None) -> list[dict[str, Any]]:

@@ -226,7 +226,7 @@ def planned_halo(job: BatchJob) -> float:
 def _tile_chunks(tile: str, job: BatchJob) -> tuple[Any, list[Any]]:
     from scene_kd.scene.io import load_scene
 
-    scene = load_scene(tile)
+    scene = load_scene(tile, units=job.units)
     return scene, plan_chunks(scene.xyz[:, :2], job.chunk_size, planned_halo(job))
 
 
@@ -399,7 +399,7 @@ def write_summary(out_dir: Path, records: list[dict[str, Any]], job: BatchJob, m
     from scene_kd.runio import atomic_path, write_json
 
     status = [r["status"] for r in records]
-    totals = {s: status.count(s) for s in ("done", "skipped", "error", "not run")}
+    totals = {s: status.count(s) for s in ("done", "skipped", "error", "refused", "not run")}
     points = sum(int(r.get("points") or 0) for r in records if r["status"] in ("done", "skipped"))
     summary = {"job": job, **meta, "totals": {**totals, "tiles": len(records), "points": points},
                "las_classes": las_classes_summary(records), "tiles": records}
@@ -438,7 +438,7 @@ def run_batch(
     bar = progress_bar(progress, columns=("tiles", "{task.fields[rate]}"), transient=False)
     try:
         with bar:
-            task = bar.add_task("batch", total=len(tiles), rate="")
+            task = bar.add_task("batch tiles", total=len(tiles), rate="")
             results = run_on_ray(tiles, job, force) if use_ray else run_in_process(tiles, job, force)
             for rec in results:
                 records[rec["tile"]] = rec

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from scene_kd.errors import SceneKDError
+from scene_kd.errors import BudgetError, SceneKDError
 
 Labeller = Callable[[Any, str], tuple[np.ndarray, np.ndarray]]
 """(PointCloud, work tag) -> (label_index [N] int, confidence [N] float)."""
@@ -66,12 +66,18 @@ class BatchJob:
     members: tuple[tuple[str, ...], ...] = ()
     """Each label's group members (``--labels ground=road+grass``, :mod:`scene_kd.query.labels`); () when every
     label is a plain name."""
+    max_views: int | None = None
+    """Pipeline mode: the view budget per tile (render.max_views; None: the preset's). A tile whose plan exceeds it
+    is refused (status "refused", the reason in its record) and the other tiles go on."""
+    units: str = "auto"
+    """The tiles' units (scene_kd.scene.units.InputConfig.units): auto = each tile's CRS, else an override."""
 
     def config_hash(self, tile_hash: str) -> str:
         from scene_kd.runio import config_hash
 
         d = dataclasses.asdict(self)
         d.pop("out_dir")
+        d.pop("max_views")  # a budget refuses work, it never changes a tile's labels
         if not d["members"]:
             d.pop("members")  # plain names hash as before groups existed (existing outputs stay current)
         return config_hash(d, tile_hash)
@@ -292,7 +298,10 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
     from scene_kd.pipeline import run_pipeline
     from scene_kd.scene.io import save_scene
 
-    cfg = load_config(job.config, overrides={"teacher": {"name": job.teacher}})
+    overrides: dict[str, Any] = {"teacher": {"name": job.teacher}, "input": {"units": job.units}}
+    if job.max_views is not None:
+        overrides["render"] = {"max_views": job.max_views}
+    cfg = load_config(job.config, overrides=overrides)
     runs = Path(job.out_dir) / "runs" / tile_name(tile)
 
     def label(scene: Any, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -302,7 +311,7 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
             run_dir.mkdir(parents=True, exist_ok=True)
             source = run_dir / "chunk.laz"
             save_scene(scene, source)
-        run_pipeline(source, run_dir, cfg, force=force)
+        run_pipeline(source, run_dir, cfg, force=force, cost_key=job.config)
         field = FeatureField.load(run_dir)
         if len(field) != len(scene):
             raise SceneKDError(f"pipeline field has {len(field)} points for {len(scene)} scene points", path=run_dir)
@@ -339,7 +348,7 @@ def make_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> Label
 @dataclass
 class TileResult:
     tile: str
-    status: str  # done | skipped | error
+    status: str  # done | skipped | error | refused (over the view / teacher-time budget; nothing written)
     output: str | None = None
     points: int = 0
     seconds: float = 0.0
@@ -380,7 +389,7 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
     try:
         from scene_kd.scene.io import load_scene
 
-        scene = load_scene(tile)
+        scene = load_scene(tile, units=job.units)
         if scene.kind != "points":
             raise SceneKDError("batch segmentation needs a point cloud tile, not Gaussians", path=tile)
         n_chunks: int | None
@@ -435,6 +444,9 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
         return to_jsonable(result)
     except (KeyboardInterrupt, SystemExit):
         raise
+    except BudgetError as e:  # refused before rendering: say why, let the other tiles go on
+        return to_jsonable(TileResult(tile=str(tile), status="refused", seconds=round(time.perf_counter() - t0, 3),
+                                      error=str(e), config_hash=chash))
     except SceneKDError as e:
         err = str(e)
     except Exception as e:  # a bad tile must not stop the batch; keep the message and where it came from
