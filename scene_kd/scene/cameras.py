@@ -222,19 +222,21 @@ def colmap_folder(folder: str | Path) -> tuple[Path, str]:
     raise SceneFormatError("not a COLMAP sparse model (no cameras.bin/txt + images.bin/txt)", path=folder)
 
 
-def _colmap_K(model: str, params: list[float]):
-    """(K, Distortion or None) of a COLMAP camera; ValueError for a model we cannot undistort."""
+def _colmap_K(model: str, params: list[float], path: Path) -> tuple[np.ndarray, Any]:
+    """(K, Distortion or None) of a COLMAP camera; SceneFormatError (one line, at ``path``) naming a model we
+    cannot undistort."""
     if model in _SIMPLE_F:
         f, cx, cy = params[:3]
-        return intrinsics(f, f, cx, cy), colmap_distortion(model, params[3:])
-    if model in _FXFY or model == "OPENCV_FISHEYE":
+        K, rest = intrinsics(f, f, cx, cy), params[3:]
+    elif model in _FXFY or model == "OPENCV_FISHEYE":
         fx, fy, cx, cy = params[:4]
-        return intrinsics(fx, fy, cx, cy), colmap_distortion(model, params[4:])
+        K, rest = intrinsics(fx, fy, cx, cy), params[4:]
+    else:
+        K, rest = None, []
     try:
-        colmap_distortion(model, [])  # raises, naming the supported models
+        return K, colmap_distortion(model, rest)  # raises for an unsupported model
     except ValueError as e:
-        raise SceneFormatError(str(e)) from None
-    raise SceneFormatError(f"camera model {model} is not supported")
+        raise SceneFormatError(str(e), path=path) from None
 
 
 def _read_cameras_txt(p: Path) -> dict[int, tuple[str, int, int, list[float]]]:
@@ -341,7 +343,7 @@ def load_colmap_cameras(folder: str | Path, *, origin: np.ndarray | None = None)
             w2c = np.eye(4)
             w2c[:3, :3] = matrix_from_quat_wxyz(*qvec)
             w2c[:3, 3] = tvec
-            K, distortion = _colmap_K(model, params)
+            K, distortion = _colmap_K(model, params, sub)
             out.append(Camera(K=K, world_to_cam=_shift(w2c, origin), width=w, height=h, name=name,
                               distortion=distortion))
     except (ValueError, IndexError, struct.error, UnicodeDecodeError, OSError) as e:

@@ -57,9 +57,15 @@ class Distortion:
 
 
 def make_distortion(model: str, coeffs: tuple[float, ...] | list[float]) -> Distortion | None:
-    """A Distortion, or None when every coefficient is 0 (a pinhole)."""
+    """A Distortion, or None for an ``opencv`` one whose coefficients are all 0 (a pinhole; a fisheye with
+    zero coefficients is still equidistant, not a pinhole). ``opencv`` terms that are 0 at the end are dropped down
+    to 4 or 5 (OpenCV's lengths), so one lens read from COLMAP or from transforms.json compares equal."""
     coeffs = tuple(float(c) for c in coeffs)
-    return Distortion(model, coeffs) if any(c != 0.0 for c in coeffs) else None
+    if model == "opencv" and len(coeffs) == 8 and not any(coeffs[5:]):
+        coeffs = coeffs[:5]
+    if model == "opencv" and len(coeffs) == 5 and coeffs[4] == 0.0:
+        coeffs = coeffs[:4]
+    return Distortion(model, coeffs) if model == "fisheye" or any(c != 0.0 for c in coeffs) else None
 
 
 COLMAP_UNSUPPORTED = ("FOV", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "THIN_PRISM_FISHEYE")
@@ -107,25 +113,75 @@ def _cv() -> Any:
     return cv2
 
 
+def _to_cv(K: np.ndarray, *, back: bool = False) -> np.ndarray:
+    """K in OpenCV's pixel convention (pixel centres at integers) from ours (centres at + 0.5, as COLMAP, gsplat
+    and our renderers), or ``back``."""
+    K = np.array(K, np.float64)
+    K[:2, 2] += 0.5 if back else -0.5
+    return K
+
+
+def radial_curve(dist: Distortion, r: np.ndarray) -> np.ndarray:
+    """The distorted radius (normalised image coordinates) of rays at undistorted radius ``r`` (``opencv``:
+    ``r (1 + k1 r^2 + k2 r^4 + k3 r^6) / (1 + k4 r^2 + k5 r^4 + k6 r^6)``) or at angle ``r`` radians from the axis
+    (``fisheye``: ``r (1 + k1 r^2 + k2 r^4 + k3 r^6 + k4 r^8)``); tangential terms left out."""
+    c = dist.coeffs
+    r2 = r * r
+    if dist.model == "fisheye":
+        return r * (1 + r2 * (c[0] + r2 * (c[1] + r2 * (c[2] + r2 * c[3]))))
+    k = (*c, 0.0, 0.0, 0.0, 0.0)
+    num = 1 + r2 * (k[0] + r2 * (k[1] + r2 * k[4]))
+    den = 1 + r2 * (k[5] + r2 * (k[6] + r2 * k[7]))
+    return r * num / den
+
+
+def fold_radius(dist: Distortion) -> float:
+    """The largest distorted radius (normalised) the lens model reaches before its radial curve turns back
+    (inf when it rises up to 10 = 84 degrees off axis; fisheye: up to 90 degrees). Photo pixels beyond it are
+    images of no ray: a calibration fitted with too few far-out points, not a lens."""
+    top = np.pi / 2 if dist.model == "fisheye" else 10.0
+    r = np.linspace(0.0, top, 20001)
+    rd = radial_curve(dist, r)
+    falls = np.flatnonzero(np.diff(rd) <= 0)
+    return float(rd[falls[0]]) if len(falls) else float("inf")
+
+
+def _check_unfolded(cam: Any) -> None:
+    """SceneFormatError (one line) when ``cam``'s lens model folds inside its photo (see :func:`fold_radius`)."""
+    dist = cam.distortion
+    w, h = float(cam.width), float(cam.height)
+    corners = np.array([[0.0, 0.0], [w, 0.0], [0.0, h], [w, h]])
+    norm = (corners - cam.K[:2, 2]) / np.diag(cam.K)[:2]  # our pixel corners: 0 and w (centres at + 0.5)
+    reach = float(np.linalg.norm(norm, axis=1).max())
+    fold = fold_radius(dist)
+    if reach >= fold:
+        raise SceneFormatError(
+            f"camera {cam.name!r}: {dist.model} distortion {list(dist.coeffs)} folds back at {100 * fold / reach:.0f}% "
+            "of the photo's corner radius, so no pinhole matches it; check the calibration or undistort the "
+            "images first")
+
+
 def undistorted_camera(cam: Any) -> Any:
     """The pinhole ``Camera`` (same size, pose and name, no distortion) whose image is ``cam``'s photo undistorted:
     K of the largest undistorted image with only valid pixels (``cv2.getOptimalNewCameraMatrix`` alpha 0;
     fisheye: ``cv2.fisheye.estimateNewCameraMatrixForUndistortRectify`` balance 0). ``cam`` itself without
-    distortion. SceneFormatError when the result is not a usable pinhole (see ``MAX_ZOOM``)."""
+    distortion. SceneFormatError when the lens model folds inside the photo (:func:`fold_radius`) or the result
+    is not a usable pinhole (see ``MAX_ZOOM``)."""
     from dataclasses import replace
 
     dist = getattr(cam, "distortion", None)
     if dist is None:
         return cam
+    _check_unfolded(cam)
     cv2 = _cv()
     size = (int(cam.width), int(cam.height))
     D = np.asarray(dist.coeffs, np.float64)
     if dist.model == "fisheye":
-        K2 = cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(cam.K, D.reshape(4, 1), size, np.eye(3),
-                                                                    balance=0.0)
+        K2 = cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(_to_cv(cam.K), D.reshape(4, 1), size,
+                                                                    np.eye(3), balance=0.0)
     else:
-        K2, _ = cv2.getOptimalNewCameraMatrix(cam.K, D, size, 0.0, size)
-    K2 = np.asarray(K2, np.float64)
+        K2, _ = cv2.getOptimalNewCameraMatrix(_to_cv(cam.K), D, size, 0.0, size)
+    K2 = _to_cv(np.asarray(K2, np.float64), back=True)
     zoom = np.array([K2[0, 0] / cam.K[0, 0], K2[1, 1] / cam.K[1, 1]])
     if not np.isfinite(K2).all() or not ((zoom > 1 / MAX_ZOOM) & (zoom < MAX_ZOOM)).all():
         raise SceneFormatError(f"camera {cam.name!r}: {dist.model} distortion {list(dist.coeffs)} is too strong to "
@@ -140,8 +196,9 @@ def _maps(src: Any, dst: Any) -> tuple[np.ndarray, np.ndarray]:
     size = (int(dst.width), int(dst.height))
     D = np.asarray(src.distortion.coeffs, np.float64)
     if src.distortion.model == "fisheye":
-        return cv2.fisheye.initUndistortRectifyMap(src.K, D.reshape(4, 1), np.eye(3), dst.K, size, cv2.CV_32FC1)
-    return cv2.initUndistortRectifyMap(src.K, D, None, dst.K, size, cv2.CV_32FC1)
+        return cv2.fisheye.initUndistortRectifyMap(_to_cv(src.K), D.reshape(4, 1), np.eye(3), _to_cv(dst.K), size,
+                                                   cv2.CV_32FC1)
+    return cv2.initUndistortRectifyMap(_to_cv(src.K), D, None, _to_cv(dst.K), size, cv2.CV_32FC1)
 
 
 def undistort_image(image: np.ndarray, src: Any, dst: Any, *, nearest: bool = False, fill: float = 0) -> np.ndarray:
@@ -174,22 +231,64 @@ def _scaled(cam: Any, w: int, h: int) -> Any:
     return replace(cam, K=K, width=w, height=h)
 
 
-def distort_image(image: np.ndarray, cam: Any, *, nearest: bool = False, fill: float = 0) -> np.ndarray:
-    """The inverse of :func:`undistort_image` with the same K: ``image`` seen by the pinhole ``K`` of ``cam``,
-    as the distorting camera ``cam`` would take it (for synthetic captures). Each output pixel is undistorted
-    (``cv2.undistortPoints``, iterative) and sampled from ``image``."""
+def _undistort_points(pts: np.ndarray, cam: Any, P: np.ndarray) -> np.ndarray:
+    """[N, 2] pixel positions (ours: pixel centres at + 0.5) of distorted ``cam`` -> [N, 2] pixel positions of the
+    pinhole ``P`` seeing the same rays (``cv2.undistortPoints``, iterated to 1e-9; fisheye:
+    ``cv2.fisheye.undistortPoints``)."""
     cv2 = _cv()
-    h, w = image.shape[:2]
-    cam = _scaled(cam, w, h)
     D = np.asarray(cam.distortion.coeffs, np.float64)
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    pts = np.stack([xs.ravel(), ys.ravel()], 1).reshape(-1, 1, 2)
+    pts = np.asarray(pts, np.float64).reshape(-1, 1, 2) - 0.5
+    K, P = _to_cv(cam.K), _to_cv(P)
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-9)
     if cam.distortion.model == "fisheye":
-        und = cv2.fisheye.undistortPoints(pts, cam.K, D.reshape(4, 1), P=cam.K)
+        und = cv2.fisheye.undistortPoints(pts, K, D.reshape(4, 1), P=P, criteria=crit)
     else:
-        crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-9)
         it = getattr(cv2, "undistortPointsIter", None)  # OpenCV 4; OpenCV 5 takes the criteria in undistortPoints
-        und = it(pts, cam.K, D, None, cam.K, crit) if it else cv2.undistortPoints(pts, cam.K, D, P=cam.K, criteria=crit)
-    mx = und[:, 0, 0].reshape(h, w).astype(np.float32)
-    my = und[:, 0, 1].reshape(h, w).astype(np.float32)
+        und = it(pts, K, D, None, P, crit) if it else cv2.undistortPoints(pts, K, D, P=P, criteria=crit)
+    return und.reshape(-1, 2) + 0.5
+
+
+def covering_pinhole(cam: Any, *, margin: int = 2, max_scale: float = 3.0) -> Any:
+    """The pinhole ``Camera`` with ``cam``'s focal lengths and pose whose image holds every ray ``cam``'s
+    distorted image sees (the border of ``cam``'s image undistorted, plus ``margin`` px), at most ``max_scale``
+    times ``cam``'s size per side: what to render so that :func:`distort_image` leaves no pixel empty (synthetic
+    captures). ``cam`` itself without distortion."""
+    from dataclasses import replace
+
+    if getattr(cam, "distortion", None) is None:
+        return cam
+    _check_unfolded(cam)
+    w, h = int(cam.width), int(cam.height)
+    t = np.arange(0.0, 1.0, 1.0 / 64)
+    edge = np.concatenate([np.stack([t * w, np.zeros_like(t)], 1), np.stack([np.full_like(t, w), t * h], 1),
+                           np.stack([w - t * w, np.full_like(t, h)], 1), np.stack([np.zeros_like(t), h - t * h], 1)])
+    und = _undistort_points(edge, cam, cam.K)
+    lo = np.floor(und.min(0)) - margin
+    hi = np.ceil(und.max(0)) + margin
+    lo = np.maximum(lo, [w / 2 - max_scale * w / 2, h / 2 - max_scale * h / 2])
+    hi = np.minimum(hi, [w / 2 + max_scale * w / 2, h / 2 + max_scale * h / 2])
+    lo = np.minimum(lo, 0.0)
+    hi = np.maximum(hi, [w, h])
+    K = cam.K.copy()
+    K[0, 2] -= lo[0]
+    K[1, 2] -= lo[1]
+    return replace(cam, K=K, width=int(hi[0] - lo[0]), height=int(hi[1] - lo[1]), distortion=None)
+
+
+def distort_image(image: np.ndarray, cam: Any, *, pinhole: Any = None, nearest: bool = False,
+                  fill: float = 0) -> np.ndarray:
+    """The inverse of :func:`undistort_image`: ``image``, seen by ``pinhole`` (default: ``cam``'s K at the image's
+    size, no distortion), as the distorting camera ``cam`` would take it ([cam.height, cam.width, ...]; at the
+    image's size without ``pinhole``), for synthetic captures. Each output pixel is undistorted
+    (``cv2.undistortPoints``, iterative) and sampled from ``image``; rays outside it get ``fill``."""
+    h, w = image.shape[:2]
+    if pinhole is None:
+        cam = _scaled(cam, w, h)
+        P = cam.K
+    else:
+        P = _scaled(pinhole, w, h).K
+    ys, xs = np.mgrid[0:cam.height, 0:cam.width].astype(np.float64)
+    und = _undistort_points(np.stack([xs.ravel(), ys.ravel()], 1) + 0.5, cam, P) - 0.5  # remap: centres at 0
+    mx = und[:, 0].reshape(cam.height, cam.width).astype(np.float32)
+    my = und[:, 1].reshape(cam.height, cam.width).astype(np.float32)
     return _remap(image, mx, my, nearest, fill)

@@ -23,8 +23,9 @@ Folder (conventions of scene_kd/scene/capture.py)::
 
 ``distortion`` (a COLMAP model and its distortion parameters, e.g. ``("SIMPLE_RADIAL", (-0.3,))``,
 ``("OPENCV", (k1, k2, p1, p2))``, ``("OPENCV_FISHEYE", (k1, k2, k3, k4))``): the photos, label and depth images
-are distorted with OpenCV (scene_kd/scene/lens.py ``distort_image``) as that lens would take them, and both
-camera files carry the model (transforms.json ``camera_model`` + k1..k4, p1, p2), for tests of undistortion.
+are rendered through a wider pinhole (``covering_pinhole``) and distorted with OpenCV (scene_kd/scene/lens.py
+``distort_image``) as that lens would take them, and both camera files carry the model (transforms.json
+``camera_model`` + k1..k4, p1, p2), for tests of undistortion.
 
 Cameras are in the scene's world frame (origin + local).
 """
@@ -166,23 +167,26 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
                                          for n in ("means", "quats", "log_scales", "opacity_logits", "sh")}
     cfg = RenderConfig(width=width, height=height)
     names, depth_names = [], []
-    lens = None
+    dist = None
     if distortion is not None:
-        from scene_kd.scene.lens import colmap_distortion, distort_image
+        from scene_kd.scene.lens import colmap_distortion, covering_pinhole, distort_image
 
         model, extra = distortion
         if model in ("SIMPLE_RADIAL", "RADIAL") and not np.isclose(cameras[0].K[0, 0], cameras[0].K[1, 1]):
             raise SceneKDError(f"{model} needs square pixels (fx = fy)")
         dist = colmap_distortion(model, list(extra))
     for k, cam in enumerate(cameras):
-        if distortion is not None:
-            lens = lambda a, nearest=False, fill=0, cam=cam: distort_image(  # noqa: E731
-                a, Camera(K=cam.K, world_to_cam=cam.world_to_cam, width=cam.width, height=cam.height,
-                          distortion=dist), nearest=nearest, fill=fill)
+        lens, seen = None, cam
+        if dist is not None:  # render a wider pinhole, then bend it as the lens would
+            bent = Camera(K=cam.K, world_to_cam=cam.world_to_cam, width=cam.width, height=cam.height,
+                          distortion=dist)
+            seen = covering_pinhole(bent)
+            lens = lambda a, nearest=False, fill=0, bent=bent, seen=seen: distort_image(  # noqa: E731
+                a, bent, pinhole=seen, nearest=nearest, fill=fill)
         if photo_source == "points":
-            r = render_point_view(pc, cam, cfg, xyz, radius)
+            r = render_point_view(pc, seen, cfg, xyz, radius)
         else:
-            r = render_gaussian_view(dense, cam, cfg, tensors)
+            r = render_gaussian_view(dense, seen, cfg, tensors)
         name = f"frame_{k:04d}.png"
         rgb = r.rgb if lens is None else lens(r.rgb)  # the lens bends the light before the sensor adds noise
         Image.fromarray(photometric(rgb, rng, lighting=lighting, blur_sigma=blur_sigma,
