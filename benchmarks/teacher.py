@@ -56,7 +56,7 @@ def _measure(teacher, renders) -> dict:
 def run(full: bool = False, device: str = "auto") -> dict:
     import torch
 
-    from scene_kd.teachers.base import create_teacher
+    from scene_kd.teachers.factory import create_teacher
 
     torch.manual_seed(0)
     n, h, w = (8, 384, 512) if full else (2, 96, 128)

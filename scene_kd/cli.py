@@ -4,11 +4,13 @@ Each command module defines ``Args`` (a dataclass; its docstring is the verb's h
 ``main(args) -> int | None``. A verb that takes pipeline settings lists its config sections in ``SECTIONS``;
 its ``Args`` holds those sections as nested dataclasses, so every config field is a flag
 (``--teacher.label-flip 0.2``, ``--render.width 256``) whose shown default is the *resolved* one: built-in
-defaults <- the run folder's config.yaml (verbs on an existing run) <- ``--config PRESET`` <- the shortcuts in
-``SHORTCUTS`` (``--teacher NAME``, ``--views``, ...). That is ``scene_kd.config.resolve_config``, the one rule
-every verb uses. The teacher's flags are those of the resolved teacher (``--teacher NAME`` picks it); an option
-of another teacher is an error. Errors of type SceneKDError print one line and exit 2; ``--debug``
-(anywhere on the command line) shows the traceback instead.
+defaults <- the run folder's config.yaml (``RUN_CONFIG_BASE`` names the field holding it) <- ``--config PRESET``
+<- the command line. That is ``scene_kd.config.resolve_config``, the one rule every verb uses; tyro parses the
+command line twice, first to read the run folder and preset, then over the resolved defaults. Short forms
+(``--teacher NAME``, ``--views``, ``--epochs`` ...) are tyro aliases declared on the config fields. The teacher's
+flags are those of the resolved teacher (``--teacher NAME`` picks it); an option of another teacher is an error.
+Errors of type SceneKDError print one line and exit 2; ``--debug`` (anywhere on the command line) shows the
+traceback instead.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import importlib
 import logging
 import sys
 from typing import Any
-
-import yaml
 
 from scene_kd.errors import ConfigError, SceneKDError
 
@@ -40,175 +40,182 @@ COMMANDS: dict[str, str] = {
     "grasp-serve": "scene_kd.commands.grasp_serve",
 }
 
-SHORTCUTS: dict[str, tuple[str, ...]] = {
-    # flag: the config keys it sets (section.key); a shortcut and its long flag together are a conflict
-    "--teacher": ("teacher.name",),
-    "--views": ("render.preset",),
-    "--width": ("render.width",),
-    "--height": ("render.height",),
-    "--levels": ("render.levels",),
-    "--label-flip": ("teacher.label_flip",),
-    "--weights": ("teacher.weights",),
-    "--epochs": ("distill.epochs",),
-    "--student": ("distill.student", "distill.enabled"),
-}
-"""Short flags kept from earlier versions and the README; each is applied as a config override."""
 
-
-def _flag_value(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
-    """The value of ``flag`` (``--flag V`` or ``--flag=V``) and argv without it; ConfigError if given twice."""
-    out, value, seen = [], None, 0
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a == flag or a.startswith(flag + "="):
-            seen += 1
-            if "=" in a:
-                value = a.split("=", 1)[1]
-            elif i + 1 < len(argv):
-                value = argv[i + 1]
-                i += 1
-            else:
-                raise ConfigError(f"{flag} needs a value")
-        else:
-            out.append(a)
-        i += 1
-    if seen > 1:
-        raise ConfigError(f"{flag} given {seen} times")
-    return value, out
-
-
-def _shortcut_overrides(argv: list[str], sections: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
-    """Config overrides from the shortcut flags this verb's sections accept, and argv without them."""
-    overrides: dict[str, Any] = {}
-    for flag, keys in SHORTCUTS.items():
-        if keys[0].split(".")[0] not in sections:
-            continue
-        value, argv = _flag_value(argv, flag)
-        if value is None:
-            continue
-        for key in keys:
-            long = "--" + key.replace("_", "-")
-            if any(a == long or a.startswith(long + "=") or a == "--" + key for a in argv):
-                raise ConfigError(f"give {flag} or {long}, not both")
-        parsed = yaml.safe_load(value) if keys[0] != "teacher.name" else value
-        section, name = keys[0].split(".")
-        overrides.setdefault(section, {})[name] = parsed
-        if keys[0] == "distill.student":
-            overrides["distill"]["enabled"] = True
-    if "distill" in overrides and overrides["distill"].get("epochs") == 0:  # --epochs 0: no student
-        overrides["distill"]["enabled"] = False
-        del overrides["distill"]["epochs"]
-    return overrides, argv
-
-
-def _check_section_flags(argv: list[str], cfg: Any, sections: tuple[str, ...]) -> None:
-    """A one-line ConfigError for ``--section.key`` flags the resolved config has no field for (e.g. an option
-    of another teacher), instead of the parser's multi-line box."""
-    import dataclasses
-    import difflib
-
-    from scene_kd.teachers.config import TEACHER_CONFIGS
-
-    for a in argv:
-        if not a.startswith("--") or "." not in a.split("=", 1)[0]:
-            continue
-        section, key = a[2:].split("=", 1)[0].split(".", 1)
-        key = key.split(".", 1)[0].replace("-", "_")
-        if section not in sections:
-            continue
-        obj = getattr(cfg, section)
-        names = {f.name for f in dataclasses.fields(obj)}
-        booleans = {f.name for f in dataclasses.fields(obj) if f.type in (bool, "bool")}
-        if key in names or (key.startswith("no_") and key[3:] in booleans):  # tyro's --section.no-FLAG
-            continue
-        if section == "teacher":
-            owners = [n for n, c in TEACHER_CONFIGS.items() if key in {f.name for f in dataclasses.fields(c)}]
-            if owners:
-                raise ConfigError(f"{a.split('=', 1)[0]} is an option of the {' / '.join(owners)} teacher, not of "
-                                  f"{obj.name}; choose the teacher with --teacher NAME")
-        close = difflib.get_close_matches(key.replace("_", "-"), sorted(n.replace("_", "-") for n in names), n=1)
-        hint = f"did you mean --{section}.{close[0]}? " if close else ""
-        raise ConfigError(f"unknown option {a.split('=', 1)[0]}; {hint}{section} options: "
-                          f"{', '.join(sorted(n.replace('_', '-') for n in names))}")
-
-
-def _default_args(mod: Any, argv: list[str]) -> tuple[Any, list[str]]:
-    """A default ``Args`` holding the resolved config sections, and the argv left for tyro."""
-    import dataclasses
-
-    import tyro
-
-    from scene_kd.config import resolve_config
-
-    sections: tuple[str, ...] = getattr(mod, "SECTIONS", ())
-    if not sections:
-        return None, argv
-    preset, _ = _flag_value(argv, "--config")
-    overrides, argv = _shortcut_overrides(argv, sections)
-    run_dir = None
-    base = getattr(mod, "RUN_CONFIG_BASE", False)
-    if isinstance(base, str):  # the run folder is this flag's value
-        run_dir, _ = _flag_value(argv, base)
-    elif base and argv and not argv[0].startswith("-"):
-        run_dir = argv[0]  # the run folder comes first on the verbs that take one
-    cfg = resolve_config(run_dir, preset, overrides)
-    _check_section_flags(argv, cfg, sections)
-    values = {}
-    for f in dataclasses.fields(mod.Args):
-        if f.name in sections:
-            values[f.name] = getattr(cfg, f.name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            values[f.name] = tyro.MISSING
-    return mod.Args(**values), argv
-
-
-def _known_flags(args_type: Any, default: Any) -> set[str]:
-    """Every ``--flag`` tyro makes of ``args_type`` (nested dataclasses as ``--section.key``, booleans also as
-    ``--no-key``; ``default``'s nested values decide the class of a section, e.g. the resolved teacher)."""
+def _flag_groups(args_type: Any, default: Any) -> list[tuple[str, ...]]:
+    """The flags tyro makes of ``args_type``, one tuple per argument, aliases first (``("--epochs",
+    "--distill.epochs")``); nested dataclasses give ``--section.key`` (``default``'s nested values decide a
+    section's class, e.g. the resolved teacher), booleans also ``--no-key`` (in the same tuple). Read from the
+    markers (``tyro.conf.arg``) tyro reads; tests/test_messages.py checks it against tyro's own parser."""
     import dataclasses
     import typing
 
-    def walk(tp: Any, value: Any, prefix: str) -> set[str]:
+    def walk(tp: Any, value: Any, prefix: str) -> list[tuple[str, ...]]:
         hints = typing.get_type_hints(tp, include_extras=True)
-        out: set[str] = set()
+        out: list[tuple[str, ...]] = []
         for f in dataclasses.fields(tp):
-            hint = hints.get(f.name)
-            if "Positional" in repr(hint):  # tyro.conf.Positional: no flag
+            hint = hints[f.name]
+            marks = typing.get_args(hint)[1:] if typing.get_origin(hint) is typing.Annotated else ()
+            if "Positional" in repr(hint) or "Suppress" in repr(hint):
                 continue
-            sub = getattr(value, f.name, None) if value is not None else None
-            name = prefix + f.name.replace("_", "-")
+            sub = getattr(value, f.name, None)
             if dataclasses.is_dataclass(sub) or (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
-                out |= walk(type(sub) if dataclasses.is_dataclass(sub) else hint, sub, name + ".")
+                out += walk(type(sub) if dataclasses.is_dataclass(sub) else hint, sub, prefix + f.name + ".")
                 continue
-            out.add("--" + name)
-            if hint is bool or typing.get_args(hint)[:1] == (bool,):
-                out.add("--" + prefix + "no-" + f.name.replace("_", "-"))
+            conf = next((m for m in marks if type(m).__name__ == "_ArgConfig"), None)
+            name = (conf.name if conf is not None and conf.name else f.name).replace("_", "-")
+            local = conf is not None and conf.prefix_name is False
+            long = "--" + ("" if local else prefix.replace("_", "-")) + name
+            aliases = tuple(conf.aliases or ()) if conf is not None else ()
+            base = typing.get_args(hint)[0] if marks else hint
+            negative = ("--" + ("" if local else prefix.replace("_", "-")) + "no-" + name,) if base is bool else ()
+            out.append((*aliases, long, *negative))
         return out
 
     return walk(args_type, default, "")
 
 
-def _check_flags(verb: str, mod: Any, default: Any, argv: list[str]) -> None:
-    """A one-line ConfigError for a flag the verb does not have, with the closest known flags (difflib); where
-    a close match has a short form (SHORTCUTS: ``--distill.epochs`` -> ``--epochs``) the short form is shown."""
+def _known_flags(args_type: Any, default: Any) -> set[str]:
+    """Every ``--flag`` tyro accepts for ``args_type`` over ``default`` (see :func:`_flag_groups`)."""
+    return {flag for group in _flag_groups(args_type, default) for flag in group}
+
+
+def _parse(verb: str, mod: Any, argv: list[str], default: Any, *, quiet: bool = False) -> tuple[Any, list[str]]:
+    """tyro over ``mod.Args`` with ``default``: the parsed Args and the tokens it did not recognise.
+    ``quiet``: no --help, no output; tyro's SystemExit on an error propagates."""
+    import contextlib
+    import io
+
+    import tyro
+
+    # tyro 1.0.17 prints a value error's box even with console_outputs=False: a quiet parse swallows it
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+        return tyro.cli(mod.Args, args=argv, prog=f"scene-kd {verb}", default=default, return_unknown_args=True,
+                        add_help=not quiet, console_outputs=not quiet, config=(tyro.conf.AvoidSubcommands,),
+                        description=None if quiet else _description(mod.Args))
+
+
+def _description(args_type: Any) -> str:
+    """The verb's docstring, each paragraph refilled to the terminal (at most 100 columns). tyro joins a line
+    starting with a letter to the one before and prints the result unwrapped, so continuation lines are
+    indented by one space (which tyro keeps as a line break)."""
+    import inspect
+    import shutil
+    import textwrap
+
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    paragraphs = (inspect.getdoc(args_type) or "").split("\n\n")
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), width, subsequent_indent=" ")
+                       for p in paragraphs)
+
+
+def _sections_default(mod: Any, cfg: Any) -> Any:
+    """An ``Args`` holding ``cfg``'s sections, tyro.MISSING for the required fields."""
+    import dataclasses
+
+    import tyro
+
+    values = {}
+    for f in dataclasses.fields(mod.Args):
+        if f.name in mod.SECTIONS:
+            values[f.name] = getattr(cfg, f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            values[f.name] = tyro.MISSING
+    return mod.Args(**values)
+
+
+def _default_args(mod: Any, argv: list[str], verb: str = "") -> tuple[Any, list[str]]:
+    """A default ``Args`` holding the resolved config sections (None for a verb without ``SECTIONS``), and argv.
+
+    tyro reads the run folder (the ``RUN_CONFIG_BASE`` field) and ``--config`` from argv over the built-in
+    defaults (a failing first read leaves them unset; the second parse reports the error), then
+    ``resolve_config`` gives the defaults; ``--teacher NAME`` naming another teacher than the resolved one
+    re-resolves with that teacher (its own option flags differ)."""
+    from scene_kd.config import PipelineConfig, resolve_config
+
+    if not getattr(mod, "SECTIONS", ()):
+        return None, argv
+    run_dir = preset = None
+    try:
+        first, _ = _parse(verb, mod, argv, _sections_default(mod, PipelineConfig()), quiet=True)
+        run_dir, preset = getattr(first, getattr(mod, "RUN_CONFIG_BASE", ""), None), first.config
+    except SystemExit:
+        pass
+    default = _sections_default(mod, resolve_config(run_dir, preset))
+    if "teacher" in mod.SECTIONS:
+        try:
+            second, _ = _parse(verb, mod, argv, default, quiet=True)
+            if second.teacher.name != default.teacher.name:
+                cfg = resolve_config(run_dir, preset, {"teacher": {"name": second.teacher.name}})
+                default = _sections_default(mod, cfg)
+        except SystemExit:
+            pass
+    return default, argv
+
+
+def _both_forms(argv: list[str], groups: list[tuple[str, ...]]) -> None:
+    """ConfigError when a short form and its long flag are both given. tyro treats aliases as one argument
+    (the last one given wins), so this is the one check that reads argv itself."""
+    given = {a.split("=", 1)[0] for a in argv[: argv.index("--") if "--" in argv else len(argv)]}
+    for group in groups:
+        both = [f for f in group if f in given]
+        if len(both) > 1:
+            raise ConfigError(f"give {both[0]} or {both[1]}, not both")
+
+
+def _unknown(verb: str, mod: Any, default: Any, tokens: list[str]) -> ConfigError:
+    """The one-line error for tokens tyro did not recognise: an option of another teacher says whose it is;
+    else the closest flag (difflib), short forms included, so ``--epoch`` suggests ``--epochs``."""
+    import dataclasses
     import difflib
 
-    sections: tuple[str, ...] = getattr(mod, "SECTIONS", ())
-    shortcuts = {f: keys for f, keys in SHORTCUTS.items() if keys[0].split(".")[0] in sections}
-    short_of = {"--" + keys[0].replace("_", "-"): f for f, keys in shortcuts.items()}
-    known = _known_flags(mod.Args, default) | set(shortcuts) | {"--config", "--help", "--debug"}
-    for a in argv:
-        if a == "--":  # everything after is positional
-            return
-        if not a.startswith("--"):
-            continue
-        flag = a.split("=", 1)[0]
-        if flag.replace("_", "-") in known:
-            continue
-        close = difflib.get_close_matches(flag.replace("_", "-"), sorted(known), n=1, cutoff=0.6)
-        hint = f"; did you mean {short_of.get(close[0], close[0])}?" if close else ""
-        raise ConfigError(f"unknown option {flag} for scene-kd {verb}{hint} (scene-kd {verb} --help lists all)")
+    from scene_kd.teachers.config import TEACHERS
+
+    flags = [t.split("=", 1)[0] for t in tokens if t.startswith("--")]
+    if not flags:
+        return ConfigError(f"unexpected argument {tokens[0]!r} for scene-kd {verb} (scene-kd {verb} --help lists all)")
+    flag = flags[0]
+    known = _known_flags(mod.Args, default)
+    if default is not None and "teacher" in getattr(mod, "SECTIONS", ()):
+        current = default.teacher.name
+        for name, cls in ((e.name, e.config) for e in TEACHERS):
+            theirs = _known_flags(mod.Args, dataclasses.replace(default, teacher=cls()))
+            if name != current and flag in theirs - known:
+                return ConfigError(f"{flag} is an option of the {name} teacher, not of {current}; choose the "
+                                   f"teacher with --teacher NAME")
+            known |= theirs
+    known |= {"--config", "--help", "--debug"}
+    close = difflib.get_close_matches(flag.replace("_", "-"), sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"unknown option {flag} for scene-kd {verb}{hint} (scene-kd {verb} --help lists all)")
+
+
+def _command_line_rules(args: Any, default: Any) -> Any:
+    """The two meanings the short forms carry beyond setting a field: ``--epochs 0`` is no student (the
+    epochs stay the resolved ones), and choosing a student other than the resolved one turns distillation on
+    (``--config splat --student gaussian-field``)."""
+    import dataclasses
+
+    d, base = getattr(args, "distill", None), getattr(default, "distill", None)
+    if d is None or base is None:
+        return args
+    if d.epochs == 0:
+        d = dataclasses.replace(d, enabled=False, epochs=base.epochs)
+    elif d.student != base.student:
+        d = dataclasses.replace(d, enabled=True)
+    return dataclasses.replace(args, distill=d)
+
+
+def parse_verb(verb: str, argv: list[str]) -> tuple[Any, Any]:
+    """The command module of ``verb`` and its parsed ``Args``. Raises ConfigError (one line) for an unknown
+    option, a short and long form together or an invalid config; tyro exits for --help and its own errors."""
+    mod = importlib.import_module(COMMANDS[verb])
+    default, argv = _default_args(mod, argv, verb)
+    if not any(a in ("-h", "--help") for a in argv):
+        _both_forms(argv, _flag_groups(mod.Args, default))
+    args, unknown = _parse(verb, mod, argv, default)
+    if unknown:
+        raise _unknown(verb, mod, default, unknown)
+    return mod, _command_line_rules(args, default)
 
 
 def _usage() -> str:
@@ -222,9 +229,8 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
-
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug may stand anywhere, on every verb, and is no verb's option: taken out before tyro sees argv
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(message)s")
@@ -239,13 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         print(f"scene-kd: error: unknown verb {verb!r}; {hint}choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    mod = importlib.import_module(COMMANDS[verb])
     try:
-        default, rest = _default_args(mod, rest)
-        if not any(a in ("-h", "--help") for a in rest):
-            _check_flags(verb, mod, default, rest)
-        args = tyro.cli(mod.Args, args=rest, prog=f"scene-kd {verb}", default=default,
-                        config=(tyro.conf.AvoidSubcommands,))
+        mod, args = parse_verb(verb, rest)
         rc = mod.main(args)
         return int(rc or 0)
     except SceneKDError as e:

@@ -3,8 +3,8 @@
 Stage configs live beside their stages (render/config.py, ...); this module composes them. Every verb resolves
 its config with :func:`resolve_config`: built-in defaults, then the run folder's saved ``config.yaml`` (when
 the verb works on an existing run), then a preset (``--config``: a name shipped in ``scene_kd/configs/`` or a
-YAML path), then the command line. YAML is validated on load: an unknown key or a value of the wrong type is
-a one-line ``ConfigError`` naming the key.
+YAML path), then the command line. YAML is validated on load by dacite against the dataclass types: an
+unknown key or a value of the wrong type is a one-line ``ConfigError`` naming the key and the expected type.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import dacite
 import yaml
 
 from scene_kd.distill.config import DistillConfig
@@ -24,7 +25,7 @@ from scene_kd.errors import ConfigError
 from scene_kd.lift.config import FuseConfig
 from scene_kd.query.config import QueryConfig
 from scene_kd.render.config import RenderConfig
-from scene_kd.teachers.config import TEACHER_CONFIGS, ClipSamConfig, TeacherConfig
+from scene_kd.teachers.config import TEACHERS, ClipSamConfig, TeacherConfig
 
 
 @dataclass
@@ -64,94 +65,72 @@ def read_preset(preset: str | Path) -> dict[str, Any]:
     return data
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """``value`` checked against the type ``hint`` (tuples from YAML lists, ints accepted as floats)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is typing.Annotated:
-        return _coerce(value, args[0], where)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for a in args:
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"config key {where}: {value!r} is none of {_type_name(hint)}")
-    if hint is type(None):
-        if value is not None:
-            raise ConfigError(f"config key {where}: expected null, got {value!r}")
-        return None
-    if origin is typing.Literal:
-        if value not in args:
-            raise ConfigError(f"config key {where}: {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(args) != len(value):
-            raise ConfigError(f"config key {where}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config key {where}: expected true/false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {where}: expected an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {where}: expected a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"config key {where}: expected a string, got {value!r}")
-        return value
-    return value
+_DACITE = dacite.Config(strict=True, cast=[tuple],  # YAML lists -> tuples; an int is a valid float
+                        type_hooks={float: lambda v: float(v) if type(v) is int else v})
+
+
+def _deep_merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in updates.items():
+        out[k] = _deep_merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
 
 
 def _type_name(hint: Any) -> str:
-    args = typing.get_args(hint)
-    return " | ".join("null" if a is type(None) else getattr(a, "__name__", str(a)) for a in args) or str(hint)
+    """``int``, ``one of 'a', 'b'``, ``float | null``: a type as the YAML author reads it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(repr, args))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_type_name(args[0])}" if args[1:] == (Ellipsis,) else f"a list of {len(args)} values"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def merge_into(obj: Any, updates: dict[str, Any], where: str = "") -> Any:
-    """A copy of dataclass ``obj`` with ``updates`` (nested mappings) applied, each value type-checked.
+    """A copy of dataclass ``obj`` with ``updates`` (nested mappings) applied, validated by dacite.
 
     A ``teacher`` mapping whose ``name`` names another teacher starts from that teacher's defaults (keeping the
     common ``seed`` and ``batch_size``). Raises ConfigError naming the key for an unknown key or a wrong type.
     """
     if not isinstance(updates, dict):
         raise ConfigError(f"config key {where.rstrip('.') or '(top)'} must be a mapping, got {updates!r}")
-    names = {f.name for f in dataclasses.fields(obj)}
-    hints = typing.get_type_hints(type(obj), include_extras=True)
-    changes = {}
-    for k, v in updates.items():
-        if k not in names or k == "STAGE_FIELDS":
-            kind = getattr(obj, "name", None)
-            what = f" of teacher {kind!r}" if where == "teacher." and kind else ""
-            raise ConfigError(f"unknown config key {where}{k}{what}; known: {', '.join(sorted(names))}")
-        cur = getattr(obj, k)
-        if k == "teacher" and where == "":
-            changes[k] = _merge_teacher(cur, v)
-        elif dataclasses.is_dataclass(cur):
-            changes[k] = merge_into(cur, v, f"{where}{k}.")
-        else:
-            changes[k] = _coerce(v, hints[k], f"{where}{k}")
-    return dataclasses.replace(obj, **changes)
+    if where == "" and isinstance(obj, PipelineConfig):  # section by section: the teacher's class depends on its name
+        unknown = sorted(set(updates) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]}; known: {', '.join(SECTIONS)}")
+        changes = {k: _merge_teacher(obj.teacher, v) if k == "teacher" else merge_into(getattr(obj, k), v, f"{k}.")
+                   for k, v in updates.items()}
+        return dataclasses.replace(obj, **changes)
+    try:
+        return dacite.from_dict(type(obj), _deep_merge(dataclasses.asdict(obj), updates), config=_DACITE)
+    except dacite.UnexpectedDataError as e:
+        key = sorted(e.keys)[0]
+        inner = [f.name for f in dataclasses.fields(obj) if dataclasses.is_dataclass(getattr(obj, f.name))
+                 and isinstance(updates.get(f.name), dict) and key in updates[f.name]]
+        path = f"{where}{inner[0]}." if inner else where
+        names = sorted(f.name for f in dataclasses.fields(getattr(obj, inner[0]) if inner else obj))
+        kind = getattr(obj, "name", None)
+        what = f" of teacher {kind!r}" if where == "teacher." and kind else ""
+        raise ConfigError(f"unknown config key {path}{key}{what}; known: {', '.join(names)}") from None
+    except dacite.WrongTypeError as e:
+        raise ConfigError(f"config key {where}{e.field_path}: expected {_type_name(e.field_type)}, "
+                          f"got {e.value!r}") from None
+    except dacite.DaciteError as e:
+        raise ConfigError(f"config section {where.rstrip('.')}: {e}") from None
 
 
 def _merge_teacher(cur: Any, updates: Any) -> Any:
     if not isinstance(updates, dict):
         raise ConfigError(f"config key teacher must be a mapping, got {updates!r}")
     name = updates.get("name", cur.name)
-    if name not in TEACHER_CONFIGS:
-        raise ConfigError(f"config key teacher.name: unknown teacher {name!r}; choose one of "
-                          f"{', '.join(TEACHER_CONFIGS)}")
+    if name not in TEACHERS:
+        raise ConfigError(f"config key teacher.name: {TEACHERS.unknown(name)}")
     if name != cur.name:
-        cur = TEACHER_CONFIGS[name](seed=cur.seed, batch_size=cur.batch_size)
+        cur = TEACHERS.config(name)(seed=cur.seed, batch_size=cur.batch_size)
     return merge_into(cur, {k: v for k, v in updates.items() if k != "name"}, "teacher.")
 
 
@@ -178,6 +157,12 @@ def resolve_config(run_dir: str | Path | None = None, preset: str | Path | None 
                 raise
             raise ConfigError(f"{where}: {e}") from None
     return cfg
+
+
+def read_query_config(run_dir: str | Path) -> QueryConfig:
+    """The run's QueryConfig by the one config rule (``resolve_config``): the ``query`` section of RUN/config.yaml,
+    defaults when the run has no config. Raises ConfigError for an invalid config."""
+    return resolve_config(run_dir).query
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:

@@ -29,3 +29,12 @@ class RunStateError(SceneKDError):
 
 class ConfigError(SceneKDError):
     """A config (YAML preset, run config or flag) has an unknown key, a value of the wrong type or a conflict."""
+
+
+class BudgetError(SceneKDError):
+    """A plan refused before any work: more views, or more expected teacher time, than the budget allows.
+    ``plan`` holds the plan's counts (views, megapixels, levels) where known."""
+
+    def __init__(self, message: str, *, plan: dict | None = None, path: str | Path | None = None):
+        self.plan = plan
+        super().__init__(message, path=path)

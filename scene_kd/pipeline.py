@@ -44,13 +44,16 @@ def run_pipeline(
     until: str | None = None,
     preview: bool = False,
     progress: bool = True,
+    cost_key: str | None = None,
 ) -> dict[str, Any]:
     """Run every enabled stage on ``scene`` (a path or a loaded scene) into ``run_dir``; {stage: result}.
 
     The scene (or capture) is read and the teacher's requirements are checked before anything is written, so bad
     input leaves no run folder (missing weights raise MissingWeightsError with the links; the oracle on an
-    unlabelled scene a SceneKDError). ``until``
-    stops after that stage; ``preview`` also writes the contact sheets.
+    unlabelled scene a SceneKDError). ``until`` stops after that stage; ``preview`` also writes the contact sheets.
+    Before rendering it logs the plan and the teacher's expected time (the cost table's row for ``cost_key``, the
+    config preset's name, else ``default``), and refuses (BudgetError) a plan over render.max_views /
+    render.max_teacher_hours.
     """
     from scene_kd.scene.io import load_scene
 
@@ -69,7 +72,8 @@ def run_pipeline(
     save_config(run.root, cfg)
     if cfg.teacher.name == ORACLE:
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
-    ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress)
+    ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress,
+                       on_plan=teacher_cost_hook(cfg.teacher, cost_key), cost_key=cost_key)
     results: dict[str, Any] = {}
     t0 = time.perf_counter()
     for stage in STAGES[: last + 1]:
@@ -83,16 +87,37 @@ def run_pipeline(
     return results
 
 
+def teacher_cost_hook(teacher: TeacherConfig | None, preset: str | None = None) -> Any:
+    """The render stage's ``on_plan``: plan counts -> the expected time of ``teacher`` on this machine's device
+    (scene_kd/teachers/cost.py) as a dict with a "line" to print; None without a teacher."""
+    if teacher is None:
+        return None
+
+    def on_plan(plan: dict[str, Any]) -> dict[str, Any]:
+        from scene_kd.teachers.cost import estimate_for_config
+
+        cost = estimate_for_config(teacher, int(plan.get("views", 0)), float(plan.get("megapixels", 0.0)),
+                                   preset=preset)
+        return {**cost.as_dict(), "line": cost.describe()}
+
+    return on_plan
+
+
 def _with(section: str, value: Any) -> PipelineConfig:
     return dataclasses.replace(PipelineConfig(), **{section: value})
 
 
 def render_stage(run_dir: str | Path, scene: Any, cfg: RenderConfig, *, force: bool = False,
-                 preview: bool = False, capture: Any = None) -> StageResult:
+                 preview: bool = False, capture: Any = None, teacher: TeacherConfig | None = None,
+                 cost_key: str | None = None) -> StageResult:
     """Plan views (or take a capture's cameras and photos) and render ``scene`` into ``run_dir`` (see
-    scene_kd/render/stage.py)."""
+    scene_kd/render/stage.py); with ``teacher``, the plan line also gives its expected time (the cost table's row
+    for ``cost_key``, the config preset's name, else ``default``)."""
     return run_stage(RENDER, run_dir, _with("render", cfg), StageContext(scene=scene, capture=capture,
-                                                                         preview=preview), force=force)
+                                                                         preview=preview,
+                                                                         on_plan=teacher_cost_hook(teacher, cost_key),
+                                                                         cost_key=cost_key),
+                     force=force)
 
 
 def features_stage(run_dir: str | Path, cfg: TeacherConfig, *, force: bool = False,

@@ -27,10 +27,11 @@ def relevancy_render(run_dir: str | Path, query: str, out_png: str | Path, *, si
     import torch
     from PIL import Image
 
+    from scene_kd.config import read_query_config
     from scene_kd.query.session import QuerySession
     from scene_kd.render.points import render_points
 
-    session = QuerySession.open(run_dir)  # the run's QueryConfig, as every query entry point
+    session = QuerySession.open(run_dir, query=read_query_config(run_dir))  # as every query entry point
     field = session.field
     rel = session.relevancy(query).float().numpy()
     cmap = matplotlib.colormaps["turbo"]

@@ -91,6 +91,13 @@ class StageContext:
     progress: bool = True
     sources: tuple[str, ...] | None = None
     """eval: which feature sources to score (default: all the field has)."""
+    on_plan: Any = None
+    """render: called with the plan's counts ({"views", "megapixels", "levels"}) right after planning, before any
+    render; returns the expected teacher cost as a dict ({"line", "hours", ...}; teachers/cost.py) or None. Set
+    by the pipeline (the render layer knows no teacher)."""
+    cost_key: str | None = None
+    """render/features: the settings key of the teacher cost table's row (the config preset's name, e.g. urban;
+    teachers/cost.py), None or a key the table lacks: its ``default`` row."""
     force: bool = False
     """Set by the runner: the stage was forced (it may replace outputs it would otherwise refuse to)."""
     key: str = ""

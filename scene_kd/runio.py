@@ -21,6 +21,12 @@ import numpy as np
 from scene_kd.errors import RunStateError, SceneKDError
 
 
+def cache_dir() -> Path:
+    """The user cache folder: ``$SCENE_KD_CACHE`` or ``~/.cache/scene_kd`` (model weights, text embeddings, the
+    compiled native z-buffer). Lives here, at the bottom layer, because render/ and teachers/ both use it."""
+    return Path(os.environ.get("SCENE_KD_CACHE") or Path.home() / ".cache" / "scene_kd").expanduser()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""

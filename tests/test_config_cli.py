@@ -123,7 +123,7 @@ def test_oracle_on_an_unlabelled_scene_is_refused_before_any_work(tmp_path, caps
     np.save(tmp_path / "plain.npy", xyz)
     assert main(["run", str(tmp_path / "plain.npy"), "--out", str(tmp_path / "r"), "--teacher", "oracle-labels"]) == 2
     assert "needs a labelled scene" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.yaml"]
+    assert not (tmp_path / "r").exists()  # issue 23: refused input leaves no run folder
 
 
 def test_oracle_on_a_scene_with_only_unclassified_points_is_refused_before_any_work(tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_oracle_on_a_scene_with_only_unclassified_points_is_refused_before_any_w
                tmp_path / "u.las")
     assert main(["run", str(tmp_path / "u.las"), "--out", str(tmp_path / "r"), "--teacher", "oracle-labels"]) == 2
     assert "needs a labelled scene" in capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.yaml"]
+    assert not (tmp_path / "r").exists()  # issue 23: refused input leaves no run folder
 
 
 def test_features_with_a_preset_resolves_the_preset_teacher(oracle_run, capsys):

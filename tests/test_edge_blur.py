@@ -12,8 +12,8 @@ from test_teachers_fixtures import NAMES
 from test_teachers_oracle import _mask_stats, street_render
 
 from scene_kd.errors import SceneKDError
-from scene_kd.teachers.base import create_teacher
 from scene_kd.teachers.edge_blur import edge_blur_map, region_blur
+from scene_kd.teachers.factory import create_teacher
 
 PALETTE = {2: (120, 100, 80), 11: (60, 60, 60), 6: (200, 80, 70), 20: (30, 30, 220)}
 

@@ -10,12 +10,12 @@ import torch
 from test_lift_stage import class_vectors, labelled_scene, make_run
 
 from scene_kd.errors import RunStateError
-from scene_kd.eval.labels import ASPRS_CLASSES, SENSATURBAN_CLASSES, evaluation_classes, is_evaluable
 from scene_kd.eval.metrics import confusion_matrix, scores
 from scene_kd.eval.plots import confusion_png
 from scene_kd.field import FeatureField
 from scene_kd.lift.config import FuseConfig
 from scene_kd.pipeline import fuse_stage
+from scene_kd.scene.labels import ASPRS_CLASSES, SENSATURBAN_CLASSES, evaluation_classes, is_evaluable
 
 
 def test_confusion_and_scores_by_hand():

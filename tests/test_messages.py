@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scene_kd.cli import COMMANDS, _default_args, _known_flags, main
+from scene_kd.cli import COMMANDS, _default_args, _flag_groups, _known_flags, main, parse_verb
 
 SAMPLE_C = Path(__file__).resolve().parents[1] / "data" / "pdal_sample_c.las"
 SAM_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"  # segment-anything README
@@ -82,9 +82,36 @@ def test_known_flags_cover_every_flag_tyro_makes():
         pytest.skip("this tyro has no extras.get_parser")
     for verb, modname in COMMANDS.items():
         mod = importlib.import_module(modname)
-        default, _ = _default_args(mod, ["RUN"] if getattr(mod, "RUN_CONFIG_BASE", False) is True else [])
+        default, _ = _default_args(mod, ["RUN"] if getattr(mod, "RUN_CONFIG_BASE", "") == "run" else [])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             parser = get_parser(mod.Args, default=default, config=(tyro.conf.AvoidSubcommands,))
         theirs = {o for o in parser._option_string_actions if o.startswith("--")} - {"--help"}
-        assert theirs <= _known_flags(mod.Args, default), verb
+        assert theirs == _known_flags(mod.Args, default), verb
+        groups = {tuple(a.option_strings) for a in parser._actions if a.option_strings not in ([], ["-h", "--help"])}
+        assert groups == set(_flag_groups(mod.Args, default)), verb  # aliases grouped with their long flag
+
+
+def test_short_forms_are_aliases_listed_first_in_their_section(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    assert max(map(len, out.splitlines())) <= 100
+    for short, long, section in [("--epochs", "--distill.epochs", "distill"), ("--views", "--render.preset", "render"),
+                                 ("--weights", "--teacher.weights", "teacher")]:
+        group = out[out.index(f"{section} options"):]
+        assert f"{short} " in group and group.index(short) < group.index(long), short
+
+
+def test_short_forms_keep_their_meanings():
+    _, args = parse_verb("run", ["x.las", "--out", "r", "--epochs", "0"])
+    assert args.distill.enabled is False and args.distill.epochs == 40  # 0: no student, epochs kept
+    _, args = parse_verb("run", ["x.las", "--out", "r", "--config", "splat"])
+    assert args.distill.enabled is False  # the splat preset trains no student ...
+    _, args = parse_verb("run", ["x.las", "--out", "r", "--config", "splat", "--student", "gaussian-field"])
+    assert args.distill.enabled is True and args.distill.student == "gaussian-field"  # ... unless one is chosen
+    _, args = parse_verb("run", ["x.las", "--out", "r", "--teacher", "oracle-labels", "--label-flip", "0.2",
+                                 "--views", "orbit", "--width", "64"])
+    assert (args.teacher.name, args.teacher.label_flip, args.render.preset, args.render.width) == \
+        ("oracle-labels", 0.2, "orbit", 64)

@@ -14,9 +14,10 @@ import torch
 import yaml
 
 from scene_kd.cli import main as cli
+from scene_kd.config import read_query_config
 from scene_kd.errors import SceneKDError
 from scene_kd.query.config import QueryConfig
-from scene_kd.query.session import QuerySession, read_query_config
+from scene_kd.query.session import QuerySession
 
 PROMPT = "building"
 LABELS = ["road", "sidewalk", "building", "tree", "car", "pole", "grass"]
@@ -54,7 +55,7 @@ def test_the_run_config_is_read_and_differs_from_the_defaults(custom_run):
     cfg = read_query_config(custom_run)
     assert tuple(cfg.negatives) == tuple(QUERY["negatives"]) and cfg.temperature == QUERY["temperature"]
     assert cfg.template == QUERY["template"] and cfg.source == "distilled" and cfg.text_cache_size == 64
-    ref, dflt = QuerySession.open(custom_run), QuerySession.open(custom_run, query=QueryConfig())
+    ref, dflt = QuerySession.open(custom_run, query=read_query_config(custom_run)), QuerySession.open(custom_run, query=QueryConfig())
     rel, rel_default = ref.relevancy(PROMPT), dflt.relevancy(PROMPT)
     assert float((rel - rel_default).abs().max()) > 0.05  # the config changes the answer: the tests below can fail
     (idx, conf), (idx_d, conf_d) = ref.segment(LABELS), dflt.segment(LABELS)
@@ -72,7 +73,7 @@ def test_viewer_grasp_batch_and_cli_agree_exactly(custom_run, capsys, tmp_path):
     from scene_kd.apps.viewer.app import ViewerApp
     from scene_kd.scene.runscene import load_run_scene
 
-    ref = QuerySession.open(custom_run)
+    ref = QuerySession.open(custom_run, query=read_query_config(custom_run))
     rel = ref.relevancy(PROMPT).numpy()
     idx, conf = (t.numpy() for t in ref.segment(LABELS))
 
@@ -120,7 +121,7 @@ def test_viewer_grasp_batch_and_cli_agree_exactly(custom_run, capsys, tmp_path):
 def test_text_cache_stays_bounded_under_many_distinct_prompts(custom_run):
     from scene_kd.teachers.text import TEXT_CACHE, TEXT_CACHE_SIZE, TextEmbeddingCache, load_text_encoder
 
-    session = QuerySession.open(custom_run)
+    session = QuerySession.open(custom_run, query=read_query_config(custom_run))
     assert session.cache.maxsize == QUERY["text_cache_size"]
     first = session.embed(["zebra crossing 0"])
     for i in range(1, 200):

@@ -10,7 +10,7 @@ from test_teachers_fixtures import NAMES, busy_render, make_render
 from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.scene.types import Camera
-from scene_kd.teachers.base import available_teachers, create_teacher
+from scene_kd.teachers.factory import available_teachers, create_teacher
 from scene_kd.teachers.oracle import connected_regions
 from scene_kd.teachers.text import (
     CONCEPTS,

@@ -19,6 +19,17 @@ def emit(obj: Any, as_json: bool, human: str | None = None) -> None:
     sys.stdout.flush()
 
 
+def registered_names(cls: type) -> type:
+    """Class decorator: ``{teachers}`` / ``{students}`` in a verb's docstring (its help) become the registered
+    names (scene_kd.teachers.config.TEACHERS, scene_kd.distill.config.STUDENTS), joined by " | "."""
+    from scene_kd.distill.config import STUDENTS
+    from scene_kd.teachers.config import TEACHERS
+
+    cls.__doc__ = ((cls.__doc__ or "").replace("{teachers}", " | ".join(TEACHERS.names()))
+                   .replace("{students}", " | ".join(STUDENTS.names())))
+    return cls
+
+
 def pipeline_config(args: Any, sections: tuple[str, ...], run_dir: str | None = None) -> Any:
     """The resolved PipelineConfig of a verb: its parsed sections over the run's (or the default) config."""
     from scene_kd.config import resolve_config

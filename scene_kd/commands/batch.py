@@ -6,12 +6,13 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import tyro
 
 from scene_kd.commands._common import emit
 from scene_kd.errors import SceneKDError
+from scene_kd.teachers.config import TeacherLiteral
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Args:
     """Output folder."""
     labels: str
     """Comma-separated class names, e.g. road,building,tree,car."""
-    teacher: Literal["clip-sam", "clip-grid", "oracle-labels"] | None = None
+    teacher: TeacherLiteral | None = None
     """Teacher for the full pipeline (default: the --config preset's, else clip-sam); its weights are checked
     before any tile is read."""
     config: str | None = None
@@ -47,6 +48,10 @@ class Args:
     halo: float = 0.0
     """Context around each chunk in scene units; 0 = a quarter of the chunk's shorter side (with --student: at least
     the student's receptive-field margin plus one ground cell, also the default)."""
+    max_views: int | None = None
+    """Full-pipeline mode: the view budget per tile (render.max_views; default: the preset's, 2,000). A tile whose
+    plan exceeds it is refused in seconds, before rendering (status "refused" in summary.json, with its plan and
+    expected teacher time); the other tiles go on. 0 = no limit."""
     force: bool = False
     """Redo tiles whose output is already current."""
     json: bool = False
@@ -81,7 +86,12 @@ def make_job(args: Args) -> tuple[list[str], object]:
         from scene_kd.teachers.stage import check_teacher_requirements
 
         mode = "pipeline"
-        cfg = resolve_config(None, args.config, {"teacher": {"name": args.teacher}} if args.teacher else None)
+        overrides: dict = {"teacher": {"name": args.teacher}} if args.teacher else {}
+        if args.max_views is not None:
+            if args.max_views < 0:
+                raise SceneKDError("--max-views must be >= 0 (0 = no limit)")
+            overrides["render"] = {"max_views": args.max_views}
+        cfg = resolve_config(None, args.config, overrides or None)
         check_teacher_requirements(cfg.teacher, has_labels=True)  # the oracle's labels are checked per tile
         identity = config_hash(cfg)
         teacher = cfg.teacher.name
@@ -89,6 +99,7 @@ def make_job(args: Args) -> tuple[list[str], object]:
         out_dir=str(Path(args.out).resolve()), labels=labels, mode=mode, teacher=teacher, config=args.config,
         student=str(Path(args.student).resolve()) if args.student else None, labeller=args.labeller,
         chunk_size=args.chunk_size, halo=args.halo, identity=identity,
+        max_views=args.max_views if mode == "pipeline" else None,
     )
     return [str(Path(t).resolve()) for t in tiles], job
 
@@ -110,11 +121,12 @@ def main(args: Args) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     t = summary["totals"]
-    human = (f"{t['tiles']} tile(s): {t['done']} done, {t['skipped']} skipped (current), {t['error']} failed; "
-             f"{t['points']:,} points; {summary['seconds']:.1f} s ({summary['executor']}); summary in "
-             f"{Path(job.out_dir) / 'summary.json'}")
-    errors = [r for r in summary["tiles"] if r["status"] == "error"]
+    human = (f"{t['tiles']} tile(s): {t['done']} done, {t['skipped']} skipped (current), {t['error']} failed, "
+             f"{t.get('refused', 0)} refused (over budget); {t['points']:,} points; {summary['seconds']:.1f} s "
+             f"({summary['executor']}); summary in {Path(job.out_dir) / 'summary.json'}")
+    errors = [r for r in summary["tiles"] if r["status"] in ("error", "refused")]
     if errors and not args.json:
-        human += "".join(f"\n  failed: {r['tile']}: {r['error']}" for r in errors)
+        human += "".join(f"\n  failed: {r['tile']}: {r['error']}" if r["status"] == "error" else
+                         f"\n  {r['error'].replace('refused: ', 'refused: ' + r['tile'] + ': ', 1)}" for r in errors)
     emit(summary if args.json else None, args.json, human)
     return 1 if errors else 0

@@ -11,7 +11,7 @@ from scene_kd.commands._common import emit
 from scene_kd.distill.config import DistillConfig
 
 SECTIONS = ("distill",)
-RUN_CONFIG_BASE = True
+RUN_CONFIG_BASE = "run"
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Args:
 def main(args: Args) -> int:
     from scene_kd.commands._common import pipeline_config
     from scene_kd.config import save_config
+    from scene_kd.distill.config import STUDENTS
     from scene_kd.errors import SceneKDError
     from scene_kd.pipeline import distill_stage
     from scene_kd.rundir import RunDir
@@ -50,13 +51,7 @@ def main(args: Args) -> int:
     if not args.json:
         if summary.skipped:
             human = f"{args.run}: student is current (use --force to retrain)"
-        elif summary["student"] == "gaussian-field":
-            human = (f"{args.run}: Gaussian feature field for {summary['points']:,} Gaussians "
-                     f"({summary['covered_points']:,} covered), {summary['steps']} steps on {summary['backend']}, "
-                     f"loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}, {summary.seconds:.1f} s")
         else:
-            human = (f"{args.run}: distilled {summary['points']:,} points ({summary['covered_points']:,} covered), "
-                     f"voxel {summary['voxel_size']}, {summary['epochs']} epochs, loss {summary['final_loss']:.4f}, "
-                     f"{summary.seconds:.1f} s")
+            human = f"{args.run}: {STUDENTS.create(summary['student']).describe(summary, summary.seconds)}"
     emit(dict(summary), args.json, human)
     return 0

@@ -7,19 +7,20 @@ from typing import Annotated
 
 import tyro
 
-from scene_kd.commands._common import emit
+from scene_kd.commands._common import emit, registered_names
 from scene_kd.teachers.config import ClipSamConfig, TeacherConfig
 
 SECTIONS = ("teacher",)
-RUN_CONFIG_BASE = True
+RUN_CONFIG_BASE = "run"
 
 
+@registered_names
 @dataclass
 class Args:
     """Run a 2D teacher over a run's renders: writes RUN/masks/ and RUN/features.safetensors.
 
-    The teacher is the run's (RUN/config.yaml), else clip-sam; --teacher NAME (clip-sam | clip-grid |
-    oracle-labels) or --config PRESET choose another. Shortcuts: --label-flip F, --weights PATH.
+    The teacher is the run's (RUN/config.yaml), else clip-sam; --teacher NAME ({teachers}) or --config PRESET
+    choose another. Shortcuts: --label-flip F, --weights PATH.
     """
 
     run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]

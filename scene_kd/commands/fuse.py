@@ -11,7 +11,7 @@ from scene_kd.commands._common import emit
 from scene_kd.lift.config import FuseConfig
 
 SECTIONS = ("fuse",)
-RUN_CONFIG_BASE = True
+RUN_CONFIG_BASE = "run"
 
 
 @dataclass

@@ -39,9 +39,10 @@ def main(args: Args) -> int:
 
     import torch
 
+    from scene_kd.config import read_query_config
     from scene_kd.errors import SceneKDError
     from scene_kd.query.segment import parse_labels
-    from scene_kd.query.session import QuerySession, read_query_config
+    from scene_kd.query.session import QuerySession
     from scene_kd.query.similarity import check_prompt
 
     text = check_prompt(args.text)

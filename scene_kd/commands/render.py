@@ -12,14 +12,16 @@ from scene_kd.commands._common import emit
 from scene_kd.render.config import RenderConfig
 
 SECTIONS = ("render",)
-RUN_CONFIG_BASE = "--out"
+RUN_CONFIG_BASE = "out"
 
 
 @dataclass
 class Args:
     """Plan views (aerial | orbit | street | cameras:FILE) and render them; writes RUN/views.json (cameras,
     levels, coverage) and RUN/renders/NNNN.{rgb.png,npz}; --preview adds the contact sheet RUN/plots/views.png.
-    Shortcuts: --views PRESET, --width N, --height N, --levels N."""
+    Shortcuts: --views PRESET, --width N, --height N, --levels N, --max-views N.
+    Before rendering it prints the plan (views per level, megapixels) and the expected teacher time, and refuses a
+    plan over the budget (render.max_views, default 2,000; render.max_teacher_hours)."""
 
     scene: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
     """Scene file (LAS/LAZ, PLY, PCD, NPY/TXT, 3DGS PLY, .splat) or a capture folder (its cameras + photos)."""
@@ -49,7 +51,8 @@ def main(args: Args) -> int:
 
         capture = load_capture(args.scene)
     scene = capture.scene if capture is not None else load_scene(args.scene)
-    summary = render_stage(args.out, scene, cfg.render, force=args.force, preview=args.preview, capture=capture)
+    summary = render_stage(args.out, scene, cfg.render, force=args.force, preview=args.preview, capture=capture,
+                           teacher=cfg.teacher, cost_key=args.config)
     save_config(args.out, cfg)
     human = None
     if not args.json:
@@ -69,7 +72,9 @@ def main(args: Args) -> int:
                          f">= 3 {100 * c['seen_3']:5.1f} %")
         tw = summary.get("teacher_work")
         if tw:
-            lines.append(f"  teacher work: {tw['views']} views, {tw['megapixels']:.1f} megapixels")
+            cost = summary.get("teacher_cost") or {}
+            lines.append(f"  teacher work: {tw['views']} views, {tw['megapixels']:.1f} megapixels"
+                         + (f"; {cost['line']}" if cost.get("line") else ""))
         human = "\n".join(lines)
     emit(dict(summary), args.json, human)
     return 0

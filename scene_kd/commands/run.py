@@ -7,7 +7,7 @@ from typing import Annotated
 
 import tyro
 
-from scene_kd.commands._common import emit
+from scene_kd.commands._common import emit, registered_names
 from scene_kd.distill.config import DistillConfig
 from scene_kd.lift.config import FuseConfig
 from scene_kd.query.config import QueryConfig
@@ -17,13 +17,15 @@ from scene_kd.teachers.config import ClipSamConfig, TeacherConfig
 SECTIONS = ("render", "teacher", "fuse", "distill", "query")
 
 
+@registered_names
 @dataclass
 class Args:
     """Run the whole pipeline on a scene; each stage skips when its output is current (--force redoes).
 
-    The teacher is clip-sam unless you choose another (--teacher clip-grid | oracle-labels); its weights are
-    checked before any work. Shortcuts: --teacher NAME, --views PRESET, --width/--height/--levels N,
-    --label-flip F, --weights PATH, --epochs N (0: no student), --student NAME.
+    The teacher is clip-sam unless you choose another (--teacher {teachers}); its weights are checked before
+    any work. Shortcuts: --teacher NAME, --views PRESET, --width/--height/--levels N, --label-flip F,
+    --weights PATH, --epochs N (0: no student), --student NAME ({students}), --max-views N (the plan budget;
+    the plan and its expected teacher time are printed before rendering).
     """
 
     scene: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
@@ -54,7 +56,7 @@ def main(args: Args) -> int:
 
     cfg = pipeline_config(args, SECTIONS)
     result = run_pipeline(args.scene, args.out, cfg, force=args.force, until=args.until, preview=args.preview,
-                          progress=not args.json)
+                          progress=not args.json, cost_key=args.config)
     if "fuse" in result:
         from scene_kd.report import write_report
 
@@ -69,7 +71,9 @@ def main(args: Args) -> int:
         rd = result.get("render")
         if rd is not None and "teacher_work" in rd:
             tw = rd["teacher_work"]
-            lines.append(f"  teacher work: {tw['views']} views, {tw['megapixels']:.1f} megapixels")
+            cost = rd.get("teacher_cost") or {}
+            lines.append(f"  teacher work: {tw['views']} views, {tw['megapixels']:.1f} megapixels"
+                         + (f"; expected {cost['line']}" if cost.get("line") else ""))
         for src in ("fused", "distilled", "ensemble"):
             if src in ev:
                 lines.append(f"  {src:<10} mIoU {ev[src]['miou'] or 0:.3f}  mAcc {ev[src]['macc'] or 0:.3f}")

@@ -23,7 +23,7 @@ class Args:
     source: str | None = None
     """fused | distilled | ensemble | auto (default: the run's query config, else auto)."""
     template: str | None = None
-    """Prompt template with {} for the class name (default: the run's, else "a photo of a {}.")."""
+    """Class-name prompts: one template with {}, or imagenet-80 (open_clip's 80-template ensemble; the default)."""
     unknown_threshold: float | None = None
     """Label a point unknown (-1; LAS class 1) when its best cosine similarity is below this."""
     text_encoder: str | None = None
@@ -35,8 +35,9 @@ class Args:
 def main(args: Args) -> int:
     from dataclasses import replace
 
+    from scene_kd.config import read_query_config
     from scene_kd.query.segment import label_counts, parse_labels
-    from scene_kd.query.session import QuerySession, read_query_config
+    from scene_kd.query.session import QuerySession
 
     names = parse_labels(args.labels)
     cfg = read_query_config(args.run)

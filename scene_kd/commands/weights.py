@@ -18,7 +18,8 @@ class Args:
 
 
 def main(args: Args) -> int:
-    from scene_kd.teachers.weights import cache_dir, weights_report
+    from scene_kd.runio import cache_dir
+    from scene_kd.teachers.weights import weights_report
 
     rows = weights_report(args.weights)
     out = {"cache": str(cache_dir()), "weights": rows}

@@ -1,9 +1,19 @@
-"""Distillation stage config (owned by scene_kd/distill)."""
+"""Distillation stage config (owned by scene_kd/distill) and the student registry ``STUDENTS``.
+
+Each student is registered once, by name, with the dataclass holding its settings and its factory
+(scene_kd/registry.py): ``sparseconv``'s settings are the ``distill:`` section's own keys (``DistillConfig``),
+``gaussian-field``'s are the ``distill.gaussian_field`` section. ``StudentName``, the type of
+``DistillConfig.student`` (tyro's choices, YAML validation), is derived from the registry.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Any, Literal
+
+import tyro
+
+from scene_kd.registry import Registry
 
 
 @dataclass
@@ -39,8 +49,9 @@ class DistillConfig:
     """Voxel edge in scene units; 0 picks one giving about ``points_per_voxel`` points per occupied voxel."""
     points_per_voxel: float = 4.0
     """Target mean points per occupied voxel when ``voxel_size`` is 0."""
-    epochs: int = 40
-    """The most epochs; training stops earlier when the held-out loss stops improving (``patience``)."""
+    epochs: Annotated[int, tyro.conf.arg(aliases=("--epochs",))] = 40
+    """The most epochs; training stops earlier when the held-out loss stops improving (``patience``). On the
+    command line 0 means no student (distillation off, epochs unchanged)."""
     patience: int = 5
     """Stop after this many epochs without a new best held-out loss and keep the best epoch's weights;
     0: run all ``epochs`` (with a held-out set its loss is still reported and the best epoch's weights kept)."""
@@ -97,8 +108,20 @@ class DistillConfig:
     """"auto" (CUDA when available), "cpu" or "cuda"."""
     backend: Literal["torch", "spconv"] = "torch"
     """Sparse conv backend for training/prediction: "torch" (pure torch) or "spconv" (CUDA, optional)."""
-    student: Literal["sparseconv", "gaussian-field"] = "sparseconv"
+    student: Annotated[StudentName, tyro.conf.arg(aliases=("--student",))] = "sparseconv"
     """"sparseconv" (the point student; on Gaussian scenes it runs on the Gaussians' centres) or
     "gaussian-field" (per-Gaussian features trained through the rasterizer, Feature 3DGS; Gaussian scenes only).
-    On the synthetic tabletop as splats the point student's ensemble scored higher (README), so it is the default."""
+    On the synthetic tabletop as splats the point student's ensemble scored higher (README), so it is the default.
+    Choosing another than the resolved one on the command line turns distillation on."""
     gaussian_field: GaussianFieldConfig = field(default_factory=GaussianFieldConfig)
+
+
+STUDENTS: Registry[Any] = Registry("student")
+"""Every student: name -> (its settings' dataclass, factory() -> scene_kd.distill.students.Student)."""
+STUDENTS.register("sparseconv", DistillConfig, "scene_kd.distill.students:SparseConvStudent",
+                  summary="MinkUNet-style sparse-conv point student (on Gaussian scenes: their centres)")
+STUDENTS.register("gaussian-field", GaussianFieldConfig, "scene_kd.distill.students:GaussianFieldStudent",
+                  summary="per-Gaussian low-dim features + 1x1 decoder trained through the rasterizer")
+
+StudentName = STUDENTS.literal()
+"""``Literal`` of the registered student names (``DistillConfig.student``'s type, resolved lazily by name)."""

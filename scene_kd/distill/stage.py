@@ -1,46 +1,54 @@
 """The distill stage: RUN/field.* (fused) -> student -> RUN/student.safetensors + student.json (sparse-conv
 point student) or RUN/gaussian_field.safetensors (Gaussian feature field), and the field re-saved with
-``features["distilled"]`` beside the fused ones."""
+``features["distilled"]`` beside the fused ones. Which student, what it reads and writes, and how it trains
+come from the registry ``STUDENTS`` (scene_kd/distill/config.py; the students are in
+scene_kd/distill/students.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import numpy as np
-
-from scene_kd.distill.config import DistillConfig
+from scene_kd.distill.config import STUDENTS, DistillConfig
+from scene_kd.distill.students import Student
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.rundir import RunDir, StageContext
 
-if TYPE_CHECKING:
-    from scene_kd.config import PipelineConfig
-
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "student.ckpt.pt"
-STUDENTS = ("sparseconv", "gaussian-field")
+
+class DistillStageConfig(Protocol):
+    """The config section the distill stage reads: ``distill`` (a Protocol so distill/ never imports the config
+    layer above it; :class:`scene_kd.config.PipelineConfig` has it)."""
+
+    @property
+    def distill(self) -> DistillConfig: ...
+
+
+SCENE_WORDS = {"points": "point-cloud", "gaussians": "Gaussian-splat"}
 
 
 def student_kind(cfg: DistillConfig, scene_kind: str) -> str:
-    """The student this config trains on a scene of ``scene_kind`` ("points" or "gaussians")."""
-    if cfg.student not in STUDENTS:
-        raise SceneKDError(f"unknown student {cfg.student!r} (one of {', '.join(STUDENTS)})")
-    if cfg.student == "gaussian-field" and scene_kind != "gaussians":
-        raise SceneKDError("the gaussian-field student needs a Gaussian-splat scene; this run's scene is "
-                           f"{scene_kind} (use student: sparseconv)")
+    """The student this config trains on a scene of ``scene_kind`` ("points" or "gaussians"). SceneKDError for
+    an unregistered student (listing the registered ones) or one that does not train on this kind of scene."""
+    student: Student = STUDENTS.create(cfg.student)
+    if scene_kind not in student.scene_kinds:
+        fits = [e.name for e in STUDENTS if scene_kind in STUDENTS.create(e.name).scene_kinds]
+        needs = " or ".join(SCENE_WORDS.get(k, k) for k in student.scene_kinds)
+        raise SceneKDError(f"the {cfg.student} student needs a {needs} scene; this run's scene is {scene_kind}"
+                           + (f" (use student: {fits[0]})" if fits else ""))
     return cfg.student
 
 
 def distill_settings(cfg: DistillConfig, kind: str) -> DistillConfig:
-    """The settings that change the student: less device, threads and prediction tiling; only this student's."""
+    """The settings that change the student: less device, threads and prediction tiling, and less the other
+    students' own sections (their registered configs nested in ``cfg``, reset to defaults)."""
     settings = dataclasses.replace(cfg, enabled=True, predict_points=0, device="-", cpu_threads=0, student=kind)
-    if kind == "sparseconv":  # the other student's settings do not change this one
-        settings = dataclasses.replace(settings, gaussian_field=type(cfg.gaussian_field)())
-    return settings
+    others = tuple(e.config for e in STUDENTS if e.name != kind and e.config is not DistillConfig)
+    resets = {f.name: type(v)() for f in dataclasses.fields(cfg) if isinstance(v := getattr(cfg, f.name), others)}
+    return dataclasses.replace(settings, **resets)
 
 
 def _scene_kind(run: RunDir) -> str:
@@ -53,185 +61,44 @@ def _scene_kind(run: RunDir) -> str:
 class DistillStage:
     """Train the student on the run's fused field and add its predictions to the field (``features.distilled``).
 
-    ``ctx.resume`` continues an interrupted training from RUN/student.ckpt.pt. Raises RunStateError for a
-    missing or unusable field (no fused features, no covered points) or a corrupted/mismatched checkpoint;
-    nothing is written before training has succeeded.
+    ``ctx.resume`` continues an interrupted training from RUN/student.ckpt.pt. Raises RunStateError for an
+    unknown student, a missing or unusable field (no fused features, no covered points) or a
+    corrupted/mismatched checkpoint; nothing is written before training has succeeded.
     """
 
     name = "distill"
     section = "distill"
 
-    def enabled(self, cfg: PipelineConfig) -> bool:
+    def enabled(self, cfg: DistillStageConfig) -> bool:
         return cfg.distill.enabled
 
-    def _kind(self, run: RunDir, cfg: PipelineConfig) -> str:
+    def _student(self, run: RunDir, cfg: DistillStageConfig, *, scene: bool = False) -> Student:
         try:
-            return student_kind(cfg.distill, _scene_kind(run))
+            if scene:
+                student_kind(cfg.distill, _scene_kind(run))
+            return STUDENTS.create(cfg.distill.student)
         except SceneKDError as e:
             raise RunStateError(str(e), path=run.root) from None
 
-    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
-        extra = [run.views, run.masks, run.features] if cfg.distill.student == "gaussian-field" else []
-        return [run.fused, run.scene_tensors, *extra]
+    def inputs(self, run: RunDir, cfg: DistillStageConfig) -> list[Path]:
+        return [run.fused, run.scene_tensors, *self._student(run, cfg).inputs(run)]
 
-    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
-        if cfg.distill.student == "gaussian-field":
-            return [run.gaussian_field, run.field_tensors, run.field_json]
-        return [run.student, run.student_json, run.field_tensors, run.field_json]
+    def outputs(self, run: RunDir, cfg: DistillStageConfig, ctx: StageContext) -> list[Path]:
+        return self._student(run, cfg).outputs(run)
 
-    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+    def key(self, run: RunDir, cfg: DistillStageConfig, ctx: StageContext) -> Any:
         return [_VERSION, distill_settings(cfg.distill, cfg.distill.student)]
 
-    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    def compute(self, run: RunDir, cfg: DistillStageConfig, ctx: StageContext) -> dict[str, Any]:
         from scene_kd.field import FeatureField
 
-        kind = self._kind(run, cfg)
+        student = self._student(run, cfg, scene=True)
         field = FeatureField.load(run.root)
         if "fused" not in field.features:
             raise RunStateError("field has no fused features; run `scene-kd fuse` first", path=run.root)
-        if kind == "gaussian-field":
-            return _distill_gaussian_field(run.root, field, cfg.distill, ctx.key, ctx.progress)
-        return _distill_points(run.root, field, cfg.distill, ctx.key, resume=ctx.resume and not ctx.force,
-                               progress=ctx.progress)
+        return student.train(run.root, field, cfg.distill, ctx.key, resume=ctx.resume and not ctx.force,
+                             progress=ctx.progress)
 
 
 DISTILL = DistillStage()
 _VERSION = "distill-v2"
-
-
-def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *, resume: bool,
-                    progress: bool) -> dict[str, Any]:
-    """Train the point student on the fused features' coordinates in a rank-``cfg.feature_rank`` principal
-    basis (scene_kd/feature_store.py), predict every point, store the distilled features as low-rank codes."""
-    import torch
-
-    from scene_kd.distill.train import predict, save_student, train_student
-    from scene_kd.feature_store import LowRank
-
-    kind = "sparseconv"
-    t0 = time.perf_counter()
-    rgb, intensity = field.rgb, _run_scene_intensity(run_dir, len(field))
-    fused = field.features["fused"]
-    basis = student_basis(fused, cfg.feature_rank)
-    model, history = train_student(
-        field.positions, fused.project(basis).half(), field.coverage, rgb, cfg, intensity=intensity,
-        checkpoint=run_dir / CHECKPOINT, resume=resume, progress=progress, consume_fused=True,
-    )
-    codes = predict(model, field.positions, rgb, intensity, max_points=cfg.predict_points, device=cfg.device,
-                    progress=progress, threads=cfg.cpu_threads, dtype=torch.float16)
-    if codes.shape != (len(field), basis.shape[0]):
-        raise RunStateError(f"student predicted {tuple(codes.shape)}, field needs ({len(field)}, {basis.shape[0]})")
-    seconds = time.perf_counter() - t0
-    summary = {
-        "student": kind, "config_hash": chash, "points": len(field),
-        "covered_points": history["covered_points"],
-        "voxel_size": history["spec"]["voxel_size"], "epochs": len(history["loss"]),
-        "final_loss": history["loss"][-1] if history["loss"] else None, "steps": history["steps"],
-        "points_per_second": history["points_per_second"], "train_seconds": round(seconds, 3),
-        "feature_rank": int(basis.shape[0]),
-    }
-    save_student(run_dir, model, config=cfg, decoder=basis, extra={
-        "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,
-        "distill_config_hash": chash, "history": {k: v for k, v in history.items() if k != "spec"},
-    })
-    field.features["distilled"] = LowRank(codes, basis)
-    field.extra_meta["distill_config_hash"] = chash
-    field.save(run_dir)
-    return summary
-
-
-def student_basis(fused: Any, rank: int, sample: int = 200_000) -> Any:
-    """[r, D] orthonormal basis the point student predicts in: the top-``rank`` principal directions of the
-    mask embeddings (a mask mixture's bank) or of up to ``sample`` evenly spaced fused rows (dense stores);
-    the identity when ``rank >= D``."""
-    import torch
-
-    from scene_kd.feature_store import MaskMixture, principal_basis
-
-    if rank <= 0:
-        raise RunStateError(f"distill.feature_rank must be positive, got {rank}")
-    if rank >= fused.dim:
-        return torch.eye(fused.dim)  # what principal_basis gives at full rank, without reading any rows
-    if isinstance(fused, MaskMixture):
-        return principal_basis(fused.bank, rank)
-    pick = torch.linspace(0, fused.n - 1, min(fused.n, sample)).long()
-    return principal_basis(fused.rows(pick), rank)
-
-
-def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash: str,
-                            progress: bool) -> dict[str, Any]:
-    """Train the Gaussian feature field on the run's views and masks; write gaussian_field.safetensors and the
-    field's distilled features (every Gaussian's decoded feature)."""
-    import torch
-
-    from scene_kd.distill.gaussian_field import (
-        MaskTargets,
-        downsample_view,
-        save_gaussian_field,
-        train_gaussian_field,
-    )
-    from scene_kd.lift.stage import _npz_array, load_features
-    from scene_kd.render.types import load_cameras
-    from scene_kd.scene.runscene import load_run_scene
-
-    t0 = time.perf_counter()
-    gcfg = cfg.gaussian_field
-    splats = load_run_scene(run_dir)
-    if splats.kind != "gaussians" or len(splats) != len(field):
-        raise RunStateError(f"the run's scene ({splats.kind}, {len(splats):,}) does not match its field "
-                            f"({field.kind}, {len(field):,}); rerun the pipeline", path=run_dir)
-    embeddings, _ = load_features(run_dir)
-    if embeddings.shape[1] != field.dim:
-        raise RunStateError(f"features.safetensors is {embeddings.shape[1]}-dim, the field {field.dim}-dim; "
-                            "rerun `scene-kd fuse`", path=run_dir)
-    shared = torch.from_numpy(embeddings)
-    shared = shared / shared.norm(dim=1, keepdim=True).clamp_min(1e-8)  # unit rows, once for all views
-    cameras, targets = [], []
-    for i, cam in enumerate(load_cameras(run_dir)):
-        small_cam, ids = downsample_view(cam, _npz_array(run_dir / "masks" / f"{i:04d}.npz", "mask_ids", "features"),
-                                         gcfg.downsample)
-        cameras.append(small_cam)
-        targets.append(MaskTargets(ids, shared))
-    if not cameras:
-        raise RunStateError("views.json lists no cameras; rerun `scene-kd render`", path=run_dir)
-    model, history = train_gaussian_field(splats, cameras, targets, None, gcfg,
-                                          device="cpu" if cfg.device == "cpu" else "auto", progress=progress,
-                                          init_features=field.dense("fused"))
-    losses = [x for x in history["loss"] if x == x]  # without the NaNs of steps with no supervised pixel
-    if not losses:
-        raise RunStateError("no view had a pixel with a mask and opaque Gaussians; nothing to train on", path=run_dir)
-    distilled = model.gaussian_features()
-    seconds = time.perf_counter() - t0
-    save_gaussian_field(run_dir / "gaussian_field.safetensors", model, {
-        "teacher": field.teacher, "text_encoder": field.text_encoder, "field_config_hash": field.config_hash,
-        "distill_config_hash": chash, "config": dataclasses.asdict(gcfg), "backend": history["backend"],
-        "final_loss": losses[-1], "seconds": round(seconds, 3),
-    })
-    field.features["distilled"] = distilled.to(torch.float16)
-    field.extra_meta["distill_config_hash"] = chash
-    field.save(run_dir)
-    tail = losses[-min(len(losses), 20):]
-    summary = {
-        "student": "gaussian-field", "config_hash": chash, "points": len(field),
-        "covered_points": int((np.asarray(field.coverage) > 0).sum()), "voxel_size": None,
-        "epochs": gcfg.iterations, "steps": len(history["loss"]), "final_loss": float(np.mean(tail)),
-        "first_loss": float(np.mean(losses[: min(len(losses), 20)])), "backend": history["backend"],
-        "train_seconds": round(seconds, 3),
-    }
-    return summary
-
-
-def _run_scene_intensity(run_dir: Path, n: int) -> np.ndarray | None:
-    """Intensity from RUN/scene.safetensors when the run's scene has it for exactly these points."""
-    if not (run_dir / "scene.safetensors").exists():
-        return None
-    from scene_kd.runio import load_tensors
-
-    try:
-        tensors, _ = load_tensors(run_dir / "scene.safetensors")
-    except RunStateError:
-        return None
-    inten = tensors.get("intensity")
-    if inten is None or inten.shape[0] != n:
-        return None
-    return inten.numpy()

@@ -12,7 +12,7 @@ class text embeddings; in the fused features a point no view covered predicts no
 
 Class text embeddings come from the run's QuerySession (:meth:`scene_kd.query.session.QuerySession.class_embeddings`):
 the oracle embeds the field's whole label map the way the oracle teacher did; any other encoder (open_clip)
-embeds the class names in the run's prompt template (QueryConfig.template, "a photo of a {}." by default).
+embeds the class names by the run's QueryConfig.template (open_clip's 80-template ensemble by default).
 """
 
 from __future__ import annotations
@@ -21,20 +21,27 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from scene_kd.errors import RunStateError
+from scene_kd.query.config import QueryConfig
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import write_json
 from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
-if TYPE_CHECKING:
-    from scene_kd.config import PipelineConfig
-
 log = logging.getLogger(__name__)
+
+
+class EvalStageConfig(Protocol):
+    """The config section the eval stage reads: ``query`` (a Protocol so eval/ never imports the config layer above
+    it; :class:`scene_kd.config.PipelineConfig` has it)."""
+
+    @property
+    def query(self) -> QueryConfig: ...
+
 
 _VERSION = "eval-v1"
 
@@ -68,19 +75,19 @@ class EvalStage:
     name = "eval"
     section = "query"
 
-    def enabled(self, cfg: PipelineConfig) -> bool:
+    def enabled(self, cfg: EvalStageConfig) -> bool:
         return True
 
-    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+    def inputs(self, run: RunDir, cfg: EvalStageConfig) -> list[Path]:
         return [run.field_tensors, run.field_json]
 
-    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+    def outputs(self, run: RunDir, cfg: EvalStageConfig, ctx: StageContext) -> list[Path]:
         return [run.eval, run.confusion_png]
 
-    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+    def key(self, run: RunDir, cfg: EvalStageConfig, ctx: StageContext) -> Any:
         return [_VERSION, list(ctx.sources) if ctx.sources else None, cfg.query.template]
 
-    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    def compute(self, run: RunDir, cfg: EvalStageConfig, ctx: StageContext) -> dict[str, Any]:
         return _evaluate(run, ctx.sources, cfg.query)
 
 
@@ -89,8 +96,8 @@ EVAL = EvalStage()
 
 def check_evaluable(run_dir: Path, sources: Sequence[str] | None = None) -> tuple[Any, list[str], list[str], np.ndarray]:
     """(field, sources, vocabulary, targets) of a run that can be evaluated; RunStateError saying why not."""
-    from scene_kd.eval.labels import evaluation_classes
     from scene_kd.field import FeatureField
+    from scene_kd.scene.labels import evaluation_classes
 
     field = FeatureField.load(run_dir)
     if field.labels is None:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,10 +28,16 @@ from scene_kd.progress import counter
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import load_tensors, read_json, save_tensors
 
-if TYPE_CHECKING:
-    from scene_kd.config import PipelineConfig
-
 log = logging.getLogger(__name__)
+
+
+class FuseStageConfig(Protocol):
+    """The config section the fuse stage reads: ``fuse`` (a Protocol so lift/ never imports the config layer above
+    it; :class:`scene_kd.config.PipelineConfig` has it)."""
+
+    @property
+    def fuse(self) -> FuseConfig: ...
+
 
 _VERSION = "fuse-v1"
 
@@ -104,19 +110,19 @@ class FuseStage:
     name = "fuse"
     section = "fuse"
 
-    def enabled(self, cfg: PipelineConfig) -> bool:
+    def enabled(self, cfg: FuseStageConfig) -> bool:
         return True
 
-    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+    def inputs(self, run: RunDir, cfg: FuseStageConfig) -> list[Path]:
         return [run.scene_tensors, run.scene_json, run.views, run.renders, run.masks, run.features]
 
-    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+    def outputs(self, run: RunDir, cfg: FuseStageConfig, ctx: StageContext) -> list[Path]:
         return [run.fused, run.field_tensors, run.field_json]
 
-    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+    def key(self, run: RunDir, cfg: FuseStageConfig, ctx: StageContext) -> Any:
         return [_VERSION, cfg.fuse]
 
-    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    def compute(self, run: RunDir, cfg: FuseStageConfig, ctx: StageContext) -> dict[str, Any]:
         return _fuse(run, cfg.fuse, key=ctx.key, force=ctx.force)
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from scene_kd.errors import SceneKDError
-from scene_kd.eval.labels import ASPRS_CLASSES
 from scene_kd.field import FeatureField
 from scene_kd.runio import atomic_path
+from scene_kd.scene.labels import ASPRS_CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
 """Open-vocabulary segmentation: argmax over prompt-templated class names, with an optional "unknown".
 
-label_i = argmax_c cos(f_i, t_c), t_c = text embedding of template.format(name_c);
+label_i = argmax_c cos(f_i, t_c), t_c = text embedding of name_c (open_clip's 80-template ensemble by default,
+or one template);
 confidence_i = softmax(tau * cos(f_i, t_.))[label_i]; label_i = -1 (unknown) where
 max_c cos(f_i, t_c) < unknown_threshold.
 """
@@ -15,7 +16,7 @@ import torch
 
 from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
-from scene_kd.query.config import DEFAULT_TEMPLATE
+from scene_kd.query.config import DEFAULT_TEMPLATE, TEMPLATE_ENSEMBLE
 from scene_kd.query.similarity import embed_prompts, load_encoder, similarities
 
 UNKNOWN = -1
@@ -42,12 +43,26 @@ def parse_labels(labels: str | Sequence[str]) -> list[str]:
 
 
 def apply_template(template: str | None, name: str) -> str:
-    """``template`` with "{}" replaced by ``name`` (None or "": ``name`` as is); SceneKDError without "{}"."""
+    """``template`` with "{}" replaced by ``name`` (None or "": ``name`` as is; "imagenet-80": the one-template
+    stand-in DEFAULT_TEMPLATE); SceneKDError without "{}"."""
     if not template:
         return name
+    if template == TEMPLATE_ENSEMBLE:
+        template = DEFAULT_TEMPLATE
     if "{}" not in template:
         raise SceneKDError(f"prompt template {template!r} has no '{{}}' for the class name")
     return template.replace("{}", name)
+
+
+def embed_class_names(encoder: Any, names: Sequence[str], template: str | None, cache: Any | None = None) -> torch.Tensor:
+    """[C, D] float32 unit text embeddings of class ``names``: for ``template == "imagenet-80"`` and an encoder with
+    ``encode_class_ensemble`` (open_clip) open_clip's 80-template ensemble, one cached vector per class; otherwise
+    each name in ``template`` (:func:`apply_template`) through :func:`embed_prompts`."""
+    names = list(names)
+    if template == TEMPLATE_ENSEMBLE and hasattr(encoder, "encode_class_ensemble"):
+        vecs = torch.as_tensor(encoder.encode_class_ensemble(names, cache=cache)).to("cpu", torch.float32)
+        return vecs / vecs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return embed_prompts(encoder, [apply_template(template, n) for n in names], cache)
 
 
 def segment(
@@ -55,7 +70,7 @@ def segment(
     labels: str | Sequence[str],
     *,
     source: str = "auto",
-    template: str | None = DEFAULT_TEMPLATE,
+    template: str | None = TEMPLATE_ENSEMBLE,
     unknown_threshold: float | None = None,
     temperature: float = 10.0,
     encoder: Any | None = None,
@@ -64,7 +79,8 @@ def segment(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(label_index [N] int64 in [-1, C), confidence [N] float32 in [0, 1]) for class names ``labels``.
 
-    source: fused | distilled | ensemble | auto.   template: "{}" is replaced by each class name (None: as is).
+    source: fused | distilled | ensemble | auto.   template: "imagenet-80" (open_clip's 80-template ensemble for
+    open_clip encoders, else "a photo of a {}."), or "{}" replaced by each class name (None: as is).
     unknown_threshold: cosine similarity below which a point is unknown (-1); None keeps every argmax.
     cache: the TextEmbeddingCache for the prompts (default the process-wide one).
     Entry points call this through :class:`scene_kd.query.session.QuerySession` (the run's QueryConfig).
@@ -73,7 +89,7 @@ def segment(
     if unknown_threshold is not None and not np.isfinite(unknown_threshold):
         raise SceneKDError(f"unknown_threshold must be a finite number, got {unknown_threshold!r}")
     encoder = load_encoder(field, encoder)
-    emb = embed_prompts(encoder, [apply_template(template, n) for n in names], cache)
+    emb = embed_class_names(encoder, names, template, cache)
     sims = similarities(field, emb, source=source, precision=precision).T  # [C, N], contiguous
     best, index = sims.max(dim=0)
     confidence = torch.softmax(sims.mul_(float(temperature)), dim=0).gather(0, index[None, :])[0]

@@ -7,13 +7,14 @@ verbs, the viewer, the grasp API and service, batch labelling, eval's class embe
 - :meth:`QuerySession.relevancy`: LERF relevancy with the config's ``negatives``, ``temperature``, ``precision``
   and ``source`` (:func:`scene_kd.query.relevancy.relevancy`). The query and negatives are encoded as typed:
   relevancy applies no prompt template.
-- :meth:`QuerySession.segment`: vocabulary segmentation with the config's ``template`` (the one template,
-  :data:`scene_kd.query.config.DEFAULT_TEMPLATE` unless the run sets another), ``unknown_threshold`` and
+- :meth:`QuerySession.segment`: vocabulary segmentation with the config's ``template`` (open_clip's 80-template
+  ensemble, :data:`scene_kd.query.config.TEMPLATE_ENSEMBLE`, unless the run sets one template), ``unknown_threshold`` and
   ``temperature`` (:func:`scene_kd.query.segment.segment`).
 - :meth:`QuerySession.embed`: text embeddings through the session's LRU cache of ``text_cache_size`` entries
   (:class:`scene_kd.teachers.text.TextEmbeddingCache`), the only cache these prompts pass through.
 
-The run's QueryConfig is read in one place, :func:`read_query_config`.
+The run's QueryConfig is read in one place, :func:`scene_kd.config.read_query_config` (the config layer sits
+above this one, so front-ends read it and pass it in).
 """
 
 from __future__ import annotations
@@ -31,14 +32,6 @@ from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
 from scene_kd.query.config import QueryConfig
 from scene_kd.teachers.text import TextEmbeddingCache
-
-
-def read_query_config(run_dir: str | Path) -> QueryConfig:
-    """The run's QueryConfig by the one config rule (``resolve_config``): the ``query`` section of RUN/config.yaml,
-    defaults when the run has no config. Raises ConfigError for an invalid config."""
-    from scene_kd.config import resolve_config
-
-    return resolve_config(run_dir).query
 
 
 @dataclass
@@ -67,17 +60,17 @@ class QuerySession:
             self.encoder = load_encoder(self.field, self.encoder)
 
     @classmethod
-    def open(cls, run_dir: str | Path, *, query: QueryConfig | None = None, expect_text_encoder: str | None = None,
+    def open(cls, run_dir: str | Path, *, query: QueryConfig, expect_text_encoder: str | None = None,
              field: FeatureField | None = None, encoder: Any | None = None) -> QuerySession:
         """The session of a run folder.
 
-        query: the QueryConfig to use (default: the run's, :func:`read_query_config`; front-ends pass the run's
-        config with their command-line overrides applied).   expect_text_encoder: refuse a field made with another
+        query: the QueryConfig to use (front-ends pass the run's, :func:`scene_kd.config.read_query_config`, with
+        their command-line overrides applied).   expect_text_encoder: refuse a field made with another
         text encoder id (RunStateError).   field: an in-memory FeatureField to query instead of RUN/field.*
         (batch's per-tile student features, scripts).   encoder: a text encoder object instead of the one rebuilt
         from the field's id (must have the same id).
         """
-        cfg = read_query_config(run_dir) if query is None else query
+        cfg = query
         if field is None:
             field = FeatureField.load(run_dir, expect_text_encoder=expect_text_encoder)
         elif expect_text_encoder not in (None, field.text_encoder):
@@ -99,10 +92,19 @@ class QuerySession:
             return embed_prompts(self._encoder(), list(prompts), self.cache)
 
     def class_prompts(self, names: Sequence[str]) -> list[str]:
-        """The prompts for class names: the config's template applied to each."""
+        """The one-template prompts for class names (the ensemble setting: "a photo of a {}.")."""
         from scene_kd.query.segment import apply_template
 
         return [apply_template(self.config.template, n) for n in names]
+
+    def class_text(self, names: Sequence[str]) -> torch.Tensor:
+        """[C, D] float32 unit embeddings of class names by the config's template (default: open_clip's 80-template
+        ensemble for open_clip encoders, :func:`scene_kd.query.segment.embed_class_names`), session-cached."""
+        from scene_kd.query.segment import embed_class_names
+
+        with self._lock:
+            return embed_class_names(self._encoder(), list(names), self.config.template,
+                                     self.cache)
 
     def relevancy(self, text: str, *, source: str | None = None) -> torch.Tensor:
         """[N] float32 LERF relevancy of every point to ``text`` (config: negatives, temperature, precision;
@@ -133,7 +135,7 @@ class QuerySession:
         fld = self.field
         if not 0 <= int(index) < len(fld):
             raise SceneKDError(f"point index {index} out of range for {len(fld)} points")
-        emb = self.embed(self.class_prompts(names))
+        emb = self.class_text(names)
         one = FeatureField(positions=fld.positions[index : index + 1], origin=fld.origin,
                            features={k: v.rows(torch.tensor([int(index)])) for k, v in fld.features.items()}, teacher=fld.teacher,
                            text_encoder=fld.text_encoder, dim=fld.dim)
@@ -144,11 +146,11 @@ class QuerySession:
 
         An encoder with ``encode_class_names`` (the oracle) embeds the field's whole label map the way the oracle
         teacher did, so classes whose names share a concept stay distinct; any other encoder (open_clip) embeds
-        the templated class names (:meth:`class_prompts`) through the session cache."""
+        the class names by the config's template (:meth:`class_text`) through the session cache."""
         vocabulary = list(vocabulary)
         encoder = self._encoder()
         if not hasattr(encoder, "encode_class_names"):
-            return self.embed(self.class_prompts(vocabulary))
+            return self.class_text(vocabulary)
         names = dict(label_names or {})
         all_names = [names[i] for i in sorted(names)]
         all_names += [v for v in dict.fromkeys(vocabulary) if v not in all_names]

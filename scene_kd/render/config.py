@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 
 @dataclass
 class RenderConfig:
-    preset: str = "aerial"
+    preset: Annotated[str, tyro.conf.arg(aliases=("--views",))] = "aerial"
     """View preset: aerial (levels by ground sampling distance) | aerial-fixed (the old 1 + 4 + 9 nadir + 16
     oblique plan, whatever the extent) | orbit | street | cameras:FILE (transforms.json or a COLMAP folder)."""
-    width: int = 512
+    width: Annotated[int, tyro.conf.arg(aliases=("--width",))] = 512
     """Image width, pixels."""
-    height: int = 512
+    height: Annotated[int, tyro.conf.arg(aliases=("--height",))] = 512
     """Image height, pixels."""
-    levels: int = 3
+    levels: Annotated[int, tyro.conf.arg(aliases=("--levels",))] = 3
     """Granularity levels of the orbit and aerial-fixed presets (orbit radii / fixed altitudes)."""
     orbit_frame: Literal["auto", "scene"] = "auto"
     """orbit: "auto" estimates the up axis and floater-robust bounds of a Gaussian-splat scene (captures arrive
@@ -39,7 +41,7 @@ class RenderConfig:
     """World radius of each point (scene units); 0 estimates it from the point density."""
     min_views: int = 14
     """aerial: views (all levels together) that should frame a typical point - the median point of the scene, inside
-    a view's image less the lifting border, no occlusion test (render/views.py framing_counts); 0 = the
+    a view's image less the lifting border, no occlusion test (render/aerial.py framing_counts); 0 = the
     extent-driven plan only. A plan short of it densifies in whole steps s = 2, 3, 4 (every level about s times
     the views per point: denser grids, a level that fitted one view gets 2 x 2 shifted views, obliques from 4 s
     headings; every level keeps its GSD) until it is met. 14 because the extent-driven plan already frames a
@@ -59,3 +61,11 @@ class RenderConfig:
     frame_depth_tolerance: float = 0.05
     """Disagreement: |render depth - frame depth| > this x frame depth. 5 % is above the noise of consumer depth
     sensors at a few metres (~1-2 %) and the nearest-pixel resize at depth edges only drops pixels there."""
+    max_views: Annotated[int, tyro.conf.arg(aliases=("--max-views",))] = 2000
+    """Budget: a plan of more views (all levels together) is refused right after planning, before anything is
+    rendered, with one line naming its views and expected teacher time (``--max-views N`` raises it; 0 = no
+    limit). 2,000 because a plan that large is already ~1.4 x the 1 km² urban tile's 1,416 views (~48 h of
+    clip-sam on a 2-core CPU); a thin tile spread over kilometres plans tens of thousands."""
+    max_teacher_hours: float = 0.0
+    """Budget: refuse a plan whose expected teacher time on this machine's device (the measured cost table,
+    scene_kd/teachers/cost.py) exceeds this many hours; 0 = no limit. Not applied when the cost is unknown."""

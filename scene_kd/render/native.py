@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from scene_kd.runio import cache_dir
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("zbuffer.c")
@@ -107,8 +109,6 @@ def _load():
             _state["lib"] = None
             return None
         try:
-            from scene_kd.teachers.weights import cache_dir
-
             handle = ctypes.CDLL(str(_build(cache_dir() / "native")))
             if handle.scene_kd_zbuffer_version() != VERSION:
                 raise RuntimeError("library version mismatch")

@@ -13,23 +13,38 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from scene_kd.errors import SceneKDError
+from scene_kd.errors import BudgetError, SceneKDError
 from scene_kd.progress import progress_bar
+from scene_kd.render.budget import announce_plan, count_plan
 from scene_kd.render.config import RenderConfig
 from scene_kd.render.types import Render, save_render
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import write_json
 from scene_kd.scene.types import Camera
 
-if TYPE_CHECKING:
-    from scene_kd.config import PipelineConfig
-
 log = logging.getLogger(__name__)
+
+
+class _TeacherInput(Protocol):
+    teacher_input: str
+
+
+class RenderStageConfig(Protocol):
+    """The config sections the render stage reads (:class:`scene_kd.config.PipelineConfig` has them): its own
+    ``render`` section and the teacher's ``teacher_input`` (photos / renders / both decide which views are drawn).
+    A Protocol so that render/ never imports the config layer above it."""
+
+    @property
+    def render(self) -> RenderConfig: ...
+
+    @property
+    def teacher(self) -> _TeacherInput: ...
+
 
 GAUSSIAN_TOPK = 4
 GAUSSIAN_MIN_ALPHA = 0.05
@@ -154,24 +169,25 @@ class RenderStage:
     name = "render"
     section = "render"
 
-    def enabled(self, cfg: PipelineConfig) -> bool:
+    def enabled(self, cfg: RenderStageConfig) -> bool:
         return True
 
-    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+    def inputs(self, run: RunDir, cfg: RenderStageConfig) -> list[Path]:
         return []  # the scene is part of the key (its fingerprint)
 
-    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+    def outputs(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> list[Path]:
         return ([run.views, run.scene_tensors, run.scene_json, run.renders] + ([run.views_png] if ctx.preview else [])
                 + ([run.photos] if ctx.capture is not None else []))
 
-    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+    def key(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> Any:
         capture = ctx.capture.fingerprint() if ctx.capture is not None else None
         both = cfg.teacher.teacher_input == "both"  # the capture's views and planned ones
-        return [_VERSION, cfg.render, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
+        budgetless = dataclasses.replace(cfg.render, max_views=0, max_teacher_hours=0.0)  # refuses, never changes
+        return [_VERSION, budgetless, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
 
-    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
+    def compute(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> dict[str, Any]:
         return _render(run, _scene(ctx), cfg.render, preview=ctx.preview, capture=ctx.capture,
-                       teacher_input=cfg.teacher.teacher_input)
+                       teacher_input=cfg.teacher.teacher_input, on_plan=ctx.on_plan)
 
 
 RENDER = RenderStage()
@@ -191,16 +207,12 @@ def _scene(ctx: StageContext) -> Any:
 
 
 def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, capture: Any = None,
-            teacher_input: str = "auto") -> dict[str, Any]:
+            teacher_input: str = "auto", on_plan: Any = None) -> dict[str, Any]:
+    from scene_kd.render.coverage import COVERAGE_TOLERANCE, coverage_from_counts
     from scene_kd.render.cull import build_point_grid, render_point_view_culled
     from scene_kd.render.photos import capture_views, clear_photos, resolve_teacher_input, write_view_photo
     from scene_kd.render.points import estimate_point_radii, visible_in_view
-    from scene_kd.render.views import (
-        COVERAGE_TOLERANCE,
-        coverage_from_counts,
-        plan_summary,
-        plan_views_with_summary,
-    )
+    from scene_kd.render.views import plan_summary, plan_views_with_summary
     from scene_kd.scene.runscene import save_run_scene
 
     run_dir = run.root
@@ -210,10 +222,15 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
     n_photos = len(cameras)
     plan: dict[str, Any] | None = None
     if capture is None or teacher_input == "both":
-        planned, plan = plan_views_with_summary(scene, cfg)
+        try:
+            planned, plan = plan_views_with_summary(scene, cfg)
+        except BudgetError as e:  # refused by the planner before it built a camera
+            announce_plan(e.plan or {}, cfg, on_plan)
+            raise
         cameras += [dataclasses.replace(c, level=c.level + (1 if capture is not None else 0)) for c in planned]
     if not cameras:
         raise SceneKDError(f"view preset {cfg.preset!r} produced no cameras")
+    teacher_cost = announce_plan(plan if plan is not None and capture is None else count_plan(cameras), cfg, on_plan)
     xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32))
     _check_cameras_see_scene(xyz, cameras)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +286,7 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
         plan = plan_summary(scene, cameras, cfg)
     views_source = _views_source(cfg.preset, capture is not None, plan_used=n_photos < len(cameras))
     write_json(run.views, {
-        "plan": plan,
+        "plan": plan, "teacher_cost": teacher_cost,
         "scene_kind": scene.kind, "preset": views_source, "cameras": [c.to_json() for c in cameras],
         "levels": levels, "coverage": coverage, "point_radius": _radius_summary(radius) if scene.kind == "points" else None,
         "photos": [i < n_photos for i in range(len(cameras))], "psnr": psnrs,
@@ -293,5 +310,5 @@ def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, captur
             "photo_views": n_photos,
             "psnr_median": round(float(np.median(finite)), 3) if finite else None,
             "depth_disagree_pixels": None if all(d is None for d in disagree) else sum(d or 0 for d in disagree),
-            "scene_kind": scene.kind, "plan": plan,
+            "scene_kind": scene.kind, "plan": plan, "teacher_cost": teacher_cost,
             "teacher_work": {"views": len(cameras), "megapixels": round(megapixels, 3)}}

@@ -229,7 +229,7 @@ def seen_fraction(points: Any, cameras: list[Camera]) -> float:
     one camera's image (0 for no points)."""
     import torch
 
-    from scene_kd.render.points import pixel_index, project_points
+    from scene_kd.scene.projection import pixel_index, project_points
 
     seen = torch.zeros(len(points), dtype=torch.bool)
     for cam in cameras:

@@ -1,4 +1,6 @@
-"""The teacher protocol and registry (open_clip-style: one factory, models registered by name).
+"""The teacher protocol and helpers. Teachers are registered by name with their config in
+scene_kd/teachers/config.py (``TEACHERS``) and built by scene_kd/teachers/factory.py (open_clip-style: one
+factory, models registered by name).
 
 A teacher turns renders into masks with one L2-normalised embedding per mask, and text prompts into
 the same embedding space.
@@ -15,12 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render
 
 
@@ -63,38 +64,6 @@ class Teacher(Protocol):
 
     def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
         ...
-
-
-_REGISTRY: dict[str, Callable[..., Teacher]] = {}
-
-
-def register_teacher(name: str) -> Callable[[Callable[..., Teacher]], Callable[..., Teacher]]:
-    def deco(factory: Callable[..., Teacher]) -> Callable[..., Teacher]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def _import_builtin() -> None:
-    # Importing the modules registers them; heavy model imports stay inside their factories.
-    import importlib
-
-    for mod in ("oracle", "clip_sam", "clip_grid"):
-        importlib.import_module(f"scene_kd.teachers.{mod}")
-
-
-def available_teachers() -> list[str]:
-    _import_builtin()
-    return sorted(_REGISTRY)
-
-
-def create_teacher(name: str, **config: Any) -> Teacher:
-    """Build a registered teacher by name with its config keyword arguments."""
-    _import_builtin()
-    if name not in _REGISTRY:
-        raise SceneKDError(f"unknown teacher {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**config)
 
 
 def encode_by_image_size(

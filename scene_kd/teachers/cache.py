@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from scene_kd.render.types import Render
+from scene_kd.runio import cache_dir
 from scene_kd.teachers.base import ViewMasks
-from scene_kd.teachers.weights import cache_dir
 
 _HASHED = ("rgb", "depth", "ids", "labels", "instances", "alpha")
 

@@ -22,8 +22,8 @@ import torch
 from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
-from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise, register_teacher
-from scene_kd.teachers.clip import embed_crops, normalised_images
+from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise
+from scene_kd.teachers.clip import embed_crops, pixel_images
 from scene_kd.teachers.clip_sam import ClipTeacherBase
 
 
@@ -118,7 +118,7 @@ class ClipGridTeacher(ClipTeacherBase):
 
     def _encode_group(self, renders: list[Render]) -> list[ViewMasks]:
         h, w = renders[0].rgb.shape[:2]
-        images = normalised_images(self.bundle, [r.rgb for r in renders])
+        images = pixel_images(self.bundle, [r.rgb for r in renders])
         dev = images.device
         grids = self.crop_boxes(h, w)
         per_view = sum(len(b) for _, _, b in grids)
@@ -151,8 +151,3 @@ class ClipGridTeacher(ClipTeacherBase):
             emb = torch.cat(embs).float().cpu() if embs else torch.zeros(0, self.dim)
             out.append(ViewMasks(mask_ids=ids, embeddings=emb.contiguous(), mask_level=np.asarray(levels, np.int32)))
         return out
-
-
-@register_teacher("clip-grid")
-def make_clip_grid(**cfg) -> ClipGridTeacher:
-    return ClipGridTeacher(**cfg)

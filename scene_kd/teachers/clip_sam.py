@@ -2,8 +2,9 @@
 
 Each mask's embedding combines (1 - context_weight) x the masked crop (square box around the mask, padded by
 ``crop_padding``, pixels outside the mask blanked to the dataset mean) and context_weight x a context crop
-``context_scale`` times larger (not blanked), then L2-normalised. All crops of a batch of views go through the
-CLIP image tower together, ``crop_batch_size`` at a time.
+``context_scale`` times larger (not blanked), then L2-normalised. Each crop image is preprocessed as open_clip's
+``preprocess`` would it (bicubic antialiased resize, :mod:`scene_kd.teachers.clip`). All crops of a batch of views
+go through the CLIP image tower together, ``crop_batch_size`` at a time.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import torch
 
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
-from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise, register_teacher
+from scene_kd.teachers.base import ViewMasks, encode_by_image_size, l2_normalise
 from scene_kd.teachers.clip import (
     clip_embed_dim,
     embed_crops,
     load_open_clip,
-    normalised_images,
+    pixel_images,
     resolve_clip_weights,
     resolve_device,
     square_boxes,
@@ -152,7 +153,7 @@ class ClipSamTeacher(ClipTeacherBase):
         from scene_kd.teachers.sam import sam_masks
 
         masks = sam_masks(self.sam, [r.rgb for r in renders], self.params)
-        images = normalised_images(self.bundle, [r.rgb for r in renders])
+        images = pixel_images(self.bundle, [r.rgb for r in renders])
         dev = images.device
         n_levels = masks[0][0].shape[0]
         id_images = torch.from_numpy(np.stack([ids for ids, _ in masks])).to(dev).reshape(-1, *images.shape[-2:])
@@ -178,8 +179,3 @@ class ClipSamTeacher(ClipTeacherBase):
             out.append(ViewMasks(mask_ids=ids, embeddings=emb[start : start + m].contiguous(), mask_level=levels))
             start += m
         return out
-
-
-@register_teacher("clip-sam")
-def make_clip_sam(**cfg) -> ClipSamTeacher:
-    return ClipSamTeacher(**cfg)

@@ -1,17 +1,20 @@
-"""Teacher configs (owned by scene_kd/teachers): one dataclass per teacher, a tagged union on ``name``.
+"""Teacher configs (owned by scene_kd/teachers) and the teacher registry ``TEACHERS``.
 
-Like open_clip's model registry, each teacher is registered by one name with its config class
-(``TEACHER_CONFIGS``); the YAML ``teacher:`` section picks the class by its ``name`` key and may hold only that
-class's fields. ``ClipSamConfig`` is the default: the real teacher. ``OracleConfig`` (the ground-truth test
-teacher) is opt-in and everything made with it says so.
+Each teacher is registered once, by name, with its config dataclass and its factory (scene_kd/registry.py: a
+new teacher is one ``TEACHERS.register(...)`` call below, after its config class); ``TeacherConfig``, the tagged
+union on ``name`` that tyro and the YAML loader read, is derived from it. The YAML ``teacher:`` section picks the
+class by its ``name`` key and may hold only that class's fields. ``ClipSamConfig`` is the default: the real
+teacher. ``OracleConfig`` (the ground-truth test teacher) is opt-in and everything made with it says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Union
+from typing import Annotated, ClassVar, Literal
 
 import tyro
+
+from scene_kd.registry import Registry
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -39,8 +42,8 @@ class OracleConfig(_TeacherCommon):
     text vector. A test teacher: it needs a labelled scene, and its numbers measure lifting and distillation,
     not CLIP."""
 
-    name: tyro.conf.Suppress[Literal["oracle-labels"]] = "oracle-labels"
-    label_flip: float = 0.0
+    name: TeacherName = "oracle-labels"
+    label_flip: Annotated[float, tyro.conf.arg(aliases=("--label-flip",))] = 0.0
     """Fraction of masks whose class is replaced by another class."""
     embed_noise: float = 0.0
     """Relative size of Gaussian noise added to mask embeddings before re-normalising (per-component std-dev
@@ -85,7 +88,7 @@ class _ClipCommon(_TeacherCommon):
     """Settings of the open_clip teachers."""
 
     device: Device = "auto"
-    weights: str | None = None
+    weights: Annotated[str | None, tyro.conf.arg(aliases=("--weights",))] = None
     """Explicit weights: a file, a folder holding the expected files, ``clip=PATH,sam=PATH``, or ``random``
     (seeded random init, for plumbing tests and benchmarks only); otherwise $SCENE_KD_CACHE, then the hub."""
     download: bool = True
@@ -105,7 +108,7 @@ class ClipSamConfig(_ClipCommon):
     """``clip-sam``: SAM automatic masks at several granularities, one open_clip embedding per masked crop with
     multi-scale context (LangSplat / OpenUrban3D style). The default teacher."""
 
-    name: tyro.conf.Suppress[Literal["clip-sam"]] = "clip-sam"
+    name: TeacherName = "clip-sam"
     crop_padding: float = 0.1
     """Padding around a mask's box, as a fraction of its longer side."""
     context_scale: float = 2.0
@@ -128,7 +131,7 @@ class ClipSamConfig(_ClipCommon):
 class ClipGridConfig(_ClipCommon):
     """``clip-grid``: open_clip on a multi-scale grid of crops (LERF-style), pooled per region; no SAM."""
 
-    name: tyro.conf.Suppress[Literal["clip-grid"]] = "clip-grid"
+    name: TeacherName = "clip-grid"
     grid_scales: tuple[float, ...] = (0.5, 0.25, 0.125)
     """Crop sizes as fractions of the image's shorter side (LERF-style pyramid), coarse first; crops overlap by
     half; each scale's stride is also the cell size of one region level."""
@@ -136,11 +139,25 @@ class ClipGridConfig(_ClipCommon):
     """Regions split by relative depth slabs of this width (0.1 = 10% of depth)."""
 
 
-TeacherConfig = Union[ClipSamConfig, ClipGridConfig, OracleConfig]  # noqa: UP007 (tyro reads the Union)
-"""Any teacher's config; the ``name`` field tells which."""
+TEACHERS: Registry[_TeacherCommon] = Registry("teacher")
+"""Every teacher: name -> (config dataclass, factory(**teacher_kwargs(cfg)) -> Teacher), in listing order."""
+TEACHERS.register("clip-sam", ClipSamConfig, "scene_kd.teachers.clip_sam:ClipSamTeacher",
+                  summary="SAM automatic masks at several granularities, an open_clip embedding per masked crop")
+TEACHERS.register("clip-grid", ClipGridConfig, "scene_kd.teachers.clip_grid:ClipGridTeacher",
+                  summary="open_clip on a multi-scale grid of crops (LERF-style), pooled per region; no SAM")
+TEACHERS.register("oracle-labels", OracleConfig, "scene_kd.teachers.oracle:OracleTeacher",
+                  summary="test teacher: ground-truth class regions, embedding = the class's text vector")
 
-TEACHER_CONFIGS: dict[str, type] = {"clip-sam": ClipSamConfig, "clip-grid": ClipGridConfig,
-                                    "oracle-labels": OracleConfig}
+TeacherConfig = TEACHERS.union()
+"""Any registered teacher's config (a Union of the config classes; the ``name`` field tells which)."""
+TeacherLiteral = TEACHERS.literal()
+"""``Literal`` of the registered teacher names (for flags that take a name)."""
+TeacherName = Annotated[TeacherLiteral, tyro.conf.arg(
+    name="teacher", prefix_name=False, metavar="NAME",
+    help=f"The teacher: {' | '.join(TEACHERS.names())} (its options follow).")]
+"""The type of every teacher config's ``name`` (resolved by name when tyro / the YAML loader read the hints, i.e.
+after the registrations above); on the command line ``--teacher NAME`` (it picks the config class)."""
+
 ORACLE = "oracle-labels"
 ORACLE_NOTE = ("made with the oracle-labels test teacher: features are the scene's own ground-truth classes (with "
                "the configured noise), not CLIP; numbers measure rendering, lifting and distillation only")

@@ -35,7 +35,7 @@ import torch
 from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
-from scene_kd.teachers.base import ViewMasks, l2_normalise, register_teacher
+from scene_kd.teachers.base import ViewMasks, l2_normalise
 from scene_kd.teachers.text import OracleTextEncoder
 
 
@@ -290,8 +290,3 @@ class OracleTeacher:
                 emb = l2_normalise(emb + torch.from_numpy(noise.astype(np.float32)))
             out.append(ViewMasks(mask_ids=ids, embeddings=emb.float().contiguous(), mask_level=levels))
         return out
-
-
-@register_teacher("oracle-labels")
-def make_oracle(**cfg) -> OracleTeacher:
-    return OracleTeacher(**cfg)

@@ -1,9 +1,24 @@
 """SAM automatic masks at several granularities, from the public segment_anything model classes.
 
-SAM's automatic-mask recipe (a grid of point prompts, multimask output, predicted-IoU and stability filters,
-box NMS) run directly on ``Sam``'s encoder/prompt encoder/decoder so that each image is encoded once, images
-are encoded in batches, and SAM's three multimask outputs (sub-part, part, whole) become three mask levels.
-Per level, overlaps are resolved greedily by score so each pixel belongs to at most one mask.
+SAM's automatic-mask recipe (``SamAutomaticMaskGenerator`` with crop_n_layers=0: a grid of point prompts,
+multimask output, predicted-IoU filter ``iou > pred_iou_thresh``, stability filter ``stability >=
+stability_thresh`` on the upsampled logits (a threshold <= 0 turns its filter off), box NMS scored by predicted
+IoU) run directly on ``Sam``'s encoder / prompt encoder / decoder. Per level the masks after filters + NMS
+equal the reference generator's run on that level's outputs
+(``tests/test_teachers_clip.py::test_sam_levels_equal_reference_generator``). Where we differ, and why:
+
+- Levels: SAM's three multimask outputs (sub-part, part, whole) are kept as three mask levels and NMS runs per
+  level; the reference runs one NMS over all three, which lets a whole-object mask suppress its parts, while
+  fusion wants every granularity.
+- No overlaps: per level each pixel belongs to at most one mask (:func:`resolve_overlaps`, greedy by predicted
+  IoU, a mask keeping its claim only with >= ``min_area`` px and >= half its area): the teacher hands fusion one
+  id image per level, the reference returns overlapping masks.
+- ``min_area`` (16 px by default, ``min_mask_area``): masks smaller than this are dropped before NMS (0 turns it
+  off; the reference has no area filter, its ``min_mask_region_area`` hole/island cleanup is off by default and
+  not done here): a few-pixel mask gives a CLIP crop of mostly padding and lands on almost no points.
+- Defaults: a 16x16 point grid and thresholds 0.86 / 0.92 (the reference: 32x32, 0.88 / 0.95) are the presets'
+  cost choices (decoding the grid is most of SAM's time); pass the reference's values to get its masks.
+- Images are encoded in batches of ``image_batch``; the embedding equals ``SamPredictor.set_image``'s.
 """
 
 from __future__ import annotations
@@ -116,14 +131,19 @@ def sam_masks(bundle: SamBundle, rgbs: list[np.ndarray], params: SamParams) -> l
             for i, rgb in enumerate(rgbs)]
 
 
-def _masks_for_image(bundle, embedding, orig_hw, input_hw, transform, params: SamParams):
+def level_candidates(bundle, embedding, orig_hw, input_hw, transform, params: SamParams
+                     ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per SAM output level: (masks [N, h, w] bool, predicted IoU [N]) after the filters and box NMS, as
+    ``SamAutomaticMaskGenerator`` (crop_n_layers=0) keeps them for that level's outputs alone (tested equal);
+    plus, where ``params.min_area`` > 0, masks under ``min_area`` pixels are dropped."""
     from segment_anything.utils.amg import batched_mask_to_box, build_point_grid, calculate_stability_score
     from torchvision.ops import nms
 
     sam, dev = bundle.model, bundle.device
     h, w = orig_hw
     pts = build_point_grid(params.points_per_side) * np.array([[w, h]])
-    pts = torch.as_tensor(transform.apply_coords(pts, (h, w)), dtype=torch.float32, device=dev)
+    # float64 as SamAutomaticMaskGenerator passes them (the prompt encoder scales them before casting to float32)
+    pts = torch.as_tensor(transform.apply_coords(pts, (h, w)), device=dev)
     levels = list(params.levels)
     cand: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {lv: [] for lv in levels}
     t0 = time.perf_counter()
@@ -138,22 +158,41 @@ def _masks_for_image(bundle, embedding, orig_hw, input_hw, transform, params: Sa
             logits = sam.postprocess_masks(low, input_hw, (h, w))  # [P, 3, h, w]
             stab = calculate_stability_score(logits, sam.mask_threshold, params.stability_offset)
             binary = logits > sam.mask_threshold
-            area = binary.sum((-1, -2))
-            ok = (iou >= params.pred_iou_thresh) & (stab >= params.stability_thresh) & (area >= params.min_area)
+            # as SamAutomaticMaskGenerator: strict > for the predicted IoU, >= for stability, a threshold <= 0 is off
+            ok = torch.ones_like(iou, dtype=torch.bool)
+            if params.pred_iou_thresh > 0:
+                ok &= iou > params.pred_iou_thresh
+            if params.stability_thresh > 0:
+                ok &= stab >= params.stability_thresh
+            if params.min_area > 0:
+                ok &= binary.sum((-1, -2)) >= params.min_area
             for lv in levels:
                 keep = ok[:, lv]
                 if keep.any():
-                    cand[lv].append((binary[keep, lv], (iou[keep, lv] * stab[keep, lv]).float()))
+                    cand[lv].append((binary[keep, lv], iou[keep, lv].float()))
     bundle.stats["seconds"] += time.perf_counter() - t0
-    ids = np.full((len(levels), h, w), -1, np.int32)
-    mask_level: list[int] = []
-    for li, lv in enumerate(levels):
+    out = {}
+    for lv in levels:
         if not cand[lv]:
+            out[lv] = (torch.zeros(0, h, w, dtype=torch.bool, device=dev), torch.zeros(0, device=dev))
             continue
         masks = torch.cat([m for m, _ in cand[lv]])
         scores = torch.cat([s for _, s in cand[lv]])
         keep = nms(batched_mask_to_box(masks).float(), scores, params.nms_iou)
-        label = resolve_overlaps(masks[keep], scores[keep], params.min_area)
+        out[lv] = (masks[keep], scores[keep])
+    return out
+
+
+def _masks_for_image(bundle, embedding, orig_hw, input_hw, transform, params: SamParams):
+    h, w = orig_hw
+    levels = list(params.levels)
+    ids = np.full((len(levels), h, w), -1, np.int32)
+    mask_level: list[int] = []
+    for li, (masks, scores) in enumerate(level_candidates(bundle, embedding, orig_hw, input_hw, transform,
+                                                          params).values()):
+        if not len(masks):
+            continue
+        label = resolve_overlaps(masks, scores, params.min_area)
         n = int(label.max().item()) + 1 if label.numel() else 0
         ids[li] = np.where(label.cpu().numpy() >= 0, label.cpu().numpy() + len(mask_level), -1)
         mask_level += [li] * n

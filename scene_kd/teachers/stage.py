@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,14 +27,21 @@ from scene_kd.runio import (
     load_tensors,
     save_tensors,
 )
-from scene_kd.teachers.base import Teacher, ViewMasks, create_teacher
+from scene_kd.teachers.base import Teacher, ViewMasks
 from scene_kd.teachers.cache import FeatureCache, render_content_hash
 from scene_kd.teachers.config import ORACLE, TeacherConfig, teacher_kwargs
-
-if TYPE_CHECKING:
-    from scene_kd.config import PipelineConfig
+from scene_kd.teachers.factory import create_teacher
 
 log = logging.getLogger(__name__)
+
+
+class FeaturesStageConfig(Protocol):
+    """The config section the features stage reads: ``teacher`` (a Protocol so teachers/ never imports the config
+    layer above it; :class:`scene_kd.config.PipelineConfig` has it)."""
+
+    @property
+    def teacher(self) -> TeacherConfig: ...
+
 
 PREVIEW_VIEWS = 8
 
@@ -56,7 +63,7 @@ def make_teacher(run_dir: str | Path, cfg: TeacherConfig) -> Teacher:
 def scene_has_classes(scene: Any) -> bool:
     """Whether ``scene`` has ground-truth labels with at least one evaluable class (not only unclassified /
     noise / overlap codes): what the oracle teacher needs."""
-    from scene_kd.eval.labels import evaluation_classes
+    from scene_kd.scene.labels import evaluation_classes
 
     return scene.labels is not None and bool(evaluation_classes(scene.labels, scene.label_names)[0])
 
@@ -71,14 +78,21 @@ def check_teacher_requirements(cfg: TeacherConfig, *, has_labels: bool) -> None:
                                "weights) instead")
         return
     from scene_kd.teachers.clip import resolve_clip_weights
-    from scene_kd.teachers.weights import RANDOM, missing_weights_summary, parse_explicit, resolve_weights, sam_spec
+    from scene_kd.teachers.weights import (
+        RANDOM,
+        missing_weights_summary,
+        parse_explicit,
+        resolve_weights,
+        sam_spec,
+    )
 
-    missing: list[MissingWeightsError] = []
+    missing: list[MissingWeightsError] = []  # by the config's fields: a newly registered open_clip / SAM teacher too
     try:
-        resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
+        if hasattr(cfg, "clip_model"):
+            resolve_clip_weights(cfg.clip_model, cfg.clip_pretrained, cfg.weights, download=cfg.download)
     except MissingWeightsError as e:
         missing.append(e)
-    if cfg.name == "clip-sam":
+    if hasattr(cfg, "sam_model"):
         mine = parse_explicit(cfg.weights, "sam")
         try:
             if mine != RANDOM:
@@ -114,22 +128,22 @@ class FeaturesStage:
     name = "features"
     section = "teacher"
 
-    def enabled(self, cfg: PipelineConfig) -> bool:
+    def enabled(self, cfg: FeaturesStageConfig) -> bool:
         return True
 
-    def inputs(self, run: RunDir, cfg: PipelineConfig) -> list[Path]:
+    def inputs(self, run: RunDir, cfg: FeaturesStageConfig) -> list[Path]:
         return [run.views, run.renders, run.scene_json, run.photos]
 
-    def outputs(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> list[Path]:
+    def outputs(self, run: RunDir, cfg: FeaturesStageConfig, ctx: StageContext) -> list[Path]:
         return [run.features, run.masks] + ([run.masks_png] if ctx.preview else [])
 
-    def key(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> Any:
+    def key(self, run: RunDir, cfg: FeaturesStageConfig, ctx: StageContext) -> Any:
         teacher = make_teacher(run.root, cfg.teacher)
         return [_VERSION, getattr(teacher, "cache_key", None) or teacher_kwargs(cfg.teacher), cfg.teacher.name,
                 cfg.teacher.teacher_input]
 
-    def compute(self, run: RunDir, cfg: PipelineConfig, ctx: StageContext) -> dict[str, Any]:
-        return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key)
+    def compute(self, run: RunDir, cfg: FeaturesStageConfig, ctx: StageContext) -> dict[str, Any]:
+        return _features(run, cfg.teacher, preview=ctx.preview, key=ctx.key, cost_key=ctx.cost_key)
 
 
 FEATURES = FeaturesStage()
@@ -147,11 +161,13 @@ class EncodedViews:
     preview_rgb: dict[int, np.ndarray] = dataclass_field(default_factory=dict)
 
 
-def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> dict[str, Any]:
+def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str,
+              cost_key: str | None = None) -> dict[str, Any]:
     """The features stage: plan (views, teacher, cache) -> encode every view -> write masks/ + features ->
     preview; returns the summary."""
     t0 = time.perf_counter()
     n, teacher, cache, use_photos = _plan_features(run, cfg)
+    expected = _expected_cost(run, cfg, n, cost_key)
     preview_idx = set(np.linspace(0, n - 1, min(n, PREVIEW_VIEWS)).round().astype(int).tolist()) if preview else set()
     enc = _encode_views(run, teacher, cache, use_photos, n, max(1, cfg.batch_size), preview_idx)
     summary = write_outputs(run.root, enc.results, teacher, key)
@@ -162,11 +178,23 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str) -> di
                       [enc.results[i].embeddings for i in shown])  # type: ignore[union-attr]
     summary.update(photo_views=sum(use_photos), cached_views=enc.cached, teacher_seconds=round(enc.teacher_seconds, 3),
                    masks_per_s=round(summary["masks"] / enc.teacher_seconds, 2) if enc.teacher_seconds > 0 else None)
+    summary["expected_teacher_s"] = expected.total_s  # the cost model's figure, beside the measured one
     if hasattr(teacher, "model_seconds"):
         summary["model_seconds"] = round(teacher.model_seconds(), 3)
     log.info("features: %d masks over %d views (%s) in %.1f s", summary["masks"], n, teacher.name,
              time.perf_counter() - t0)
     return summary
+
+
+def _expected_cost(run: RunDir, cfg: TeacherConfig, n: int, cost_key: str | None = None) -> Any:
+    """Log the teacher's expected time over the run's ``n`` views (teachers/cost.py; the row of ``cost_key``, the
+    config preset's name, else ``default``) before it starts."""
+    from scene_kd.teachers.cost import estimate_for_config
+
+    mp = sum(c.width * c.height for c in load_cameras(run.root)) / 1e6
+    cost = estimate_for_config(cfg, n, mp, preset=cost_key)
+    log.info("features: %d views, %.1f MP; expected %s (cached views are faster)", n, mp, cost.describe())
+    return cost
 
 
 def _plan_features(run: RunDir, cfg: TeacherConfig) -> tuple[int, Teacher, FeatureCache, list[bool]]:

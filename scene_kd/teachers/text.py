@@ -70,6 +70,8 @@ ORACLE_VERSION = "v2"
 # Generic words (LERF canonical negatives and kin): similar to everything, like in CLIP.
 GENERIC_WORDS = ("object", "objects", "thing", "things", "stuff", "texture", "textures", "something")
 _ORACLE_SEED = 20240611
+ENSEMBLE = "imagenet-80"
+"""Name of open_clip's 80 ImageNet prompt templates ensemble for class names (QueryConfig.template)."""
 
 _TEMPLATE = re.compile(
     r"^(?:(?:a|an|the)\s+)?(?:photo|picture|image|rendering|render|point cloud|3d scan)\s+of\s+(?:(?:a|an|the)\s+)?"
@@ -183,7 +185,8 @@ class OracleTextEncoder:
 
 
 class OpenClipTextEncoder:
-    """open_clip's text tower; prompts are encoded as given (templating is the caller's choice)."""
+    """open_clip's text tower; prompts are encoded as given (templating is the caller's choice), class names
+    optionally as open_clip's 80-template zero-shot ensemble (:meth:`encode_class_ensemble`)."""
 
     def __init__(self, bundle, encoder_id: str):
         self.bundle = bundle
@@ -191,20 +194,33 @@ class OpenClipTextEncoder:
         self.dim = bundle.dim
         self.model_calls = 0
 
+    def _encode(self, prompts: list[str]) -> np.ndarray:
+        """[P, D] float32 unit rows, 256 prompts per text-tower forward."""
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(prompts), 256):
+                tokens = self.bundle.tokenizer(prompts[i : i + 256]).to(self.bundle.device)
+                self.model_calls += 1
+                out.append(l2_normalise(self.bundle.model.encode_text(tokens).float()).cpu().numpy())
+        return np.concatenate(out)
+
     def encode_text(self, prompts: Sequence[str], *, cache: TextEmbeddingCache | None = None) -> torch.Tensor:
         """[P, D] float32 unit rows; cached in ``cache`` (default: the process-wide ``TEXT_CACHE``)."""
-        prompts = _check_prompts(prompts)
+        return _cached_encode(self.id, _check_prompts(prompts), self._encode, cache)
+
+    def encode_class_ensemble(self, names: Sequence[str], *, cache: TextEmbeddingCache | None = None) -> torch.Tensor:
+        """[C, D] float32 unit rows: each class name through open_clip's 80 ImageNet templates
+        (``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``), each embedding L2-normalised, averaged,
+        L2-normalised again: open_clip's ``build_zero_shot_classifier`` recipe (CLIP, Radford et al. 2021, §3.1.4).
+        One entry per class in ``cache`` under the id ``"{id}#imagenet-80"`` (the 80 prompts are not cached)."""
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES as templates
 
         def run(missing: list[str]) -> np.ndarray:
-            out = []
-            with torch.inference_mode():
-                for i in range(0, len(missing), 256):
-                    tokens = self.bundle.tokenizer(missing[i : i + 256]).to(self.bundle.device)
-                    self.model_calls += 1
-                    out.append(l2_normalise(self.bundle.model.encode_text(tokens).float()).cpu().numpy())
-            return np.concatenate(out)
+            vecs = self._encode([t(n) for n in missing for t in templates]).reshape(len(missing), len(templates), -1)
+            mean = vecs.mean(1)
+            return mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-12)
 
-        return _cached_encode(self.id, prompts, run, cache)
+        return _cached_encode(f"{self.id}#{ENSEMBLE}", _check_prompts(names), run, cache)
 
 
 class TextEmbeddingCache:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scene_kd.errors import MissingWeightsError, SceneKDError
+from scene_kd.runio import cache_dir
 
 RANDOM = "random"
 """Explicit weights value meaning: seeded random init (plumbing tests and benchmarks only)."""
@@ -29,11 +30,6 @@ SAM_FILES = {
 }
 SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/{}"
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-
-
-def cache_dir() -> Path:
-    """``$SCENE_KD_CACHE`` or ``~/.cache/scene_kd``."""
-    return Path(os.environ.get("SCENE_KD_CACHE") or Path.home() / ".cache" / "scene_kd").expanduser()
 
 
 @dataclass(frozen=True)
@@ -234,13 +230,18 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 
 
 def known_specs() -> list[WeightsSpec]:
-    """The weights the built-in teachers can use (defaults first)."""
-    from scene_kd.teachers.config import ClipSamConfig
+    """The weights the registered teachers can use (``TEACHERS``, by their config fields): each open_clip
+    teacher's default model, then every SAM size when a teacher uses SAM (its default first); no duplicates."""
+    from scene_kd.teachers.config import TEACHERS
 
-    cfg = ClipSamConfig()
-    specs = [open_clip_spec(cfg.clip_model, cfg.clip_pretrained)]
-    specs += [sam_spec(m) for m in SAM_FILES]
-    return specs
+    clip, sam = [], []
+    for entry in TEACHERS:
+        cfg = entry.config()
+        if hasattr(cfg, "clip_model"):
+            clip.append(open_clip_spec(cfg.clip_model, cfg.clip_pretrained))
+        if hasattr(cfg, "sam_model"):
+            sam += [sam_spec(m) for m in (cfg.sam_model, *SAM_FILES)]
+    return list(dict.fromkeys(clip + sam))  # WeightsSpec is frozen: equal specs collapse, order kept
 
 
 def weights_report(explicit: str | None = None, specs: list[WeightsSpec] | None = None) -> list[dict[str, Any]]:

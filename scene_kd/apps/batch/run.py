@@ -385,7 +385,7 @@ def write_summary(out_dir: Path, records: list[dict[str, Any]], job: BatchJob, m
     from scene_kd.runio import atomic_path, write_json
 
     status = [r["status"] for r in records]
-    totals = {s: status.count(s) for s in ("done", "skipped", "error", "not run")}
+    totals = {s: status.count(s) for s in ("done", "skipped", "error", "refused", "not run")}
     points = sum(int(r.get("points") or 0) for r in records if r["status"] in ("done", "skipped"))
     summary = {"job": job, **meta, "totals": {**totals, "tiles": len(records), "points": points}, "tiles": records}
     write_json(out_dir / "summary.json", summary)

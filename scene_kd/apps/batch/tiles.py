@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from scene_kd.errors import SceneKDError
+from scene_kd.errors import BudgetError, SceneKDError
 
 Labeller = Callable[[Any, str], tuple[np.ndarray, np.ndarray]]
 """(PointCloud, work tag) -> (label_index [N] int, confidence [N] float)."""
@@ -62,12 +62,16 @@ class BatchJob:
     at least :func:`student_halo`, which is also its default)."""
     identity: str = ""
     """Hash of the student/config the labels come from (filled in by :func:`make_job`)."""
+    max_views: int | None = None
+    """Pipeline mode: the view budget per tile (render.max_views; None: the preset's). A tile whose plan exceeds it
+    is refused (status "refused", the reason in its record) and the other tiles go on."""
 
     def config_hash(self, tile_hash: str) -> str:
         from scene_kd.runio import config_hash
 
         d = dataclasses.asdict(self)
         d.pop("out_dir")
+        d.pop("max_views")  # a budget refuses work, it never changes a tile's labels
         return config_hash(d, tile_hash)
 
 
@@ -192,9 +196,10 @@ def label_in_chunks(scene: Any, labeller: Labeller, chunk_size: int, halo: float
 def _segment_field(field: Any, labels: tuple[str, ...], run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Segment ``field`` with the QueryConfig of the run folder it comes from (a QuerySession, as every entry
     point): the student's run in student mode, the tile's run in pipeline mode."""
+    from scene_kd.config import read_query_config
     from scene_kd.query.session import QuerySession
 
-    idx, conf = QuerySession.open(run_dir, field=field).segment(list(labels))
+    idx, conf = QuerySession.open(run_dir, query=read_query_config(run_dir), field=field).segment(list(labels))
     to_np = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
     return to_np(idx).astype(np.int32), to_np(conf).astype(np.float32)
 
@@ -256,7 +261,10 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
     from scene_kd.pipeline import run_pipeline
     from scene_kd.scene.io import save_scene
 
-    cfg = load_config(job.config, overrides={"teacher": {"name": job.teacher}})
+    overrides: dict[str, Any] = {"teacher": {"name": job.teacher}}
+    if job.max_views is not None:
+        overrides["render"] = {"max_views": job.max_views}
+    cfg = load_config(job.config, overrides=overrides)
     runs = Path(job.out_dir) / "runs" / tile_name(tile)
 
     def label(scene: Any, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -266,7 +274,7 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
             run_dir.mkdir(parents=True, exist_ok=True)
             source = run_dir / "chunk.laz"
             save_scene(scene, source)
-        run_pipeline(source, run_dir, cfg, force=force)
+        run_pipeline(source, run_dir, cfg, force=force, cost_key=job.config)
         field = FeatureField.load(run_dir)
         if len(field) != len(scene):
             raise SceneKDError(f"pipeline field has {len(field)} points for {len(scene)} scene points", path=run_dir)
@@ -302,7 +310,7 @@ def make_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> Label
 @dataclass
 class TileResult:
     tile: str
-    status: str  # done | skipped | error
+    status: str  # done | skipped | error | refused (over the view / teacher-time budget; nothing written)
     output: str | None = None
     points: int = 0
     seconds: float = 0.0
@@ -392,6 +400,9 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
         return to_jsonable(result)
     except (KeyboardInterrupt, SystemExit):
         raise
+    except BudgetError as e:  # refused before rendering: say why, let the other tiles go on
+        return to_jsonable(TileResult(tile=str(tile), status="refused", seconds=round(time.perf_counter() - t0, 3),
+                                      error=str(e), config_hash=chash))
     except SceneKDError as e:
         err = str(e)
     except Exception as e:  # a bad tile must not stop the batch; keep the message and where it came from

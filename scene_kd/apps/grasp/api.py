@@ -28,10 +28,11 @@ class GraspLookup:
 
     def __init__(self, run_dir: str | Path, cfg: GraspConfig | None = None, *, source: str | None = None,
                  sensor: tuple[float, float, float] | None = None):
+        from scene_kd.config import read_query_config
         from scene_kd.query.session import QuerySession
 
         self.run_dir = Path(run_dir)
-        self.session = QuerySession.open(self.run_dir)
+        self.session = QuerySession.open(self.run_dir, query=read_query_config(self.run_dir))
         self.field = self.session.field
         self.cfg = cfg or GraspConfig()
         self.source = source

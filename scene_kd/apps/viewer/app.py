@@ -152,11 +152,13 @@ class ViewerApp:
     def load(self) -> None:
         """Open the run's QuerySession (field, text encoder, QueryConfig), then show the points. Errors go to
         the GUI."""
+        from scene_kd.config import read_query_config
         from scene_kd.query.session import QuerySession
         from scene_kd.query.similarity import resolve_source
 
         try:
-            session = QuerySession.open(self.run_dir, field=self._given_field, encoder=self.encoder,
+            session = QuerySession.open(self.run_dir, query=read_query_config(self.run_dir),
+                                        field=self._given_field, encoder=self.encoder,
                                         expect_text_encoder=self.expect_text_encoder)
             fld = session.field
             source = resolve_source(fld, session.config.source) if fld.sources else "auto"

@@ -7,14 +7,32 @@ from __future__ import annotations
 
 import html
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from scene_kd.apps.viewer.app import ViewerApp
-
 log = logging.getLogger(__name__)
+
+
+class ViewerApp(Protocol):
+    """What the widgets use of :class:`scene_kd.apps.viewer.app.ViewerApp` (which satisfies it): a Protocol, so
+    that app.py imports this module and never the other way round (no import cycle, even for type checking)."""
+
+    server: Any
+    state: Any
+    gui: dict[str, Any]
+    field: Any
+    points: Any
+    _display_xyz: Any
+
+    def display_index(self, *args: Any, **kwargs: Any) -> Any: ...
+    def request(self, kind: str, value: Any) -> Any: ...
+    def set_threshold(self, value: float) -> Any: ...
+    def set_source(self, value: str) -> Any: ...
+    def set_status(self, *args: Any, **kwargs: Any) -> Any: ...
+    def show_true_colour(self) -> Any: ...
+    def inspect(self, *args: Any, **kwargs: Any) -> Any: ...
+    def export_selection(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def make_server(host: str, port: int) -> tuple[Any, int]:

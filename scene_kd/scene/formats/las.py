@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from scene_kd.errors import SceneFormatError
-from scene_kd.eval.labels import ASPRS_CLASSES  # the one table, re-exported for readers
 from scene_kd.scene.io import (
     check_extent,
     label_names_from_json,
@@ -30,6 +29,7 @@ from scene_kd.scene.io import (
     stack_numbered_columns,
     writer,
 )
+from scene_kd.scene.labels import ASPRS_CLASSES  # the one table (scene/labels.py)
 from scene_kd.scene.types import GaussianSplats, PointCloud
 
 log = logging.getLogger(__name__)

@@ -131,7 +131,7 @@ def read_ply(path: Path) -> PointCloud | GaussianSplats:
     inst_key = _first(names, _INSTANCE_KEYS)
     labels = _whole_labels(data[lab_key], lab_key, path) if lab_key else None
     if labels is not None and not label_names and "classification" in lab_key.lower():
-        from scene_kd.eval.labels import ASPRS_CLASSES
+        from scene_kd.scene.labels import ASPRS_CLASSES
 
         label_names = dict(ASPRS_CLASSES)  # a classification field (LAS, CloudCompare) holds ASPRS codes
     if labels is None:
