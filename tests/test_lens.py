@@ -10,12 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("cv2")
-
-from scene_kd.errors import SceneFormatError  # noqa: E402
-from scene_kd.render.views import look_at  # noqa: E402
-from scene_kd.scene.cameras import load_colmap_cameras, load_transforms_json  # noqa: E402
-from scene_kd.scene.lens import (  # noqa: E402
+from scene_kd.errors import SceneFormatError
+from scene_kd.render.views import look_at
+from scene_kd.scene.cameras import load_colmap_cameras, load_transforms_json
+from scene_kd.scene.lens import (
     Distortion,
     colmap_distortion,
     covering_pinhole,
@@ -24,7 +22,7 @@ from scene_kd.scene.lens import (  # noqa: E402
     undistort_image,
     undistorted_camera,
 )
-from scene_kd.scene.types import Camera  # noqa: E402
+from scene_kd.scene.types import Camera
 
 
 @pytest.mark.parametrize(("model", "params", "want"), [

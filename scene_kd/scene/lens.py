@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from scene_kd.errors import SceneFormatError
+from scene_kd.errors import SceneFormatError, SceneKDError
 
 MODELS = ("opencv", "fisheye")
 MAX_ZOOM = 4.0
@@ -108,8 +108,10 @@ def transforms_distortion(camera_model: str, get: Any) -> Distortion | None:
 
 
 def _cv() -> Any:
-    import cv2
-
+    try:
+        import cv2
+    except ImportError:
+        raise SceneKDError("undistorting photos needs OpenCV: pip install opencv-python-headless") from None
     return cv2
 
 
