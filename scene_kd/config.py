@@ -25,11 +25,13 @@ from scene_kd.errors import ConfigError
 from scene_kd.lift.config import FuseConfig
 from scene_kd.query.config import QueryConfig
 from scene_kd.render.config import RenderConfig
+from scene_kd.scene.units import InputConfig
 from scene_kd.teachers.config import TEACHERS, ClipSamConfig, TeacherConfig
 
 
 @dataclass
 class PipelineConfig:
+    input: InputConfig = field(default_factory=InputConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     teacher: TeacherConfig = field(default_factory=ClipSamConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)

@@ -65,7 +65,8 @@ def run_pipeline(
         from scene_kd.scene.capture import load_capture
 
         capture = load_capture(scene)  # logs the layout it found
-    loaded = capture.scene if capture else load_scene(scene) if isinstance(scene, (str, Path)) else scene
+    loaded = (capture.scene if capture else load_scene(scene, units=cfg.input.units) if isinstance(scene, (str, Path))
+              else scene)
     check_teacher_requirements(cfg.teacher, has_labels=scene_has_classes(loaded) or bool(capture and capture.labels))
     # only now, with the inputs read and the teacher's needs met, does the run folder appear
     run.root.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,9 @@ def run_pipeline(
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
     ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress,
                        on_plan=teacher_cost_hook(cfg.teacher, cost_key), cost_key=cost_key)
-    results: dict[str, Any] = {}
+    from scene_kd.scene.units import extent_summary
+
+    results: dict[str, Any] = {"scene": extent_summary(loaded)}
     t0 = time.perf_counter()
     for stage in STAGES[: last + 1]:
         if stage is EVAL and not scene_has_classes(loaded):

@@ -118,10 +118,11 @@ def test_las_write_back_keeps_header_crs_and_extra_bytes(tmp_path, ext):
     out2 = laspy.read(tmp_path / f"again.{ext}")
     assert list(out2.point_format.extra_dimension_names) == ["confidence"]
     np.testing.assert_array_equal(out2["confidence"], pc.extra["confidence"])
-    assert describe_scene(again)["bounds"] == [
-        [float(ref.x.min()), float(ref.y.min()), float(ref.z.min())],
-        [float(ref.x.max()), float(ref.y.max()), float(ref.z.max())],
-    ]
+    f = np.asarray(again.meta["file_units"]["to_metre"])  # info's bounds are metres: the file is in US feet
+    np.testing.assert_allclose(describe_scene(again)["bounds"], [
+        [float(ref.x.min()) * f[0], float(ref.y.min()) * f[1], float(ref.z.min()) * f[2]],
+        [float(ref.x.max()) * f[0], float(ref.y.max()) * f[1], float(ref.z.max()) * f[2]],
+    ], rtol=1e-12)
 
 
 def test_las_labels_that_do_not_fit_classification_travel_in_extra_bytes(tmp_path):
@@ -364,14 +365,15 @@ def test_info_json_on_real_files_matches_laspy(path, capsys, tmp_path):
     assert info["count"] == las.header.point_count == len(las.points)
     ids, counts = np.unique(np.asarray(las.classification), return_counts=True)
     assert info["classes"] == {str(int(i)): int(c) for i, c in zip(ids, counts, strict=True)}
-    assert info["bounds"] == [
-        [float(las.x.min()), float(las.y.min()), float(las.z.min())],
-        [float(las.x.max()), float(las.y.max()), float(las.z.max())],
-    ]
+    f = np.asarray(info["units"]["to_metre"])  # bounds in metres: files in feet are converted on load
+    np.testing.assert_allclose(info["bounds"], [
+        [float(las.x.min()) * f[0], float(las.y.min()) * f[1], float(las.z.min()) * f[2]],
+        [float(las.x.max()) * f[0], float(las.y.max()) * f[1], float(las.z.max()) * f[2]],
+    ], rtol=1e-12)
     assert "labels" in info["attributes"] and "intensity" in info["attributes"]
     pc = load_scene(path)
     # float32 local coordinates keep better than a millimetre (this tile is 5 km wide)
-    np.testing.assert_allclose(pc.world_xyz(), np.stack([las.x, las.y, las.z], axis=1), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(pc.world_xyz(), np.stack([las.x, las.y, las.z], axis=1) * f, rtol=0, atol=1e-3)
     # ... and writing back through the kept header restores the stored integers exactly
     save_scene(pc, tmp_path / "back.las")
     back = laspy.read(tmp_path / "back.las")

@@ -69,9 +69,11 @@ def test_shipped_table_has_clip_sam_and_the_oracle_and_formats_durations():
     table = load_cost_table()
     row = table["teachers"]["clip-sam"]["default"]["cpu"]
     assert (row["width"], row["height"]) == (512, 512)
-    assert sum(row["parts_s"].values()) == pytest.approx(row["total_s"]) and 115 < row["total_s"] < 125
+    # issue 21: ~121 s per urban view (quiet machine, 2 threads' wall); benchmarks/teacher_cost.py --clock cpu: 255 s
+    # of one thread's CPU time on a loaded machine; either way the 48-view urban block costs hours of clip-sam
+    assert sum(row["parts_s"].values()) == pytest.approx(row["total_s"], abs=0.01) and 100 < row["total_s"] < 300
     urban_block = estimate_teacher_cost("clip-sam", 48, 48 * 0.262144, device="cpu")
-    assert 1.5 < urban_block.hours < 1.7  # issue 21: the 48-view urban block costs ~1.6 h of clip-sam
+    assert urban_block.hours == pytest.approx(row["total_s"] * 48 / 3600, rel=1e-3) and 1.3 < urban_block.hours < 4
     assert estimate_teacher_cost("oracle-labels", 1, 0.262144).known
     assert [format_duration(s) for s in (42, 720, 5760, 3 * 86400)] == ["42 s", "12 min", "1.6 h", "3.0 d"]
 

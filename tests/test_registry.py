@@ -77,7 +77,7 @@ def test_deriving_the_types_seals_the_registry():
 
 
 def test_config_types_are_derived_from_the_registries():
-    assert TEACHERS.names() == ("clip-sam", "clip-grid", "oracle-labels")
+    assert TEACHERS.names() == ("clip-sam", "clip-dense", "clip-grid", "oracle-labels")
     assert STUDENTS.names() == ("sparseconv", "gaussian-field")
     assert typing.get_args(TeacherConfig) == tuple(e.config for e in TEACHERS)
     assert typing.get_args(TeacherLiteral) == TEACHERS.names()
@@ -114,8 +114,8 @@ def test_the_cli_accepts_exactly_the_registered_names(capsys):
     for name in STUDENTS.names():
         assert parse_verb("run", ["s.ply", "--out", "r", "--student", name])[1].distill.student == name
     capsys.readouterr()
-    for argv in (["run", "s.ply", "--out", "r", "--teacher", "clip-dense"],
-                 ["batch", "t.laz", "--out", "o", "--labels", "a", "--teacher", "clip-dense"]):
+    for argv in (["run", "s.ply", "--out", "r", "--teacher", "clip-fast"],
+                 ["batch", "t.laz", "--out", "o", "--labels", "a", "--teacher", "clip-fast"]):
         with pytest.raises(SystemExit):  # tyro's invalid choice, listing the registry's names
             parse_verb(argv[0], argv[1:])
         assert _choices(capsys.readouterr().err) == set(TEACHERS.names())
@@ -123,8 +123,8 @@ def test_the_cli_accepts_exactly_the_registered_names(capsys):
         parse_verb("run", ["s.ply", "--out", "r", "--student", "voxels"])
     assert _choices(capsys.readouterr().err) == set(STUDENTS.names())
     with pytest.raises(ConfigError) as e:  # a config file's unknown teacher: one line listing the names
-        resolve_config(None, None, {"teacher": {"name": "clip-dense"}})
-    assert str(e.value) == "config key teacher.name: unknown teacher 'clip-dense'; choose one of " + \
+        resolve_config(None, None, {"teacher": {"name": "clip-fast"}})
+    assert str(e.value) == "config key teacher.name: unknown teacher 'clip-fast'; choose one of " + \
         ", ".join(TEACHERS.names())
     with pytest.raises(ConfigError, match="distill.student: expected one of 'sparseconv', 'gaussian-field', got 'voxels'"):
         resolve_config(None, None, {"distill": {"student": "voxels"}})

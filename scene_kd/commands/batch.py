@@ -6,7 +6,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -52,6 +52,9 @@ class Args:
     """Full-pipeline mode: the view budget per tile (render.max_views; default: the preset's, 2,000). A tile whose
     plan exceeds it is refused in seconds, before rendering (status "refused" in summary.json, with its plan and
     expected teacher time); the other tiles go on. 0 = no limit."""
+    units: Literal["auto", "metre", "foot", "us-foot"] = "auto"
+    """Units of the tiles' coordinates: auto = each tile's CRS (metres without one); any other value overrides
+    it. Tiles in feet are labelled in metres; outputs keep the tiles' own records."""
     force: bool = False
     """Redo tiles whose output is already current."""
     json: bool = False
@@ -98,7 +101,7 @@ def make_job(args: Args) -> tuple[list[str], object]:
     job = BatchJob(
         out_dir=str(Path(args.out).resolve()), labels=labels, mode=mode, teacher=teacher, config=args.config,
         student=str(Path(args.student).resolve()) if args.student else None, labeller=args.labeller,
-        chunk_size=args.chunk_size, halo=args.halo, identity=identity,
+        chunk_size=args.chunk_size, halo=args.halo, identity=identity, units=args.units,
         max_views=args.max_views if mode == "pipeline" else None,
     )
     return [str(Path(t).resolve()) for t in tiles], job

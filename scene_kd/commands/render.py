@@ -10,8 +10,9 @@ import tyro
 
 from scene_kd.commands._common import emit
 from scene_kd.render.config import RenderConfig
+from scene_kd.scene.units import InputConfig
 
-SECTIONS = ("render",)
+SECTIONS = ("render", "input")
 RUN_CONFIG_BASE = "out"
 
 
@@ -19,7 +20,8 @@ RUN_CONFIG_BASE = "out"
 class Args:
     """Plan views (aerial | orbit | street | cameras:FILE) and render them; writes RUN/views.json (cameras,
     levels, coverage) and RUN/renders/NNNN.{rgb.png,npz}; --preview adds the contact sheet RUN/plots/views.png.
-    Shortcuts: --views PRESET, --width N, --height N, --levels N, --max-views N.
+    Shortcuts: --views PRESET, --width N, --height N, --levels N, --max-views N, --units metre|foot|us-foot (a
+    file without a CRS, or to override it; the pipeline works in metres).
     Before rendering it prints the plan (views per level, megapixels) and the expected teacher time, and refuses a
     plan over the budget (render.max_views, default 2,000; render.max_teacher_hours)."""
 
@@ -36,6 +38,7 @@ class Args:
     json: bool = False
     """Print one JSON object."""
     render: RenderConfig = field(default_factory=RenderConfig)
+    input: InputConfig = field(default_factory=InputConfig)
 
 
 def main(args: Args) -> int:
@@ -50,10 +53,13 @@ def main(args: Args) -> int:
         from scene_kd.scene.capture import load_capture
 
         capture = load_capture(args.scene)
-    scene = capture.scene if capture is not None else load_scene(args.scene)
+    scene = capture.scene if capture is not None else load_scene(args.scene, units=cfg.input.units)
     summary = render_stage(args.out, scene, cfg.render, force=args.force, preview=args.preview, capture=capture,
                            teacher=cfg.teacher, cost_key=args.config)
     save_config(args.out, cfg)
+    from scene_kd.scene.units import extent_line, extent_summary
+
+    out = {**dict(summary), "scene": extent_summary(scene)}
     human = None
     if not args.json:
         cov = summary["coverage"]
@@ -61,7 +67,7 @@ def main(args: Args) -> int:
         lines = [f"{args.out}: render {state}: {summary['views']} views ({summary['preset']}), "
                  f"{cov['points']:,} {'points' if summary['scene_kind'] == 'points' else 'Gaussians'}",
                  f"  seen in >= 1 view {100 * cov['seen_1']:5.1f} %, >= 3 views {100 * cov['seen_3']:5.1f} %, "
-                 f"mean {cov['mean_views']:.1f} views"]
+                 f"mean {cov['mean_views']:.1f} views", extent_line(out["scene"])]
         gsd = {row["level"]: row for row in (summary.get("plan") or {}).get("levels", [])}
         for level, c in cov["levels"].items():
             row = gsd.get(int(level), {})
@@ -76,5 +82,5 @@ def main(args: Args) -> int:
             lines.append(f"  teacher work: {tw['views']} views, {tw['megapixels']:.1f} megapixels"
                          + (f"; {cost['line']}" if cost.get("line") else ""))
         human = "\n".join(lines)
-    emit(dict(summary), args.json, human)
+    emit(out, args.json, human)
     return 0

@@ -12,9 +12,10 @@ from scene_kd.distill.config import DistillConfig
 from scene_kd.lift.config import FuseConfig
 from scene_kd.query.config import QueryConfig
 from scene_kd.render.config import RenderConfig
+from scene_kd.scene.units import InputConfig
 from scene_kd.teachers.config import ClipSamConfig, TeacherConfig
 
-SECTIONS = ("render", "teacher", "fuse", "distill", "query")
+SECTIONS = ("input", "render", "teacher", "fuse", "distill", "query")
 
 
 @registered_names
@@ -25,7 +26,8 @@ class Args:
     The teacher is clip-sam unless you choose another (--teacher {teachers}); its weights are checked before
     any work. Shortcuts: --teacher NAME, --views PRESET, --width/--height/--levels N, --label-flip F,
     --weights PATH, --epochs N (0: no student), --student NAME ({students}), --max-views N (the plan budget;
-    the plan and its expected teacher time are printed before rendering).
+    the plan and its expected teacher time are printed before rendering), --units metre|foot|us-foot (a file
+    without a CRS, or to override it; the pipeline works in metres).
     """
 
     scene: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SCENE")]
@@ -43,6 +45,7 @@ class Args:
     """Redo every stage even when its output is current."""
     json: bool = False
     """Print one JSON object."""
+    input: InputConfig = field(default_factory=InputConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     teacher: TeacherConfig = field(default_factory=ClipSamConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
@@ -68,7 +71,15 @@ def main(args: Args) -> int:
         if result.get("capture"):
             cap = result["capture"]
             lines.append(f"  capture: {cap['layout']} layout, {cap['photos']} photos, scene {cap['scene']}")
+        if result.get("scene"):
+            from scene_kd.scene.units import extent_line
+
+            lines.append(extent_line(result["scene"]))
         rd = result.get("render")
+        for row in ((rd or {}).get("plan") or {}).get("levels", []) if rd is not None else []:
+            if row.get("gsd_m") or row.get("gsd_seen_m"):
+                lines.append(f"  level {row.get('level')}: {row.get('kind', '')} GSD "
+                             f"{row.get('gsd_m') or row.get('gsd_seen_m')} m/px")
         if rd is not None and "teacher_work" in rd:
             tw = rd["teacher_work"]
             cost = rd.get("teacher_cost") or {}

@@ -142,10 +142,20 @@ def _check_mask(mask: Any, n: int) -> np.ndarray | None:
     return m
 
 
-def _field_points(field: FeatureField):
+def _field_points(field: FeatureField, run_dir: str | Path | None = None):
+    """The field's points (metres); with the run's ``file_units`` so the writer puts them back in the input
+    file's units (scene_kd.scene.units)."""
     from scene_kd.scene.types import PointCloud
 
-    return PointCloud(xyz=field.positions, origin=field.origin, rgb=field.rgb)
+    meta: dict[str, Any] = {}
+    if run_dir is not None:
+        from scene_kd.scene.runscene import run_scene_meta
+
+        try:
+            meta = {k: v for k, v in run_scene_meta(run_dir).items() if k == "file_units" and v}
+        except SceneKDError:
+            meta = {}
+    return PointCloud(xyz=field.positions, origin=field.origin, rgb=field.rgb, meta=meta)
 
 
 def _las_source(run_dir: str | Path | None, suffixes: tuple[str, ...] = (".las", ".laz")
@@ -225,7 +235,7 @@ def export_points(
         copied = _copy_rows(path, run_dir, m, rel, lab, conf, names, n, prov)
         if copied is not None:
             return {**info, **copied}
-        pc = _field_points(field)
+        pc = _field_points(field, run_dir)
         if lab is not None:
             pc.labels = lab.astype(np.int32)
             pc.label_names = {i: name for i, name in enumerate(names)}
@@ -233,7 +243,7 @@ def export_points(
         las_src = _las_source(run_dir)
         if las_src is not None:  # annotate the input's own records (never rebuild them)
             return {**info, **_annotate(path, las_src, m, rel, lab, conf, names, n, prov)}
-        pc = _field_points(field)
+        pc = _field_points(field, run_dir)
         info["header_from"] = None
         if lab is not None:
             codes = classification_codes(names)

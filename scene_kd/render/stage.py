@@ -26,6 +26,7 @@ from scene_kd.render.types import Render, save_render
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import write_json
 from scene_kd.scene.types import Camera
+from scene_kd.scene.units import InputConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,15 @@ class _TeacherInput(Protocol):
 
 class RenderStageConfig(Protocol):
     """The config sections the render stage reads (:class:`scene_kd.config.PipelineConfig` has them): its own
-    ``render`` section and the teacher's ``teacher_input`` (photos / renders / both decide which views are drawn).
-    A Protocol so that render/ never imports the config layer above it."""
+    ``render`` section, the teacher's ``teacher_input`` (photos / renders / both decide which views are drawn) and
+    the ``input`` section (the units a scene path is loaded in). A Protocol so that render/ never imports the
+    config layer above it."""
 
     @property
     def render(self) -> RenderConfig: ...
+
+    @property
+    def input(self) -> InputConfig: ...
 
     @property
     def teacher(self) -> _TeacherInput: ...
@@ -183,10 +188,10 @@ class RenderStage:
         capture = ctx.capture.fingerprint() if ctx.capture is not None else None
         both = cfg.teacher.teacher_input == "both"  # the capture's views and planned ones
         budgetless = dataclasses.replace(cfg.render, max_views=0, max_teacher_hours=0.0)  # refuses, never changes
-        return [_VERSION, budgetless, scene_fingerprint(_scene(ctx))] + ([capture, both] if capture is not None else [])
+        return [_VERSION, budgetless, scene_fingerprint(_scene(ctx, cfg))] + ([capture, both] if capture is not None else [])
 
     def compute(self, run: RunDir, cfg: RenderStageConfig, ctx: StageContext) -> dict[str, Any]:
-        return _render(run, _scene(ctx), cfg.render, preview=ctx.preview, capture=ctx.capture,
+        return _render(run, _scene(ctx, cfg), cfg.render, preview=ctx.preview, capture=ctx.capture,
                        teacher_input=cfg.teacher.teacher_input, on_plan=ctx.on_plan)
 
 
@@ -194,12 +199,12 @@ RENDER = RenderStage()
 _VERSION = "render-v2"
 
 
-def _scene(ctx: StageContext) -> Any:
-    """The context's scene, loaded once when it is a path."""
+def _scene(ctx: StageContext, cfg: RenderStageConfig) -> Any:
+    """The context's scene, loaded once (in the units ``cfg.input`` says) when it is a path."""
     if isinstance(ctx.scene, (str, Path)):
         from scene_kd.scene.io import load_scene
 
-        ctx.scene = load_scene(ctx.scene)
+        ctx.scene = load_scene(ctx.scene, units=cfg.input.units)
     if ctx.scene is None:
         raise SceneKDError("the render stage needs a scene")
     _check_scene(ctx.scene)

@@ -174,7 +174,7 @@ def load_capture(path: str | Path, *, scene: Any = None, layout: str | None = No
             raise SceneFormatError(f"{layout} capture: no scene file found (put scene.ply / a 3DGS PLY / .splat in "
                                    "the folder, or pass one)", path=root)
         else:
-            scene = load_scene(scene_path)
+            scene = load_scene(scene_path, units=None)  # its cameras share the file's frame: no unit conversion
     cameras, photos, extra = read_cams(scene, scene_path)
     if any(c.distortion is not None for c in cameras):  # photos are undistorted to these pinholes when rendered
         from scene_kd.scene.lens import undistorted_camera

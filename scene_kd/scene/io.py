@@ -57,9 +57,12 @@ def _ext(path: Path) -> str:
     return path.suffix.lower().lstrip(".")
 
 
-def load_scene(path: str | Path) -> Scene:
-    """Read a scene file (type from its extension) into a PointCloud or GaussianSplats.
+def load_scene(path: str | Path, units: str | None = "auto") -> Scene:
+    """Read a scene file (type from its extension) into a PointCloud or GaussianSplats, in metres.
 
+    ``units``: the file's units (scene_kd.scene.units.InputConfig.units: auto = its CRS, metres without one |
+    metre | foot | us-foot); coordinates in feet are converted to metres and ``meta["file_units"]`` records the
+    factor. None leaves the coordinates as read (a capture's scene, whose cameras share its frame).
     Raises SceneFormatError for a missing/empty/truncated/corrupt file, a directory or an unknown extension.
     """
     path = Path(path)
@@ -98,11 +101,16 @@ def load_scene(path: str | Path) -> Scene:
     scene.meta.setdefault("format", ext)
     if len(scene) == 0:
         raise SceneFormatError("scene has no points", path=path)
+    if units is not None:
+        from scene_kd.scene.units import apply_units
+
+        apply_units(scene, units, path)
     return scene
 
 
 def save_scene(scene: Scene, path: str | Path) -> None:
-    """Write a scene; the format comes from the extension. The file appears atomically (temp file + rename)."""
+    """Write a scene; the format comes from the extension. The file appears atomically (temp file + rename).
+    A scene read from a file in feet is written back in feet (``meta["file_units"]``)."""
     from scene_kd.runio import atomic_path
 
     path = Path(path)
@@ -113,8 +121,10 @@ def save_scene(scene: Scene, path: str | Path) -> None:
         )
     if path.is_dir():
         raise SceneFormatError("is a directory; give a file name to write", path=path)
+    from scene_kd.scene.units import to_file_units
+
     with atomic_path(path) as tmp:
-        _WRITERS[ext](scene, tmp)
+        _WRITERS[ext](to_file_units(scene), tmp)  # new coordinates go back in the input file's units
 
 
 # ---------------------------------------------------------------- helpers shared by the format modules
@@ -234,7 +244,9 @@ def stack_numbered_columns(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def describe_scene(scene: Scene) -> dict:
-    """The `scene-kd info --json` object; bounds are in the file's own coordinates."""
+    """The `scene-kd info --json` object; bounds are in the pipeline's coordinates: the file's own, in metres
+    (a file in feet is converted on load, a geographic one reprojected; ``bounds_note`` says so). ``units``:
+    the scene's ``file_units`` record; ``crs``: :func:`scene_kd.scene.crs.describe_crs` of the file's CRS."""
     bounds = scene.meta.get("bounds_world")
     if bounds is None or scene.meta.get("bounds_count") != len(scene):
         world = scene.world_xyz()
@@ -255,6 +267,12 @@ def describe_scene(scene: Scene) -> dict:
                 out[out_key] = describe_crs(CRS.from_wkt(scene.meta[key]))
         if "reprojected_to" in out:
             out["bounds_note"] = "bounds in the reprojected CRS (metres); outputs keep the file's coordinates"
+    units = scene.meta.get("file_units")
+    if units:
+        out["units"] = units
+        if any(f != 1.0 for f in units["to_metre"]) and "bounds_note" not in out:
+            out["bounds_note"] = (f"bounds in metres (the file's x/y are in {units['horizontal']}, z in "
+                                  f"{units['vertical']}); outputs keep the file's units")
     if scene.labels is not None:
         ids, counts = np.unique(scene.labels, return_counts=True)
         out["classes"] = {str(int(i)): int(c) for i, c in zip(ids, counts, strict=True)}

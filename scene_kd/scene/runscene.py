@@ -4,7 +4,8 @@
 Gaussians: means, quats, log_scales, opacity_logits, sh, labels, instances), local float32 coordinates.
 ``RUN/scene.json``: kind, count, origin (float64), label_names, source path, source_hash, format, crs
 (the file's CRS as WKT, or null) and ``reprojected_to`` (the CRS of the run's coordinates when the reader
-reprojected a geographic file, else null).
+reprojected a geographic file, else null) and ``file_units`` (the file's units and metres per unit: the
+run's coordinates are metres; scene_kd.scene.units).
 ``RUN/scene.safetensors`` also holds ``source_rows`` [N] int64 when the reader dropped records (NaN points,
 all-zero Gaussians): point i of the run is record ``source_rows[i]`` of the file. Writers that copy the
 input's records (scene_kd.scene.annotate, PLY/3DGS exports) map through it.
@@ -39,6 +40,7 @@ def save_run_scene(run_dir: str | Path, scene: PointCloud | GaussianSplats) -> d
         "format": scene.meta.get("format"),
         "crs": scene.meta.get("crs"),
         "reprojected_to": scene.meta.get("reprojected_to"),
+        "file_units": scene.meta.get("file_units"),
     }
     save_tensors(run_dir / "scene.safetensors", arrays)
     write_json(run_dir / "scene.json", meta)
@@ -53,7 +55,8 @@ def load_run_scene(run_dir: str | Path) -> PointCloud | GaussianSplats:
     common = dict(origin=np.array(meta["origin"], dtype=np.float64),
                   label_names={int(k): v for k, v in meta.get("label_names", {}).items()},
                   meta={"source": meta.get("source"), "format": meta.get("format"), "source_hash": meta.get("source_hash"),
-                        "source_rows": arrays.get("source_rows"), "crs": meta.get("crs")})
+                        "source_rows": arrays.get("source_rows"), "crs": meta.get("crs"),
+                        "reprojected_to": meta.get("reprojected_to"), "file_units": meta.get("file_units")})
     if meta["kind"] == "points":
         return PointCloud(**{k: arrays.get(k) for k in _POINT_ARRAYS}, **common)
     return GaussianSplats(**{k: arrays.get(k) for k in _GAUSS_ARRAYS}, **common)

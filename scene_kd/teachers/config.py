@@ -139,10 +139,35 @@ class ClipGridConfig(_ClipCommon):
     """Regions split by relative depth slabs of this width (0.1 = 10% of depth)."""
 
 
+@dataclass
+class ClipDenseConfig(_ClipCommon):
+    """``clip-dense``: the fast real teacher. One dense CLIP forward per view (ClearCLIP's last-block change) and
+    the patch features mean-pooled over regions cut from the render's own depth, normals and colour
+    (teachers/clip_dense.py, teachers/geometry_regions.py); no SAM. Same weights and text space as clip-sam."""
+
+    name: TeacherName = "clip-dense"
+    dense_image_size: int | None = None
+    """Longer side of the dense forward's input (a multiple of 16); None: the view's own (512 -> 32 x 32 patches)."""
+    dense_batch: int = 4
+    """Views per dense forward."""
+    region_jump_rel: tuple[float, ...] = (0.05, 0.02, 0.02)
+    """Per mask level (coarse first): a depth jump above this fraction of the depth separates two regions."""
+    region_crease_deg: tuple[float, ...] = (0.0, 40.0, 40.0)
+    """Per mask level: surface normals differing by more than this angle separate two regions (0: off)."""
+    region_colour: tuple[float, ...] = (0.0, 0.0, 0.15)
+    """Per mask level: an RGB step larger than this (Euclidean, 0..1 units) separates two regions (0: off), so a
+    road and a lawn on one plane part on the finest level."""
+    region_smooth_px: float = 1.0
+    """Gaussian smoothing (pixels) of the back-projected depth before normals are taken (splatted points make a
+    depth image of flat discs)."""
+
+
 TEACHERS: Registry[_TeacherCommon] = Registry("teacher")
 """Every teacher: name -> (config dataclass, factory(**teacher_kwargs(cfg)) -> Teacher), in listing order."""
 TEACHERS.register("clip-sam", ClipSamConfig, "scene_kd.teachers.clip_sam:ClipSamTeacher",
                   summary="SAM automatic masks at several granularities, an open_clip embedding per masked crop")
+TEACHERS.register("clip-dense", ClipDenseConfig, "scene_kd.teachers.clip_dense:ClipDenseTeacher",
+                  summary="the fast real teacher: one dense ClearCLIP forward per view, pooled over geometry regions")
 TEACHERS.register("clip-grid", ClipGridConfig, "scene_kd.teachers.clip_grid:ClipGridTeacher",
                   summary="open_clip on a multi-scale grid of crops (LERF-style), pooled per region; no SAM")
 TEACHERS.register("oracle-labels", OracleConfig, "scene_kd.teachers.oracle:OracleTeacher",

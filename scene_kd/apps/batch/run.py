@@ -226,7 +226,7 @@ def planned_halo(job: BatchJob) -> float:
 def _tile_chunks(tile: str, job: BatchJob) -> tuple[Any, list[Any]]:
     from scene_kd.scene.io import load_scene
 
-    scene = load_scene(tile)
+    scene = load_scene(tile, units=job.units)
     return scene, plan_chunks(scene.xyz[:, :2], job.chunk_size, planned_halo(job))
 
 

@@ -65,6 +65,8 @@ class BatchJob:
     max_views: int | None = None
     """Pipeline mode: the view budget per tile (render.max_views; None: the preset's). A tile whose plan exceeds it
     is refused (status "refused", the reason in its record) and the other tiles go on."""
+    units: str = "auto"
+    """The tiles' units (scene_kd.scene.units.InputConfig.units): auto = each tile's CRS, else an override."""
 
     def config_hash(self, tile_hash: str) -> str:
         from scene_kd.runio import config_hash
@@ -261,7 +263,7 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
     from scene_kd.pipeline import run_pipeline
     from scene_kd.scene.io import save_scene
 
-    overrides: dict[str, Any] = {"teacher": {"name": job.teacher}}
+    overrides: dict[str, Any] = {"teacher": {"name": job.teacher}, "input": {"units": job.units}}
     if job.max_views is not None:
         overrides["render"] = {"max_views": job.max_views}
     cfg = load_config(job.config, overrides=overrides)
@@ -349,7 +351,7 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
     try:
         from scene_kd.scene.io import load_scene
 
-        scene = load_scene(tile)
+        scene = load_scene(tile, units=job.units)
         if scene.kind != "points":
             raise SceneKDError("batch segmentation needs a point cloud tile, not Gaussians", path=tile)
         n_chunks: int | None

@@ -307,6 +307,25 @@ def read_las(path: Path) -> PointCloud:
                       label_names=label_names, instances=instances, extra=extra, meta=meta)
 
 
+def intensity_uint16(values: np.ndarray, path: Path | str = "") -> np.ndarray:
+    """[N] intensity as LAS's uint16. Whole numbers in 0..65535 (what LAS files hold) are kept exactly; a
+    fractional float intensity is scaled, not truncated: values in [0, 1] (a normalised intensity, e.g. the
+    synthetic scanner's) by 65535, larger ones by 65535 / max when they exceed the range (logged)."""
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    hi = float(v.max(initial=0.0))
+    if np.issubdtype(np.asarray(values).dtype, np.floating) and len(v) and not np.all(v == np.rint(v)):
+        if hi <= 1.0:
+            log.info("%s: float intensity in [0, 1] written as uint16 x 65535", path)
+            v = v * 65535.0
+        elif hi > 65535.0:
+            log.info("%s: float intensity up to %.6g written as uint16 x %.6g", path, hi, 65535.0 / hi)
+            v = v * (65535.0 / hi)
+    elif hi > 65535.0:
+        log.warning("%s: intensity up to %.6g does not fit uint16; scaled by %.6g", path, hi, 65535.0 / hi)
+        v = v * (65535.0 / hi)
+    return np.clip(np.rint(v), 0, 65535).astype(np.uint16)
+
+
 def _extra_bytes_type(values: np.ndarray) -> str:
     """laspy extra-bytes type string for an [N] or [N, k] array (k <= 3 for LAS; larger k is split)."""
     dt = values.dtype
@@ -439,7 +458,7 @@ def write_las(scene: PointCloud | GaussianSplats, path: Path) -> None:
             fits = _labels_fit(lab, las.point_format.id)
             las.classification = np.where(fits, lab, 1).astype(np.uint8)
     if pc.intensity is not None and "intensity" in dims:
-        las.intensity = np.clip(np.rint(pc.intensity), 0, 65535).astype(np.uint16)
+        las.intensity = intensity_uint16(pc.intensity, path)
     if pc.rgb is not None:
         if {"red", "green", "blue"} <= dims:
             rgb8 = rgb_to_uint8(pc.rgb).astype(np.uint16)

@@ -120,7 +120,7 @@ def write_district(path: str | Path, points: int = 10_000_000, seed: int = 0, de
     import laspy
 
     from scene_kd.runio import atomic_path
-    from scene_kd.scene.formats.las import LABEL_VLR_RECORD_ID, LABEL_VLR_USER_ID
+    from scene_kd.scene.formats.las import LABEL_VLR_RECORD_ID, LABEL_VLR_USER_ID, intensity_uint16
     from scene_kd.scene.io import label_names_to_json
 
     path = Path(path)
@@ -142,7 +142,7 @@ def write_district(path: str | Path, points: int = 10_000_000, seed: int = 0, de
             for i, name in enumerate("XYZ"):  # district metres -> integers: origin == offset
                 rec[name] = np.rint(pc.xyz[:, i].astype(np.float64) / 0.001).astype(np.int32)
             rec.classification = pc.labels.astype(np.uint8)
-            rec.intensity = np.clip(np.rint(pc.intensity), 0, 65535).astype(np.uint16)  # as write_las does
+            rec.intensity = intensity_uint16(pc.intensity, path)  # as write_las does: [0, 1] floats x 65535
             rgb16 = pc.rgb.astype(np.uint16) * 257
             rec.red, rec.green, rec.blue = rgb16[:, 0], rgb16[:, 1], rgb16[:, 2]
             rec.instance = pc.instances
