@@ -55,7 +55,8 @@ def _flag_groups(args_type: Any, default: Any) -> list[tuple[str, ...]]:
         for f in dataclasses.fields(tp):
             hint = hints[f.name]
             marks = typing.get_args(hint)[1:] if typing.get_origin(hint) is typing.Annotated else ()
-            if "Positional" in repr(hint) or "Suppress" in repr(hint):
+            if any("Positional" in repr(m) or "Suppress" in repr(m) for m in (*marks, hint if not marks else None)
+                   if type(m).__name__ != "_ArgConfig"):  # a help text may name them
                 continue
             sub = getattr(value, f.name, None)
             if dataclasses.is_dataclass(sub) or (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
@@ -72,6 +73,60 @@ def _flag_groups(args_type: Any, default: Any) -> list[tuple[str, ...]]:
         return out
 
     return walk(args_type, default, "")
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings written in ``cls``'s own body (the string after ``name: T = ...``)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    except (OSError, TypeError, SyntaxError, IndexError, AttributeError):
+        return {}
+    return {a.target.id: b.value.value for a, b in zip(body, body[1:], strict=False)
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
+            and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)}
+
+
+def one_line_docs(args_type: type, _seen: set[type] | None = None) -> None:
+    """Give each documented field of ``args_type`` and of every dataclass its hints reach (sections, each
+    member of the teacher union) its docstring as ``tyro.conf.arg(help=...)``, each paragraph on one line.
+    tyro 1.0 joins a docstring's lines only where the next one starts with a letter, and reads attribute
+    docstrings with their indentation (so never): ``--help`` broke every field's text at the source's line ends,
+    leaving ragged boxes. Idempotent; mutates the classes' ``__annotations__`` once per process."""
+    import dataclasses
+    import inspect
+    import re
+    import typing
+
+    import tyro
+
+    seen = set() if _seen is None else _seen
+    if args_type in seen or not dataclasses.is_dataclass(args_type):
+        return
+    seen.add(args_type)
+
+    def reached(tp: Any) -> list[type]:
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            return [tp]
+        return [c for a in typing.get_args(tp) for c in reached(a)]
+
+    for cls in (c for c in args_type.__mro__ if dataclasses.is_dataclass(c)):
+        if cls.__dict__.get("_one_line_docs"):
+            continue
+        hints = typing.get_type_hints(cls, include_extras=True)
+        fields = {f.name for f in dataclasses.fields(cls)}  # not ClassVars
+        for name, doc in _attribute_docs(cls).items():
+            if name not in fields or name not in cls.__dict__.get("__annotations__", {}):
+                continue
+            text = "\n\n".join(" ".join(p.split()) for p in re.split(r"\n\s*\n", inspect.cleandoc(doc)))
+            cls.__annotations__[name] = typing.Annotated[hints[name], tyro.conf.arg(help=text)]
+        cls._one_line_docs = True  # type: ignore[attr-defined]
+    for hint in typing.get_type_hints(args_type, include_extras=True).values():
+        for sub in reached(hint):
+            one_line_docs(sub, seen)
 
 
 def _known_flags(args_type: Any, default: Any) -> set[str]:
@@ -209,6 +264,7 @@ def parse_verb(verb: str, argv: list[str]) -> tuple[Any, Any]:
     """The command module of ``verb`` and its parsed ``Args``. Raises ConfigError (one line) for an unknown
     option, a short and long form together or an invalid config; tyro exits for --help and its own errors."""
     mod = importlib.import_module(COMMANDS[verb])
+    one_line_docs(mod.Args)
     default, argv = _default_args(mod, argv, verb)
     if not any(a in ("-h", "--help") for a in argv):
         _both_forms(argv, _flag_groups(mod.Args, default))

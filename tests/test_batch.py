@@ -191,7 +191,8 @@ def test_class_codes_use_asprs_where_known():
     from scene_kd.query.export import las_label_columns
 
     cls, dims, codes, names = las_label_columns(("ground", "car"), np.array([0, 1, -1]), 3)
-    assert cls.tolist() == [1, 1, 1] and dims["label"].tolist() == [0, 1, -1] and names == {0: "ground", 1: "car"}
+    # ground keeps its ASPRS code 2; car (no ASPRS class, no free code in 0-5) is 1 with its index in 'label'
+    assert cls.tolist() == [2, 1, 1] and dims["label"].tolist() == [0, 1, -1] and names == {0: "ground", 1: "car"}
     with pytest.raises(SceneKDError, match="too many labels"):
         class_codes(tuple(f"c{i}" for i in range(20)), 3)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -29,7 +30,8 @@ class Args:
     out: str
     """Output folder."""
     labels: str
-    """Comma-separated class names, e.g. road,building,tree,car."""
+    """Comma-separated class names, e.g. road,building,tree,car; a group NAME=a+b+c labels its members' points
+    NAME (score: the best member), e.g. ground=road+sidewalk+grass,building,vegetation=tree,car."""
     teacher: TeacherLiteral | None = None
     """Teacher for the full pipeline (default: the --config preset's, else clip-sam); its weights are checked
     before any tile is read."""
@@ -64,10 +66,11 @@ class Args:
 def make_job(args: Args) -> tuple[list[str], object]:
     from scene_kd.apps.batch.run import expand_tiles
     from scene_kd.apps.batch.tiles import BatchJob
-    from scene_kd.query.segment import parse_labels
+    from scene_kd.query.labels import parse_vocabulary
     from scene_kd.runio import config_hash, file_hash
 
-    labels = tuple(parse_labels(args.labels))
+    vocab = parse_vocabulary(args.labels)
+    labels = tuple(vocab.names)
     if args.student and args.labeller:
         raise SceneKDError("give --student or --labeller, not both")
     if args.chunk_size < 0 or args.halo < 0:
@@ -103,7 +106,12 @@ def make_job(args: Args) -> tuple[list[str], object]:
         student=str(Path(args.student).resolve()) if args.student else None, labeller=args.labeller,
         chunk_size=args.chunk_size, halo=args.halo, identity=identity, units=args.units,
         max_views=args.max_views if mode == "pipeline" else None,
+        members=tuple(vocab.members) if vocab.grouped else (),
     )
+    if mode == "student":
+        from scene_kd.apps.batch.tiles import check_student_vocabulary
+
+        check_student_vocabulary(job)  # refuse what the student cannot express before any tile is read
     return [str(Path(t).resolve()) for t in tiles], job
 
 
@@ -127,6 +135,13 @@ def main(args: Args) -> int:
     human = (f"{t['tiles']} tile(s): {t['done']} done, {t['skipped']} skipped (current), {t['error']} failed, "
              f"{t.get('refused', 0)} refused (over budget); {t['points']:,} points; {summary['seconds']:.1f} s "
              f"({summary['executor']}); summary in {Path(job.out_dir) / 'summary.json'}")
+    if summary.get("las_classes"):  # said once for the whole batch, whatever the executor
+        from scene_kd.query.export import las_class_message
+
+        note = summary["las_classes"]
+        fmts = "/".join(map(str, note["point_formats"]))
+        where = f" ({len(note['tiles'])} tile(s))"
+        print(f"scene-kd: note: {las_class_message({**note, 'point_format': fmts}, where)}", file=sys.stderr)
     errors = [r for r in summary["tiles"] if r["status"] in ("error", "refused")]
     if errors and not args.json:
         human += "".join(f"\n  failed: {r['tile']}: {r['error']}" if r["status"] == "error" else

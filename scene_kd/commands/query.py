@@ -17,7 +17,7 @@ class Args:
     run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (holds field.safetensors + field.json)."""
     text: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="QUERY")]
-    """The query, e.g. "parked car"."""
+    """The query, e.g. "parked car"; or a group NAME=a+b+c, scored by its best member (as segment scores groups)."""
     export: str | None = None
     """Write the points with relevancy above the threshold (and their relevancy) to this .ply/.las/.laz file."""
     top: int = 10

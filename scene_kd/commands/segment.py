@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -17,7 +18,8 @@ class Args:
     run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run folder (holds field.safetensors + field.json)."""
     labels: str
-    """Comma-separated class names, e.g. road,building,tree,car."""
+    """Comma-separated class names, e.g. road,building,tree,car; a group NAME=a+b+c labels its members' points
+    NAME (score: the best member), e.g. ground=road+sidewalk+grass,building,vegetation=tree."""
     out: str | None = None
     """Write the labelled points here: .las/.laz (classification + confidence) or .ply (label + confidence)."""
     source: str | None = None
@@ -36,23 +38,30 @@ def main(args: Args) -> int:
     from dataclasses import replace
 
     from scene_kd.config import read_query_config
-    from scene_kd.query.segment import label_counts, parse_labels
+    from scene_kd.query.labels import parse_vocabulary
+    from scene_kd.query.segment import label_counts
     from scene_kd.query.session import QuerySession
 
-    names = parse_labels(args.labels)
+    vocab = parse_vocabulary(args.labels)
+    names = list(vocab.names)
     cfg = read_query_config(args.run)
     cfg = replace(cfg, source=args.source or cfg.source, template=cfg.template if args.template is None else args.template,
                   unknown_threshold=cfg.unknown_threshold if args.unknown_threshold is None else args.unknown_threshold)
     session = QuerySession.open(args.run, query=cfg, expect_text_encoder=args.text_encoder)
     field, unknown_threshold = session.field, cfg.unknown_threshold
-    idx, conf = session.segment(names)
+    idx, conf = session.segment(vocab)
     counts, unknown = label_counts(idx, names)
     out = {"labels": names, "counts": counts, "unknown": unknown, "count": len(field),
            "mean_confidence": round(float(conf.mean()), 6) if len(conf) else None}
+    if vocab.grouped:
+        out["groups"] = vocab.as_json()
     if args.out:
-        from scene_kd.query.export import export_points
+        from scene_kd.query.export import export_points, las_class_message
 
-        out["export"] = export_points(args.out, field, run_dir=args.run, label_index=idx, confidence=conf, label_names=names)
+        out["export"] = export_points(args.out, field, run_dir=args.run, label_index=idx, confidence=conf,
+                                      label_names=names, label_members=vocab.members)
+        if "las_classes" in out["export"]:  # said once, whatever the output mode (stdout keeps the JSON)
+            print(f"scene-kd: note: {las_class_message(out['export']['las_classes'])}", file=sys.stderr)
     human = None
     if not args.json:
         lines = [f"{len(field):,} points labelled with {len(names)} classes"]

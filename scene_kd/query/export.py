@@ -10,7 +10,6 @@ The source must exist unchanged (hash recorded by the run), else a SceneKDError.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,8 +22,6 @@ from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
 from scene_kd.runio import atomic_path
 from scene_kd.scene.labels import ASPRS_CLASSES
-
-log = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("ply", "las", "laz")
 
@@ -75,16 +72,25 @@ def asprs_code(name: str) -> int | None:
     return None
 
 
-def classification_codes(names: Sequence[str], *, user_start: int = USER_CODE_START, max_code: int = 255) -> dict[str, int]:
-    """{label name: LAS classification code}: ASPRS codes where a name matches (the first label to claim a
-    code keeps it), then user codes ``user_start``, ``user_start + 1``, ... in label order."""
-    out: dict[str, int] = {}
-    used: set[int] = set()
-    for n in names:
-        code = asprs_code(n)
-        if code is not None and code not in used:
-            out[n] = code
-            used.add(code)
+def label_asprs_code(name: str, members: Sequence[str] = ()) -> int | None:
+    """The ASPRS code of an output class: its own name's ("ground" -> 2, "vegetation" -> 5 high vegetation), else
+    the one code all its group ``members`` share ("paved=road+asphalt" -> 11), else None."""
+    code = asprs_code(name)
+    if code is None and members:
+        member_codes = {asprs_code(m) for m in members}
+        if len(member_codes) == 1:
+            code = member_codes.pop()
+    return code
+
+
+def classification_codes(names: Sequence[str], *, user_start: int = USER_CODE_START, max_code: int = 255,
+                         members: Sequence[Sequence[str]] | None = None) -> dict[str, int]:
+    """{label name: LAS classification code}: ASPRS codes where a name (or all of its group ``members``, aligned
+    with ``names``) matches (:func:`label_asprs_code`; the first label to claim a code keeps it), then user codes
+    ``user_start``, ``user_start + 1``, ... in label order. SceneKDError when the user codes pass ``max_code``."""
+    asprs = _asprs_codes(names, members)
+    out = dict(asprs)
+    used = set(asprs.values())
     nxt = user_start
     for n in names:
         if n in out:
@@ -99,26 +105,70 @@ def classification_codes(names: Sequence[str], *, user_start: int = USER_CODE_ST
     return out
 
 
-def las_label_columns(names: Sequence[str], label_index: np.ndarray, point_format: int
+def _asprs_codes(names: Sequence[str], members: Sequence[Sequence[str]] | None) -> dict[str, int]:
+    """{name: ASPRS code} for the names that have one (the first to claim a code keeps it)."""
+    out: dict[str, int] = {}
+    used: set[int] = set()
+    for k, n in enumerate(names):
+        code = label_asprs_code(n, members[k] if members else ())
+        if code is not None and code not in used:
+            out[n] = code
+            used.add(code)
+    return out
+
+
+def las_class_note(names: Sequence[str], point_format: int, members: Sequence[Sequence[str]] | None = None
+                   ) -> dict[str, Any] | None:
+    """What a LAS/LAZ annotation in ``point_format`` does with names that have no ASPRS class, or None when
+    every name gets its own classification code. Formats 0-5 have no free codes (0-31 are ASPRS's), so those
+    names are written as classification 1 and every point's label goes to the extra-bytes ``label`` dimension:
+    {"point_format", "without_code": [names], "classification": 1, "labels_in": ..., "codes": {name: code}}."""
+    if point_format >= 6:
+        return None
+    asprs = _asprs_codes(names, members)
+    without = [n for n in names if n not in asprs]
+    if not without:
+        return None
+    return {"point_format": int(point_format), "without_code": without, "classification": UNCLASSIFIED,
+            "labels_in": "extra-bytes dimension 'label' (index into the names of the label-names VLR)",
+            "codes": {n: asprs.get(n, UNCLASSIFIED) for n in names}}
+
+
+def las_class_message(note: dict[str, Any], where: str = "") -> str:
+    """One line for :func:`las_class_note`'s dict."""
+    names = ", ".join(note["without_code"])
+    return (f"LAS point format {note['point_format']}{where} has no class codes beyond ASPRS's: {names} "
+            f"{'has' if len(note['without_code']) == 1 else 'have'} no ASPRS class, written as classification 1 "
+            f"(unclassified); every point's label is in the {note['labels_in']}. Name classes with ASPRS "
+            f"classes (ground, building, vegetation, water, road, ...) or write a format 6-10 file to avoid this")
+
+
+def las_label_columns(names: Sequence[str], label_index: np.ndarray, point_format: int,
+                      members: Sequence[Sequence[str]] | None = None
                       ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, int], dict[int, str] | None]:
     """What a LAS/LAZ annotation writes for labels: (classification [N] uint8, extra dims, {name: code},
     label-names VLR map or None).
 
-    ``label_index`` [N] int indexes ``names`` (-1 unknown -> class 1, unclassified). Codes are ASPRS where a
-    name matches, else user codes (64.. for formats 6-10; formats 0-5 have none, see LEGACY_USER_CODE_START); the label-names VLR (scene-kd's
-    {code: name} JSON) is given unless every name is its code's ASPRS name. When the names do not fit the
-    format's classification field (too many labels), classification is 1 everywhere and the exact index
-    goes to an extra-bytes ``label`` dimension (int16, -1 unknown) whose names travel in the VLR."""
+    ``label_index`` [N] int indexes ``names`` (-1 unknown -> class 1, unclassified); ``members``: each name's
+    group members (ASPRS code by the group, :func:`label_asprs_code`). Codes are ASPRS where a name matches,
+    else user codes (64.. for formats 6-10); the label-names VLR (scene-kd's {code: name} JSON) is given unless
+    every name is its code's ASPRS name. Formats 0-5 have no user codes (LEGACY_USER_CODE_START): names without an
+    ASPRS class get classification 1, the others their ASPRS code, and the exact index goes to an extra-bytes
+    ``label`` dimension (int16, -1 unknown) whose names travel in the VLR ({index: name}); the same when the
+    names do not fit the format's classification field. Callers say so once (:func:`las_class_note`)."""
     legacy = point_format < 6
     lab = np.asarray(label_index)
+    note = las_class_note(names, point_format, members)
     try:
+        if note is not None:
+            raise SceneKDError("names without a class code")
         codes = classification_codes(names, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
-                                     max_code=31 if legacy else 255)
+                                     max_code=31 if legacy else 255, members=members)
     except SceneKDError:
-        log.warning("%d labels do not fit point format %d's classification; writing classification 1 and an "
-                    "extra-bytes 'label' index", len(names), point_format)
-        return (np.full(len(lab), UNCLASSIFIED, dtype=np.uint8), {"label": lab.astype(np.int16)}, {},
-                dict(enumerate(names)))
+        asprs = _asprs_codes(names, members)
+        table = np.array([asprs.get(nm, UNCLASSIFIED) for nm in names] + [UNCLASSIFIED], dtype=np.uint8)
+        return table[lab], {"label": lab.astype(np.int16)}, {nm: asprs.get(nm, UNCLASSIFIED) for nm in names}, \
+            dict(enumerate(names))
     table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.uint8)
     named = {code: nm for nm, code in codes.items()}  # the user's own names ("grass" for class 3) travel too
     standard = all(ASPRS_CLASSES.get(code) == nm for code, nm in named.items())
@@ -195,18 +245,21 @@ def export_points(
     label_index: Any = None,
     confidence: Any = None,
     label_names: Sequence[str] | None = None,
+    label_members: Sequence[Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Write the field's points (those in ``mask`` if given) with per-point results to ``path``.
 
     Format by extension: .ply | .las | .laz. Per-point arrays are [N] over the whole field:
-    relevancy float, label_index int (-1 unknown, indexes ``label_names``), confidence float.
+    relevancy float, label_index int (-1 unknown, indexes ``label_names``), confidence float; ``label_members``:
+    each label's group members (a group without an ASPRS name of its own gets its members' common code).
     PLY: properties ``relevancy``, ``label`` (-1 unknown; names in a header comment), ``confidence``,
     after the input file's own properties when the run came from a PLY/LAS/LAZ file.
     LAS/LAZ: the input file's records when the run came from a LAS/LAZ file (scene_kd.scene.annotate;
     refused when that file is gone or changed), else the field's points under a new LAS 1.4 header;
     ``classification`` = ASPRS/user codes of ``label_index`` (unknown -> 1, unclassified), or the input's
     classification when no labels are given; extra-bytes ``confidence`` / ``relevancy`` float32.
-    Returns {"path", "format", "count", "classes": {name: code} (LAS with labels)}.
+    Returns {"path", "format", "count", "classes": {name: code} (LAS with labels), "las_classes" (only when the
+    input's point format 0-5 has no code for some names: :func:`las_class_note`; the caller says so once)}.
     """
     from scene_kd.scene.io import save_scene
 
@@ -242,11 +295,11 @@ def export_points(
     else:
         las_src = _las_source(run_dir)
         if las_src is not None:  # annotate the input's own records (never rebuild them)
-            return {**info, **_annotate(path, las_src, m, rel, lab, conf, names, n, prov)}
+            return {**info, **_annotate(path, las_src, m, rel, lab, conf, names, n, prov, label_members)}
         pc = _field_points(field, run_dir)
         info["header_from"] = None
         if lab is not None:
-            codes = classification_codes(names)
+            codes = classification_codes(names, members=label_members)
             table = np.array([codes[nm] for nm in names] + [UNCLASSIFIED], dtype=np.int32)
             pc.labels = table[lab]  # -1 -> last entry (unclassified)
             pc.label_names = {**_ASPRS_NAME, **{code: nm for nm, code in codes.items()}}
@@ -278,7 +331,7 @@ def field_provenance(field: FeatureField) -> dict[str, Any]:
 
 def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, rel: np.ndarray | None,
               lab: np.ndarray | None, conf: np.ndarray | None, names: list[str], n: int,
-              prov: dict[str, Any]) -> dict[str, Any]:
+              prov: dict[str, Any], members: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
     """LAS/LAZ export from the run's input file: its records with classification + extra-bytes dims."""
     import laspy
 
@@ -295,7 +348,10 @@ def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, 
     cls = label_names_vlr = None
     label_dims: dict[str, np.ndarray] = {}
     if lab is not None:
-        cls, label_dims, info["classes"], label_names_vlr = las_label_columns(names, lab, fmt)
+        cls, label_dims, info["classes"], label_names_vlr = las_label_columns(names, lab, fmt, members)
+        note = las_class_note(names, fmt, members)
+        if note is not None:
+            info["las_classes"] = note
     dims = {**label_dims, **{k: v for k, v in (("confidence", conf), ("relevancy", rel)) if v is not None}}
     if m is not None and not m.any():
         raise SceneKDError("nothing to export: the selection is empty", path=path)

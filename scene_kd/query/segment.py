@@ -1,9 +1,10 @@
 """Open-vocabulary segmentation: argmax over prompt-templated class names, with an optional "unknown".
 
-label_i = argmax_c cos(f_i, t_c), t_c = text embedding of name_c (open_clip's 80-template ensemble by default,
-or one template);
-confidence_i = softmax(tau * cos(f_i, t_.))[label_i]; label_i = -1 (unknown) where
-max_c cos(f_i, t_c) < unknown_threshold.
+label_i = argmax_c s_ic, s_ic = max over the members m of class c of cos(f_i, t_m), t_m = text embedding of
+member m (open_clip's 80-template ensemble by default, or one template; a plain class name is its own one member;
+groups: :mod:`scene_kd.query.labels`); confidence_i = softmax(tau * s_i.)[label_i]; label_i = -1 (unknown) where
+max_c s_ic < unknown_threshold. With the oracle text encoder a member the field cannot express is refused
+(:func:`scene_kd.query.labels.check_expressible`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
 from scene_kd.query.config import DEFAULT_TEMPLATE, TEMPLATE_ENSEMBLE
+from scene_kd.query.labels import Vocabulary, check_expressible, group_scores, parse_vocabulary
 from scene_kd.query.similarity import embed_prompts, load_encoder, similarities
 
 UNKNOWN = -1
@@ -67,7 +69,7 @@ def embed_class_names(encoder: Any, names: Sequence[str], template: str | None, 
 
 def segment(
     field: FeatureField,
-    labels: str | Sequence[str],
+    labels: str | Sequence[str] | Vocabulary,
     *,
     source: str = "auto",
     template: str | None = TEMPLATE_ENSEMBLE,
@@ -77,7 +79,10 @@ def segment(
     precision: str = "auto",
     cache: Any | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(label_index [N] int64 in [-1, C), confidence [N] float32 in [0, 1]) for class names ``labels``.
+    """(label_index [N] int64 in [-1, C), confidence [N] float32 in [0, 1]) for the C classes of ``labels``
+    (``"road,ground=sidewalk+grass"``, a list of such items, or a parsed Vocabulary; a group scores the max of its
+    members, :mod:`scene_kd.query.labels`). Raises SceneKDError for a grammar error or, with the oracle text
+    encoder, a member the field cannot express.
 
     source: fused | distilled | ensemble | auto.   template: "imagenet-80" (open_clip's 80-template ensemble for
     open_clip encoders, else "a photo of a {}."), or "{}" replaced by each class name (None: as is).
@@ -85,12 +90,13 @@ def segment(
     cache: the TextEmbeddingCache for the prompts (default the process-wide one).
     Entry points call this through :class:`scene_kd.query.session.QuerySession` (the run's QueryConfig).
     """
-    names = parse_labels(labels)
+    vocab = parse_vocabulary(labels)
     if unknown_threshold is not None and not np.isfinite(unknown_threshold):
         raise SceneKDError(f"unknown_threshold must be a finite number, got {unknown_threshold!r}")
     encoder = load_encoder(field, encoder)
-    emb = embed_class_names(encoder, names, template, cache)
-    sims = similarities(field, emb, source=source, precision=precision).T  # [C, N], contiguous
+    check_expressible(field, encoder, vocab, [apply_template(template, m) for m in vocab.flat])
+    emb = embed_class_names(encoder, vocab.flat, template, cache)
+    sims = group_scores(similarities(field, emb, source=source, precision=precision).T.contiguous(), vocab)  # [C, N]
     best, index = sims.max(dim=0)
     confidence = torch.softmax(sims.mul_(float(temperature)), dim=0).gather(0, index[None, :])[0]
     if unknown_threshold is not None:

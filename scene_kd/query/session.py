@@ -117,8 +117,9 @@ class QuerySession:
                              temperature=c.temperature, encoder=self._encoder(), precision=c.precision,
                              cache=self.cache)
 
-    def segment(self, labels: str | Sequence[str], *, source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(label_index [N] int64 in [-1, C), confidence [N] float32) over the class names ``labels`` (config:
+    def segment(self, labels: str | Sequence[str] | Any, *, source: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label_index [N] int64 in [-1, C), confidence [N] float32) over the C classes of ``labels`` (names or
+        groups, ``"ground=road+grass,building"``, or a parsed :class:`scene_kd.query.labels.Vocabulary`; config:
         template, unknown_threshold, temperature, precision; ``source`` defaults to the config's)."""
         from scene_kd.query.segment import segment
 
@@ -128,18 +129,22 @@ class QuerySession:
                            unknown_threshold=c.unknown_threshold, temperature=c.temperature,
                            encoder=self._encoder(), precision=c.precision, cache=self.cache)
 
-    def point_similarities(self, index: int, names: Sequence[str], *, source: str | None = None) -> torch.Tensor:
-        """[C] float32 cosine similarity of field point ``index`` to each templated class name (exact float32)."""
+    def point_similarities(self, index: int, names: Sequence[str] | Any, *, source: str | None = None) -> torch.Tensor:
+        """[C] float32 cosine similarity of field point ``index`` to each templated class name (exact float32); a
+        group (``names`` as for :meth:`segment`) scores the max of its members, as segmentation does."""
+        from scene_kd.query.labels import group_scores, parse_vocabulary
         from scene_kd.query.similarity import similarities
 
         fld = self.field
         if not 0 <= int(index) < len(fld):
             raise SceneKDError(f"point index {index} out of range for {len(fld)} points")
-        emb = self.class_text(names)
+        vocab = parse_vocabulary(names)
+        emb = self.class_text(vocab.flat)
         one = FeatureField(positions=fld.positions[index : index + 1], origin=fld.origin,
                            features={k: v.rows(torch.tensor([int(index)])) for k, v in fld.features.items()}, teacher=fld.teacher,
                            text_encoder=fld.text_encoder, dim=fld.dim)
-        return similarities(one, emb, source=source or self.config.source, precision="float32")[0]
+        sims = similarities(one, emb, source=source or self.config.source, precision="float32")  # [1, M]
+        return group_scores(sims.T.contiguous(), vocab)[:, 0]
 
     def class_embeddings(self, vocabulary: Sequence[str], label_names: dict[int, str] | None = None) -> torch.Tensor:
         """[C, D] float32 unit text embeddings of an evaluation vocabulary.

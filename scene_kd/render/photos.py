@@ -1,8 +1,9 @@
 """A capture's photos in a run: cameras scaled to the render size, photos (and label images) resized to match,
 render-vs-photo PSNR, and the teacher's view of a run (the photo where a view has one, else the render).
 
-Files (per view index i, 4 digits): ``RUN/photos/NNNN.png`` the photo resized to the view's render size
-(Lanczos); ``RUN/photos/NNNN.labels.npz`` (``labels`` [H, W] int32, -1 unlabelled) the label image resized
+Files (per view index i, 4 digits): ``RUN/photos/NNNN.png`` the photo, undistorted to its pinhole camera where the
+capture's camera has lens distortion (``Capture.lenses``, scene_kd/scene/lens.py; label and depth images alike,
+nearest), resized to the view's render size (Lanczos); ``RUN/photos/NNNN.labels.npz`` (``labels`` [H, W] int32, -1 unlabelled) the label image resized
 (nearest), when the capture has one. ``views.json`` gains ``"photos"`` ([V] bool: the teacher sees the photo),
 ``"psnr"`` ([V] float dB of render vs photo, null without a photo), ``"capture"`` ({"layout", "root", "frame"}) and
 ``"depth_disagree"`` ([V] pixels whose render depth disagrees with the frame's own depth, null where not
@@ -86,22 +87,33 @@ def capture_views(capture: Any, width: int, height: int) -> list[Camera]:
     return [scale_camera(c, *render_size(c, width, height)) for c in capture.cameras]
 
 
-def load_photo(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """[H, W, 3] uint8 photo resized to ``size`` (W, H) with Lanczos."""
+def load_photo(path: Path, size: tuple[int, int], lens: tuple[Camera, Camera] | None = None) -> np.ndarray:
+    """[H, W, 3] uint8 photo resized to ``size`` (W, H) with Lanczos; ``lens`` (distorted camera, its pinhole):
+    undistorted first, at the photo's own resolution."""
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert("RGB")
+        if lens is not None:
+            from scene_kd.scene.lens import undistort_image
+
+            im = Image.fromarray(undistort_image(np.asarray(im), *lens))
         if im.size != tuple(size):
             im = im.resize(tuple(size), Image.Resampling.LANCZOS)
         return np.asarray(im).copy()
 
 
-def load_label_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """[H, W] int32 class ids (-1 unlabelled) resized to ``size`` (W, H), nearest neighbour."""
+def load_label_image(path: Path, size: tuple[int, int], lens: tuple[Camera, Camera] | None = None) -> np.ndarray:
+    """[H, W] int32 class ids (-1 unlabelled) resized to ``size`` (W, H), nearest neighbour (undistorted first
+    with ``lens``, as :func:`load_photo`)."""
     from scene_kd.scene.capture import read_label_image
 
-    return resize_nearest(read_label_image(path), size).astype(np.int32)
+    a = read_label_image(path)
+    if lens is not None:
+        from scene_kd.scene.lens import undistort_image
+
+        a = undistort_image(a, *lens, nearest=True, fill=-1)
+    return resize_nearest(a, size).astype(np.int32)
 
 
 def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -114,7 +126,8 @@ def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return a[ys][:, xs]
 
 
-def load_depth_image(path: Path, size: tuple[int, int], scale: float) -> np.ndarray:
+def load_depth_image(path: Path, size: tuple[int, int], scale: float,
+                     lens: tuple[Camera, Camera] | None = None) -> np.ndarray:
     """[H, W] float32 depth in scene units (stored value x ``scale``; 0 / non-finite stored -> NaN, no
     measurement) of a 16/32-bit depth image or a ``.npy`` array (nerfstudio's depth formats), resized to
     ``size`` (W, H) by the nearest pixel centre. SceneKDError for a multi-channel or unreadable file."""
@@ -132,6 +145,10 @@ def load_depth_image(path: Path, size: tuple[int, int], scale: float) -> np.ndar
         raise SceneKDError(f"a depth image must be single-channel, got shape {a.shape}", path=path)
     d = a.astype(np.float32) * np.float32(scale)
     d[~np.isfinite(d) | (d <= 0)] = np.nan
+    if lens is not None:  # undistorted like the photo (nearest: depths are never blended)
+        from scene_kd.scene.lens import undistort_image
+
+        d = undistort_image(d, *lens, nearest=True, fill=np.nan)
     return resize_nearest(d, size)
 
 
@@ -174,18 +191,20 @@ def write_view_photo(run_dir: Path, i: int, capture: Any, k: int, render: Render
     from scene_kd.runio import atomic_path
 
     h, w = render.rgb.shape[:2]
-    rgb = load_photo(capture.photos[k], (w, h))
+    lenses = getattr(capture, "lenses", None)
+    lens = (lenses[k], capture.cameras[k]) if lenses and lenses[k] is not None else None
+    rgb = load_photo(capture.photos[k], (w, h), lens)
     out = photo_png(run_dir, i)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG")
     lab_path = capture.labels[k] if capture.labels else None
     _write_or_clear(photo_labels_npz(run_dir, i),
-                    None if lab_path is None else {"labels": load_label_image(lab_path, (w, h))})
+                    None if lab_path is None else {"labels": load_label_image(lab_path, (w, h), lens)})
     depths = getattr(capture, "depths", None)
     disagree = None
     if depth_tolerance is not None and depths and depths[k] is not None and capture.depth_scale > 0:
-        frame_depth = load_depth_image(depths[k], (w, h), capture.depth_scale)
+        frame_depth = load_depth_image(depths[k], (w, h), capture.depth_scale, lens)
         disagree = depth_disagreement(render.depth, frame_depth, depth_tolerance)
     _write_or_clear(depth_check_npz(run_dir, i), None if disagree is None else {"disagree": disagree})
     return round(psnr(render.rgb, rgb), 3), None if disagree is None else int(disagree.sum())

@@ -2,7 +2,9 @@
 
 All cameras come out as ``Camera`` in the scene's *local* frame (OpenCV convention, world_to_cam maps
 local -> camera): pass the scene's float64 ``origin`` and it is subtracted from every camera centre.
-Lens distortion is ignored (K keeps focal lengths and principal point only); fisheye models are refused.
+Lens distortion is read into ``Camera.distortion`` (scene_kd/scene/lens.py: COLMAP SIMPLE_RADIAL, RADIAL, OPENCV,
+FULL_OPENCV, OPENCV_FISHEYE; transforms.json k1..k4, p1, p2 with camera_model OPENCV / OPENCV_FISHEYE); other
+models are refused with one line.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from scene_kd.errors import SceneFormatError
 from scene_kd.geometry import matrix_from_quat_wxyz
+from scene_kd.scene.lens import colmap_distortion, transforms_distortion
 from scene_kd.scene.types import Camera, PointCloud
 
 log = logging.getLogger(__name__)
@@ -97,16 +100,10 @@ def load_transforms_json(path: str | Path, *, origin: np.ndarray | None = None) 
         raise SceneFormatError(f"not readable JSON ({type(e).__name__}: {e})", path=path) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
         raise SceneFormatError("transforms.json has no 'frames' list", path=path)
-    if meta.get("camera_model", "OPENCV").upper() not in (
-        "OPENCV",
-        "PINHOLE",
-        "SIMPLE_PINHOLE",
-        "SIMPLE_RADIAL",
-        "RADIAL",
-    ):
-        raise SceneFormatError(
-            f"camera_model {meta['camera_model']} is not supported (pinhole-like only)", path=path
-        )
+    try:
+        transforms_distortion(str(meta.get("camera_model", "OPENCV")), lambda _k: None)
+    except ValueError as e:
+        raise SceneFormatError(str(e), path=path) from None
     cams = []
     for i, frame in enumerate(meta["frames"]):
         try:
@@ -148,12 +145,17 @@ def frame_camera(frame: dict[str, Any], meta: dict[str, Any], path: Path, origin
     if origin is not None:
         c2w_cv[:3, 3] -= np.asarray(origin, dtype=np.float64)
     w2c = np.linalg.inv(c2w_cv)
+    try:
+        distortion = transforms_distortion(str(get("camera_model", "OPENCV")), get)
+    except ValueError as e:
+        raise SceneFormatError(str(e), path=path) from None
     return Camera(
         K=intrinsics(float(fx), float(fy), float(cx), float(cy)),
         world_to_cam=w2c,
         width=w,
         height=h,
         name=str(frame.get("file_path", "")),
+        distortion=distortion,
     )
 
 
@@ -220,14 +222,21 @@ def colmap_folder(folder: str | Path) -> tuple[Path, str]:
     raise SceneFormatError("not a COLMAP sparse model (no cameras.bin/txt + images.bin/txt)", path=folder)
 
 
-def _colmap_K(model: str, params: list[float]) -> np.ndarray:
+def _colmap_K(model: str, params: list[float], path: Path) -> tuple[np.ndarray, Any]:
+    """(K, Distortion or None) of a COLMAP camera; SceneFormatError (one line, at ``path``) naming a model we
+    cannot undistort."""
     if model in _SIMPLE_F:
         f, cx, cy = params[:3]
-        return intrinsics(f, f, cx, cy)
-    if model in _FXFY:
+        K, rest = intrinsics(f, f, cx, cy), params[3:]
+    elif model in _FXFY or model == "OPENCV_FISHEYE":
         fx, fy, cx, cy = params[:4]
-        return intrinsics(fx, fy, cx, cy)
-    raise ValueError(f"camera model {model} is not supported (pinhole-like models only)")
+        K, rest = intrinsics(fx, fy, cx, cy), params[4:]
+    else:
+        K, rest = None, []
+    try:
+        return K, colmap_distortion(model, rest)  # raises for an unsupported model
+    except ValueError as e:
+        raise SceneFormatError(str(e), path=path) from None
 
 
 def _read_cameras_txt(p: Path) -> dict[int, tuple[str, int, int, list[float]]]:
@@ -334,11 +343,9 @@ def load_colmap_cameras(folder: str | Path, *, origin: np.ndarray | None = None)
             w2c = np.eye(4)
             w2c[:3, :3] = matrix_from_quat_wxyz(*qvec)
             w2c[:3, 3] = tvec
-            out.append(
-                Camera(
-                    K=_colmap_K(model, params), world_to_cam=_shift(w2c, origin), width=w, height=h, name=name
-                )
-            )
+            K, distortion = _colmap_K(model, params, sub)
+            out.append(Camera(K=K, world_to_cam=_shift(w2c, origin), width=w, height=h, name=name,
+                              distortion=distortion))
     except (ValueError, IndexError, struct.error, UnicodeDecodeError, OSError) as e:
         raise SceneFormatError(f"corrupt COLMAP model ({e})", path=sub) from None
     if not out:

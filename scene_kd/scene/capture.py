@@ -27,7 +27,11 @@
 * ``colmap``: ``sparse/0`` (or ``sparse``) with cameras/images ``.bin`` or ``.txt`` + ``images/``.
 
 Cameras are read with scene_kd/scene/cameras.py (transforms.json, COLMAP text/binary) and come out in the
-scene's local frame (``Camera``, world-to-cam, OpenCV axes).
+scene's local frame (``Camera``, world-to-cam, OpenCV axes). **Distortion**: a camera with lens distortion
+(COLMAP SIMPLE_RADIAL / RADIAL / OPENCV / FULL_OPENCV / OPENCV_FISHEYE, transforms.json k1..k4, p1, p2) becomes
+the pinhole its undistorted photo has (scene_kd/scene/lens.py ``undistorted_camera``); ``Capture.lenses`` keeps
+the distorted one, and the render stage undistorts the photo, label and depth images with it before the teacher
+sees them. Other lens models are refused with one line.
 
 **The scene file** of a capture is, in order: the ``scene=`` argument; the Inria ``point_cloud.ply``; the
 ``ply_file_path`` of transforms.json; ``exports/splat/splat.ply``; else the one scene file (``.ply``,
@@ -79,7 +83,8 @@ class Capture:
     labels: [V] label image paths (None where a view has none) or None.   label_names: id -> name (labels.json).
     layout: which of ``LAYOUTS`` was found.   scene_path: the scene file.   root: the folder.
     frame: nerfstudio layouts: the frame the cameras were put in (scene_kd/scene/nerfstudio.py ``FRAMES``), else
-    None.
+    None.   lenses: [V] the photo's distorted camera where it has distortion (``cameras[i]`` is then its
+    undistorted pinhole), else None; None when no photo is distorted.
     """
 
     root: Path
@@ -93,6 +98,7 @@ class Capture:
     labels: list[Path | None] | None = None
     label_names: dict[int, str] = field(default_factory=dict)
     frame: str | None = None
+    lenses: list[Camera | None] | None = None
 
     def fingerprint(self) -> list[Any]:
         """What of the capture changes a run: layout, cameras, and each photo/label/depth file's (name, size,
@@ -103,7 +109,8 @@ class Capture:
             s = p.stat()
             return [p.name, s.st_size, s.st_mtime_ns]
 
-        return [self.layout, [c.to_json() for c in self.cameras], [stat(p) for p in self.photos],
+        return [self.layout, [c.to_json() for c in self.cameras],
+                [c.to_json() if c is not None else None for c in (self.lenses or [])], [stat(p) for p in self.photos],
                 [stat(p) for p in (self.labels or [])], [stat(p) for p in (self.depths or [])]]
 
 
@@ -169,6 +176,14 @@ def load_capture(path: str | Path, *, scene: Any = None, layout: str | None = No
         else:
             scene = load_scene(scene_path, units=None)  # its cameras share the file's frame: no unit conversion
     cameras, photos, extra = read_cams(scene, scene_path)
+    if any(c.distortion is not None for c in cameras):  # photos are undistorted to these pinholes when rendered
+        from scene_kd.scene.lens import undistorted_camera
+
+        extra["lenses"] = [c if c.distortion is not None else None for c in cameras]
+        cameras = [undistorted_camera(c) for c in cameras]
+        models = sorted({c.distortion.model for c in extra["lenses"] if c is not None})
+        log.info("capture: %d of %d cameras have %s lens distortion; their photos are undistorted to a pinhole",
+                 sum(c is not None for c in extra["lenses"]), len(cameras), "/".join(models))
     for p in photos:
         if not p.is_file():
             raise SceneFormatError(f"{layout} capture: photo {p.name} not found", path=p.parent)

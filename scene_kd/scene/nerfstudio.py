@@ -117,5 +117,5 @@ def cameras_in_frame(cameras: list[Camera], M: np.ndarray, origin: np.ndarray) -
         moved[:3, :3] = Q @ c2w[:3, :3]
         moved[:3, 3] = M[:3, :3] @ c2w[:3, 3] + M[:3, 3] - np.asarray(origin, np.float64)
         out.append(Camera(K=c.K.copy(), world_to_cam=np.linalg.inv(moved), width=c.width, height=c.height,
-                          level=c.level, name=c.name))
+                          level=c.level, name=c.name, distortion=c.distortion))
     return out

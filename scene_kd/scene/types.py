@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from scene_kd.scene.lens import Distortion
 from scene_kd.scene.sh import rgb_from_dc
 
 
@@ -180,6 +181,8 @@ class Camera:
     K: [3, 3] float64 intrinsics in pixels.   world_to_cam: [4, 4] float64 (local -> camera).
     width, height: image size in pixels.   level: granularity level (0 = coarsest).
     name: free text (e.g. "aerial-alt120-r3c2" or the image name from transforms.json).
+    distortion: the lens distortion of an imported camera's photos (scene_kd/scene/lens.py), None for a pinhole.
+    The renderers ignore it: a capture's distorted cameras are made pinhole and their photos undistorted on load.
     """
 
     K: np.ndarray
@@ -188,6 +191,7 @@ class Camera:
     height: int
     level: int = 0
     name: str = ""
+    distortion: Distortion | None = None
 
     def __post_init__(self) -> None:
         self.K = np.asarray(self.K, dtype=np.float64).reshape(3, 3)
@@ -208,6 +212,7 @@ class Camera:
             "height": self.height,
             "level": self.level,
             "name": self.name,
+            **({"distortion": self.distortion.to_json()} if self.distortion is not None else {}),
         }
 
     @classmethod
@@ -215,4 +220,5 @@ class Camera:
         return cls(
             K=np.array(d["K"]), world_to_cam=np.array(d["world_to_cam"]), width=d["width"],
             height=d["height"], level=d.get("level", 0), name=d.get("name", ""),
+            distortion=Distortion.from_json(d.get("distortion")),
         )

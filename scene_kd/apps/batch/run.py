@@ -392,13 +392,28 @@ def summary_csv(records: Sequence[dict[str, Any]], labels: Sequence[str]) -> str
     return buf.getvalue()
 
 
+def las_classes_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """One summary of the tiles whose LAS point format (0-5) has no class code for some labels: {"without_code":
+    [names], "classification": 1, "labels_in": ..., "point_formats": [..], "tiles": [..]}, or None (the batch
+    says it once, whichever executor ran the tiles)."""
+    notes = [(r["tile"], r["las_classes"]) for r in records if r.get("las_classes")]
+    if not notes:
+        return None
+    first = notes[0][1]
+    without = list(dict.fromkeys(n for _, note in notes for n in note["without_code"]))
+    return {"without_code": without, "classification": first["classification"], "labels_in": first["labels_in"],
+            "codes": first.get("codes"), "point_formats": sorted({int(note["point_format"]) for _, note in notes}),
+            "tiles": [t for t, _ in notes]}
+
+
 def write_summary(out_dir: Path, records: list[dict[str, Any]], job: BatchJob, meta: dict[str, Any]) -> dict[str, Any]:
     from scene_kd.runio import atomic_path, write_json
 
     status = [r["status"] for r in records]
     totals = {s: status.count(s) for s in ("done", "skipped", "error", "refused", "not run")}
     points = sum(int(r.get("points") or 0) for r in records if r["status"] in ("done", "skipped"))
-    summary = {"job": job, **meta, "totals": {**totals, "tiles": len(records), "points": points}, "tiles": records}
+    summary = {"job": job, **meta, "totals": {**totals, "tiles": len(records), "points": points},
+               "las_classes": las_classes_summary(records), "tiles": records}
     write_json(out_dir / "summary.json", summary)
     with atomic_path(out_dir / "summary.csv") as tmp:
         tmp.write_text(summary_csv(records, job.labels))

@@ -46,6 +46,7 @@ class BatchJob:
 
     out_dir: str
     labels: tuple[str, ...]
+    """Output class names (group names for groups)."""
     mode: str = "pipeline"
     """pipeline (full pipeline per tile) | student (apply a trained student) | custom (``labeller``)."""
     teacher: str = "clip-sam"
@@ -62,6 +63,9 @@ class BatchJob:
     at least :func:`student_halo`, which is also its default)."""
     identity: str = ""
     """Hash of the student/config the labels come from (filled in by :func:`make_job`)."""
+    members: tuple[tuple[str, ...], ...] = ()
+    """Each label's group members (``--labels ground=road+grass``, :mod:`scene_kd.query.labels`); () when every
+    label is a plain name."""
     max_views: int | None = None
     """Pipeline mode: the view budget per tile (render.max_views; None: the preset's). A tile whose plan exceeds it
     is refused (status "refused", the reason in its record) and the other tiles go on."""
@@ -74,7 +78,15 @@ class BatchJob:
         d = dataclasses.asdict(self)
         d.pop("out_dir")
         d.pop("max_views")  # a budget refuses work, it never changes a tile's labels
+        if not d["members"]:
+            d.pop("members")  # plain names hash as before groups existed (existing outputs stay current)
         return config_hash(d, tile_hash)
+
+    def vocabulary(self) -> Any:
+        """The :class:`scene_kd.query.labels.Vocabulary` of ``labels`` and ``members``."""
+        from scene_kd.query.labels import Vocabulary
+
+        return Vocabulary(tuple(self.labels), tuple(self.members) or tuple((n,) for n in self.labels))
 
 
 def tile_name(tile: str | Path) -> str:
@@ -105,13 +117,14 @@ def sidecar_path(out_dir: str | Path, tile: str | Path) -> Path:
     return Path(out_dir) / f".{tile_name(tile)}.done.json"
 
 
-def class_codes(labels: tuple[str, ...], point_format: int) -> list[int]:
-    """LAS classification code per label (scene_kd.query.export's ASPRS/user codes for this point format)."""
+def class_codes(labels: tuple[str, ...], point_format: int, members: tuple[tuple[str, ...], ...] = ()) -> list[int]:
+    """LAS classification code per label (scene_kd.query.export's ASPRS/user codes for this point format; a
+    group by its name, else its members' common ASPRS class)."""
     from scene_kd.query.export import LEGACY_USER_CODE_START, USER_CODE_START, classification_codes
 
     legacy = point_format < 6
     codes = classification_codes(labels, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
-                                 max_code=31 if legacy else 255)
+                                 max_code=31 if legacy else 255, members=members or None)
     return [codes[name] for name in labels]
 
 
@@ -195,13 +208,14 @@ def label_in_chunks(scene: Any, labeller: Labeller, chunk_size: int, halo: float
 # ---- labellers ---------------------------------------------------------------------------------
 
 
-def _segment_field(field: Any, labels: tuple[str, ...], run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Segment ``field`` with the QueryConfig of the run folder it comes from (a QuerySession, as every entry
-    point): the student's run in student mode, the tile's run in pipeline mode."""
+def _segment_field(field: Any, vocab: Any, run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Segment ``field`` over the job's vocabulary (names and groups) with the QueryConfig of the run folder it
+    comes from (a QuerySession, as every entry point): the student's run in student mode, the tile's run in
+    pipeline mode."""
     from scene_kd.config import read_query_config
     from scene_kd.query.session import QuerySession
 
-    idx, conf = QuerySession.open(run_dir, query=read_query_config(run_dir), field=field).segment(list(labels))
+    idx, conf = QuerySession.open(run_dir, query=read_query_config(run_dir), field=field).segment(vocab)
     to_np = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
     return to_np(idx).astype(np.int32), to_np(conf).astype(np.float32)
 
@@ -220,6 +234,26 @@ def student_spec(student_dir: str) -> Any:
     from scene_kd.runio import read_json
 
     return StudentSpec.from_json(read_json(Path(student_dir) / "student.json")["spec"])
+
+
+def check_student_vocabulary(job: BatchJob) -> None:
+    """Refuse, before any tile is read, labels the student cannot express (oracle text encoder: names that are
+    none of the classes it was trained on; :func:`scene_kd.query.labels.check_expressible`)."""
+    from types import SimpleNamespace
+
+    from scene_kd.config import read_query_config
+    from scene_kd.query.labels import check_expressible
+    from scene_kd.query.segment import apply_template
+    from scene_kd.teachers.text import load_text_encoder
+
+    meta = _student_meta(job.student)
+    encoder = load_text_encoder(meta["text_encoder"])
+    if not hasattr(encoder, "encode_class_names"):
+        return
+    vocab = job.vocabulary()
+    template = read_query_config(job.student).template
+    names = {int(k): v for k, v in (meta.get("label_names") or {}).items()}
+    check_expressible(SimpleNamespace(label_names=names), encoder, vocab, [apply_template(template, m) for m in vocab.flat])
 
 
 def student_halo(job: BatchJob) -> float:
@@ -252,9 +286,10 @@ def label_with_student(scene: Any, job: BatchJob, *, stats: Any = None, max_poin
     field = FeatureField(
         positions=scene.xyz, origin=scene.origin, features={"distilled": feats},
         teacher=meta["teacher"], text_encoder=meta["text_encoder"], dim=feats.dim,
+        label_names={int(k): v for k, v in (meta.get("label_names") or {}).items()},  # what the student can express
     )
     del feats
-    return _segment_field(field, job.labels, job.student)
+    return _segment_field(field, job.vocabulary(), job.student)
 
 
 def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> Labeller:
@@ -281,13 +316,14 @@ def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> L
         field = FeatureField.load(run_dir)
         if len(field) != len(scene):
             raise SceneKDError(f"pipeline field has {len(field)} points for {len(scene)} scene points", path=run_dir)
-        return _segment_field(field, job.labels, run_dir)
+        return _segment_field(field, job.vocabulary(), run_dir)
 
     return label
 
 
 def custom_labeller(job: BatchJob) -> Labeller:
-    """``module:function`` (PointCloud, labels) -> (label_index, confidence)."""
+    """``module:function`` (PointCloud, labels) -> (label_index, confidence); ``labels`` are the output class
+    names (a group's name, not its members)."""
     if not job.labeller or ":" not in job.labeller:
         raise SceneKDError(f"labeller must be 'module:function', not {job.labeller!r}")
     mod, fn = job.labeller.split(":", 1)
@@ -325,6 +361,8 @@ class TileResult:
     """Student mode: the tile against the student's input contract (density, height range), with the figures."""
     density: float | None = None
     """Student mode: the tile's points per m² of occupied footprint (scene_kd.distill.contract.point_density)."""
+    las_classes: dict[str, Any] | None = None
+    """Set when the tile's LAS point format (0-5) has no class code for some labels (:func:`las_class_note`)."""
 
 
 def check_student_inputs(scene: Any, job: BatchJob) -> Any:
@@ -392,10 +430,12 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
             raise SceneKDError(f"label index out of range -1..{len(job.labels) - 1}")
         n_points = len(scene)
         if header is not None:  # annotate the tile's own records, streamed (never rebuilt from the PointCloud)
-            from scene_kd.query.export import las_label_columns
+            from scene_kd.query.export import las_class_note, las_label_columns
             from scene_kd.scene.annotate import annotate_las
 
-            cls, dims, _, names = las_label_columns(job.labels, label_index, header.point_format.id)
+            members = job.members or None
+            las_note = las_class_note(job.labels, header.point_format.id, members)
+            cls, dims, _, names = las_label_columns(job.labels, label_index, header.point_format.id, members)
             rows = scene.meta.get("source_rows")
             del scene  # the writer streams the file; the loaded copy is no longer needed
             with atomic_path(out) as tmp:
@@ -406,7 +446,8 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
             from scene_kd.query.export import UNCLASSIFIED
             from scene_kd.scene.io import save_scene
 
-            codes = class_codes(job.labels, 6)
+            las_note = None
+            codes = class_codes(job.labels, 6, job.members)
             lut = np.asarray([*codes, UNCLASSIFIED], dtype=np.int32)  # index -1 (unknown) -> unclassified
             scene.labels = lut[label_index]
             scene.label_names = {int(c): name for c, name in zip(codes, job.labels, strict=False)}
@@ -421,6 +462,7 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
             counts={name: int(c) for name, c in zip(job.labels, counts, strict=False)}, config_hash=chash,
             warnings=list(figures.warnings) if figures is not None else [],
             density=figures.density if figures is not None else None,
+            las_classes=las_note,
         )
         write_json(done, result)
         return to_jsonable(result)

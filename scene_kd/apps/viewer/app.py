@@ -52,7 +52,8 @@ class ViewerState:
     source: str = "auto"
     threshold: float = 0.5
     relevancy: np.ndarray | None = None  # [N] float32
-    labels: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # output class names (group names for groups)
+    vocabulary: Any = None  # the parsed scene_kd.query.labels.Vocabulary behind ``labels``
     label_index: np.ndarray | None = None  # [N] int64, -1 unknown
     confidence: np.ndarray | None = None  # [N] float32
     selection: np.ndarray | None = None  # [N] bool: relevancy > threshold, or labelled (not unknown)
@@ -61,6 +62,7 @@ class ViewerState:
     updates: int = 0  # finished query/vocabulary updates (tests wait on this)
     inspected: list[tuple[str, float]] = field(default_factory=list)
     last_export: str | None = None
+    last_export_note: str | None = None  # the LAS class note of the last export (names without an ASPRS code)
 
 
 class ViewerApp:
@@ -294,16 +296,18 @@ class ViewerApp:
         return True
 
     def run_vocabulary(self, text: str) -> bool:
-        """Label every point with one of the comma-separated labels in ``text`` (the session's segmentation);
-        colours + legend."""
-        from scene_kd.query.segment import label_counts, parse_labels
+        """Label every point with one of the comma-separated labels or groups in ``text`` (``ground=road+grass,
+        building``; the session's segmentation, as the ``segment`` verb); colours + legend by output class."""
+        from scene_kd.query.labels import parse_vocabulary
+        from scene_kd.query.segment import label_counts
 
         if not self._ready():
             return False
         try:
-            names = parse_labels(text or "")
+            vocab = parse_vocabulary(text or "")
+            names = list(vocab.names)
             t0 = time.perf_counter()
-            idx, conf = self.session.segment(names, source=self.state.source)
+            idx, conf = self.session.segment(vocab, source=self.state.source)
         except SceneKDError as e:
             self.set_status(None, f"Vocabulary: {e}")
             return False
@@ -311,6 +315,7 @@ class ViewerApp:
         with self._lock:
             st = self.state
             st.mode, st.labels, st.label_index, st.confidence = "vocabulary", names, idx_np, conf_np
+            st.vocabulary = vocab
             st.selection = idx_np >= 0
         self._recolour()
         counts, _ = label_counts(idx_np, names)
@@ -334,7 +339,9 @@ class ViewerApp:
             if source == self.state.source:
                 return
             self.state.source = source
-            mode, query, labels = self.state.mode, self.state.query, ",".join(self.state.labels)
+            vocab = self.state.vocabulary
+            mode, query = self.state.mode, self.state.query
+            labels = vocab.spec() if vocab is not None else ",".join(self.state.labels)
         if mode == "relevancy":
             self.request("query", query)
         elif mode == "vocabulary":
@@ -363,10 +370,16 @@ class ViewerApp:
         vocabulary, else the scene's class names, else a small default vocabulary (also ``state.inspected``)."""
         import torch
 
+        from scene_kd.query.labels import Vocabulary
+
         fld = self.field
-        names = list(self.state.labels) or sorted(set(fld.label_names.values())) or list(INSPECT_VOCABULARY)
-        names = [n for n in names if n.strip()][:64]
-        sims = self.session.point_similarities(index, names, source=self.state.source)
+        vocab = self.state.vocabulary if self.state.labels else None
+        if vocab is None:
+            names = sorted(set(fld.label_names.values())) or list(INSPECT_VOCABULARY)
+            names = [n for n in names if n.strip()][:64]
+            vocab = Vocabulary(tuple(names), tuple((n,) for n in names))  # as written: no group grammar
+        names = list(vocab.names)
+        sims = self.session.point_similarities(index, vocab, source=self.state.source)
         order = torch.argsort(sims, descending=True)[:top]
         with self._lock:
             self.state.inspected = [(names[i], float(sims[i])) for i in order]
@@ -388,10 +401,16 @@ class ViewerApp:
         if st.mode == "relevancy":
             kwargs["relevancy"] = st.relevancy
         else:
-            kwargs.update(label_index=st.label_index, confidence=st.confidence, label_names=st.labels)
-        export_points(path, self.field, run_dir=self.run_dir, **kwargs)
+            kwargs.update(label_index=st.label_index, confidence=st.confidence, label_names=st.labels,
+                          label_members=st.vocabulary.members if st.vocabulary is not None else None)
+        info = export_points(path, self.field, run_dir=self.run_dir, **kwargs)
         with self._lock:
             st.last_export = str(path)
+            st.last_export_note = None
+            if info.get("las_classes"):
+                from scene_kd.query.export import las_class_message
+
+                st.last_export_note = las_class_message(info["las_classes"])
         return path
 
 

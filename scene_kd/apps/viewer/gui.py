@@ -52,7 +52,7 @@ def build_gui(app: ViewerApp) -> dict[str, Any]:
     w["points_note"] = gui.add_markdown("")
     w["query"] = gui.add_text("Query", "", hint="Words to look for, e.g. 'building'; Enter to search")
     w["threshold"] = gui.add_slider("Threshold", min=0.0, max=1.0, step=0.01, initial_value=app.state.threshold)
-    w["vocabulary"] = gui.add_text("Vocabulary", "", hint="Comma-separated labels, e.g. road,building,tree")
+    w["vocabulary"] = gui.add_text("Vocabulary", "", hint="Comma-separated labels or groups, e.g. ground=road+grass,building,tree")
     w["apply_vocabulary"] = gui.add_button("Colour by labels")
     w["true_colour"] = gui.add_button("True colour")
     w["legend"] = gui.add_html("")
@@ -162,4 +162,5 @@ def on_export(app: ViewerApp) -> None:
         log.exception("export failed")
         app.set_status(None, f"Export failed: {type(e).__name__}: {e}")
         return
-    app.set_status(None, f"Exported {int(app.state.selection.sum()):,} points to {path}")
+    note = f" Note: {app.state.last_export_note}" if app.state.last_export_note else ""
+    app.set_status(None, f"Exported {int(app.state.selection.sum()):,} points to {path}.{note}")

@@ -21,6 +21,12 @@ Folder (conventions of scene_kd/scene/capture.py)::
     transforms.json                 nerfstudio: OpenGL camera-to-world, per-frame fl_x/fl_y/cx/cy/w/h
     sparse/0/{cameras,images,points3D}.txt   the same cameras as COLMAP text (PINHOLE, world-to-camera)
 
+``distortion`` (a COLMAP model and its distortion parameters, e.g. ``("SIMPLE_RADIAL", (-0.3,))``,
+``("OPENCV", (k1, k2, p1, p2))``, ``("OPENCV_FISHEYE", (k1, k2, k3, k4))``): the photos, label and depth images
+are rendered through a wider pinhole (``covering_pinhole``) and distorted with OpenCV (scene_kd/scene/lens.py
+``distort_image``) as that lens would take them, and both camera files carry the model (transforms.json
+``camera_model`` + k1..k4, p1, p2), for tests of undistortion.
+
 Cameras are in the scene's world frame (origin + local).
 """
 
@@ -69,9 +75,19 @@ def _quat_wxyz(R: np.ndarray) -> np.ndarray:
     return np.array([w, x, y, z])
 
 
+_NS_KEYS = {"SIMPLE_RADIAL": ("k1",), "RADIAL": ("k1", "k2"), "OPENCV": ("k1", "k2", "p1", "p2"),
+            "OPENCV_FISHEYE": ("k1", "k2", "k3", "k4")}
+"""The transforms.json keys of each COLMAP model's distortion parameters (in COLMAP's order)."""
+
+
 def write_cameras(out: Path, cameras: list[Camera], origin: np.ndarray, names: list[str],
-                  depth_names: list[str] | None = None) -> None:
-    """transforms.json (OpenGL c2w, per-frame intrinsics) and sparse/0/*.txt (COLMAP PINHOLE) in world coords."""
+                  depth_names: list[str] | None = None,
+                  distortion: tuple[str, tuple[float, ...]] | None = None) -> None:
+    """transforms.json (OpenGL c2w, per-frame intrinsics) and sparse/0/*.txt (COLMAP PINHOLE, or the
+    ``distortion`` model with its parameters) in world coords."""
+    model, extra = distortion if distortion is not None else ("PINHOLE", ())
+    if model not in ("PINHOLE", *_NS_KEYS):
+        raise SceneKDError(f"distortion model {model} is not one of {', '.join(_NS_KEYS)}")
     origin = np.asarray(origin, np.float64)
     frames = []
     cam_lines, img_lines = [], []
@@ -80,18 +96,22 @@ def write_cameras(out: Path, cameras: list[Camera], origin: np.ndarray, names: l
         c2w[:3, 3] += origin
         fx, fy, cx, cy = (float(v) for v in (cam.K[0, 0], cam.K[1, 1], cam.K[0, 2], cam.K[1, 2]))
         frame = {"file_path": name, "transform_matrix": (c2w @ OPENGL_TO_OPENCV).tolist(),
-                 "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": cam.width, "h": cam.height}
+                 "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": cam.width, "h": cam.height,
+                 **dict(zip(_NS_KEYS.get(model, ()), (float(v) for v in extra), strict=True))}
         if depth_names is not None:
             frame["depth_file_path"] = depth_names[k]
         frames.append(frame)
         R = cam.world_to_cam[:3, :3]
         t = cam.world_to_cam[:3, 3] - R @ origin
         q = _quat_wxyz(R)
-        cam_lines.append(f"{k + 1} PINHOLE {cam.width} {cam.height} {fx!r} {fy!r} {cx!r} {cy!r}")
+        intr = (fx, cx, cy) if model in ("SIMPLE_RADIAL", "RADIAL") else (fx, fy, cx, cy)  # one-focal models
+        params = " ".join(repr(float(v)) for v in (*intr, *extra))
+        cam_lines.append(f"{k + 1} {model} {cam.width} {cam.height} {params}")
         img_lines.append(" ".join([str(k + 1), *(repr(float(v)) for v in (*q, *t)), str(k + 1),
                                    Path(name).name]))
         img_lines.append("")
-    meta: dict[str, Any] = {"camera_model": "OPENCV", "frames": frames}
+    meta: dict[str, Any] = {"camera_model": "OPENCV_FISHEYE" if model == "OPENCV_FISHEYE" else "OPENCV",
+                            "frames": frames}
     if depth_names is not None:
         meta["depth_unit_scale_factor"] = 0.001
     (out / "transforms.json").write_text(json.dumps(meta, indent=1))
@@ -108,7 +128,8 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
                           scene_blur: float | None = None, rgbd: bool = False,
                           photo_source: str | None = None,
                           lighting=DEFAULT_LIGHTING, blur_sigma: float = 0.7,
-                          noise_std: float = 2.5) -> dict[str, Any]:
+                          noise_std: float = 2.5,
+                          distortion: tuple[str, tuple[float, ...]] | None = None) -> dict[str, Any]:
     """Write the tabletop capture folder described in the module docstring to ``out``; a summary dict
     {"out", "scene", "scene_kind", "views", "width", "height", "objects"}. SceneKDError for bad sizes or an
     ``out`` that is a file."""
@@ -146,21 +167,39 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
                                          for n in ("means", "quats", "log_scales", "opacity_logits", "sh")}
     cfg = RenderConfig(width=width, height=height)
     names, depth_names = [], []
+    dist = None
+    if distortion is not None:
+        from scene_kd.scene.lens import colmap_distortion, covering_pinhole, distort_image
+
+        model, extra = distortion
+        if model in ("SIMPLE_RADIAL", "RADIAL") and not np.isclose(cameras[0].K[0, 0], cameras[0].K[1, 1]):
+            raise SceneKDError(f"{model} needs square pixels (fx = fy)")
+        dist = colmap_distortion(model, list(extra))
     for k, cam in enumerate(cameras):
+        lens, seen = None, cam
+        if dist is not None:  # render a wider pinhole, then bend it as the lens would
+            bent = Camera(K=cam.K, world_to_cam=cam.world_to_cam, width=cam.width, height=cam.height,
+                          distortion=dist)
+            seen = covering_pinhole(bent)
+            lens = lambda a, nearest=False, fill=0, bent=bent, seen=seen: distort_image(  # noqa: E731
+                a, bent, pinhole=seen, nearest=nearest, fill=fill)
         if photo_source == "points":
-            r = render_point_view(pc, cam, cfg, xyz, radius)
+            r = render_point_view(pc, seen, cfg, xyz, radius)
         else:
-            r = render_gaussian_view(dense, cam, cfg, tensors)
+            r = render_gaussian_view(dense, seen, cfg, tensors)
         name = f"frame_{k:04d}.png"
-        Image.fromarray(photometric(r.rgb, rng, lighting=lighting, blur_sigma=blur_sigma,
+        rgb = r.rgb if lens is None else lens(r.rgb)  # the lens bends the light before the sensor adds noise
+        Image.fromarray(photometric(rgb, rng, lighting=lighting, blur_sigma=blur_sigma,
                                     noise_std=noise_std)).save(out / "images" / name)
         lab = np.where(r.labels >= 0, r.labels, 255).astype(np.uint8)
+        lab = lab if lens is None else lens(lab, nearest=True, fill=255)
         Image.fromarray(lab).save(out / "labels" / name)
         mm = np.where(np.isfinite(r.depth), np.round(r.depth * 1000.0), 0).clip(0, 65535).astype(np.uint16)
+        mm = mm if lens is None else lens(mm, nearest=True, fill=0)
         Image.fromarray(mm).save(out / "depth" / name)
         names.append(f"images/{name}")
         depth_names.append(f"depth/{name}")
-    write_cameras(out, cameras, pc.origin, names, depth_names if rgbd else None)
+    write_cameras(out, cameras, pc.origin, names, depth_names if rgbd else None, distortion)
     write_json(out / "labels.json", {str(k): v for k, v in TABLETOP_CLASSES.items()})
     if rgbd:
         scene = pc
