@@ -91,7 +91,7 @@ def test_four_tiles_one_corrupt_gives_three_outputs_and_one_error(tiles, tmp_pat
         assert np.array_equal(np.array([2, 5, 6])[idx], np.asarray(las.classification))
         assert np.allclose(conf, las["confidence"])
     csv_rows = (out / "summary.csv").read_text().splitlines()
-    assert csv_rows[0] == "tile,status,points,seconds,chunks,output,error,ground,vegetation,building"
+    assert csv_rows[0] == "tile,status,points,seconds,chunks,output,error,density,warnings,ground,vegetation,building"
     import csv
 
     rows = list(csv.DictReader(csv_rows))
