@@ -89,10 +89,10 @@ def gt_groups(scene: Any, real: bool) -> np.ndarray:
 def own_run(scene_path: Path, run: Path, epochs: int, real: bool) -> dict[str, Any]:
     """The target's own pipeline run (skipped when its eval.json exists) scored like A's student."""
     from scene_kd.config import read_query_config
-    from scene_kd.scene.labels import evaluation_classes
     from scene_kd.eval.stage import predict
     from scene_kd.field import FeatureField
     from scene_kd.query.session import QuerySession
+    from scene_kd.scene.labels import evaluation_classes
 
     t0 = time.perf_counter()
     if not (run / "eval.json").exists():

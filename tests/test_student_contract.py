@@ -153,7 +153,7 @@ def test_batch_refuses_a_tile_without_colour_in_one_line_and_warns_on_density(sc
     from scene_kd.cli import main as cli
     from scene_kd.scene.io import save_scene
 
-    xyz, rgb, lab = scene[0], scene[1], scene[2]
+    xyz, rgb = scene[0], scene[1]
     tiles = tmp_path / "tiles"
     tiles.mkdir()
     save_scene(PointCloud(xyz=xyz[::5], rgb=rgb[::5]), tiles / "sparse.ply")

@@ -166,7 +166,13 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
     the student's metres (``meta["units"]`` or its CRS, :func:`scene_kd.distill.contract.scene_scale`) is
     converted to metres for the student; a chunk (``stats`` given) must come converted.
     """
-    from scene_kd.distill.contract import check_tile, scene_scale, unit_conversion, usable_intensity, usable_rgb
+    from scene_kd.distill.contract import (
+        check_tile,
+        scene_scale,
+        unit_conversion,
+        usable_intensity,
+        usable_rgb,
+    )
 
     if isinstance(scene, (str, Path)):
         from scene_kd.scene.io import load_scene
