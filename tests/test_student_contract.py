@@ -197,3 +197,18 @@ def test_attribute_agreement_counts_points_whose_label_survives_dropping_the_att
 
     assert attribute_agreement(features_of, rgb, None, classes=classes) == {"rgb": 90.0}
     assert attribute_agreement(lambda c, i: classes[torch.from_numpy(lab)], rgb, None) == {"rgb": 100.0}
+
+
+def test_apply_student_voxelises_on_a_world_grid_whatever_the_files_origin(scene, student_run):
+    """The same points stored with another origin (a re-tiled file, a LAS in feet converted to metres) get the same
+    features: the student's voxel and ground-cell grids are anchored in world coordinates (world_phase)."""
+    from scene_kd.distill.predict import apply_student
+
+    xyz, rgb = scene[0], scene[1]
+    base = np.array([1000.2, 2000.3, 10.1])  # the toy walls and roofs then lie off the world grid's boundaries
+    a = apply_student(student_run, PointCloud(xyz=xyz, rgb=rgb, origin=base), check=False).dense().float()
+    shift = np.array([0.137, 0.061, 0.043], dtype=np.float64)  # a fraction of a voxel
+    moved = PointCloud(xyz=(xyz.astype(np.float64) + shift).astype(np.float32), rgb=rgb, origin=base - shift)
+    b = apply_student(student_run, moved, check=False).dense().float()
+    same = ((a - b).norm(dim=1) < 1e-2).float().mean().item()
+    assert same > 0.995, same

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -152,6 +153,23 @@ def student_contract(student_dir: str | Path) -> dict[str, Any] | None:
     return read_json(Path(student_dir) / "student.json").get("input")
 
 
+def world_phase(origin: np.ndarray, spec: StudentSpec) -> np.ndarray:
+    """The offset [3] (metres, float64, each in [0, period)) that puts a scene's local coordinates on grids anchored
+    in world coordinates: ``local + phase`` is measured from ``origin - phase``, a whole number of grid periods.
+
+    Why: the student's voxel grid, the coarser grids of its U-Net (stride 2 per level: a period of
+    ``voxel_size * 2 ** (levels - 1)``) and its local-ground cells (``spec.ground_cell``, x and y) are laid from the
+    coordinates it is given. Two files of the same place with other origins (a LAS in feet converted to metres, a
+    re-tiled file) would otherwise be voxelised differently, and ~5 % of the labels change with a shift of a
+    fraction of a voxel (benchmarks/cross_tile.py). The x/y period is the least common multiple of the coarsest
+    stride and the ground cell when the cell is a whole number of voxels (the default, 32), else the stride.
+    """
+    v, stride = float(spec.voxel_size), 2 ** (len(spec.channels) - 1)
+    k = spec.ground_cell / v
+    xy = v * (math.lcm(stride, round(k)) if round(k) > 0 and abs(k - round(k)) < 1e-6 else stride)
+    return np.mod(np.asarray(origin, dtype=np.float64).reshape(3), np.array([xy, xy, v * stride]))
+
+
 def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_500_000, progress: bool = False,
                   stats: SceneStats | None = None, check: bool = True) -> Any:
     """Run the student trained in ``student_dir`` (a run folder) on a new scene -> its features as a
@@ -194,8 +212,15 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
         factor = unit_conversion(contract, units, scale)
         if factor is not None:  # e.g. US survey feet -> metres for a student trained in metres
             xyz = (np.asarray(xyz) * factor).astype(np.asarray(xyz).dtype, copy=False)
+        origin = np.asarray(getattr(scene, "origin", np.zeros(3)), dtype=np.float64) * (1.0 if factor is None else factor)
+    else:  # a chunk of a tile converted by the caller: its origin is already in metres
+        origin = np.asarray(getattr(scene, "origin", np.zeros(3)), dtype=np.float64)
     from scene_kd.feature_store import LowRank
 
+    phase = world_phase(origin, model.spec)
+    xyz = (np.asarray(xyz, dtype=np.float64) + phase).astype(np.float32)
+    if stats is not None:  # heights are measured from z_ref: keep it on the same shifted axis
+        stats = dataclasses.replace(stats, z_ref=stats.z_ref + float(phase[2]))
     codes = predict(model, xyz, rgb, intensity, max_points=max_points, progress=progress, dtype=torch.float16,
                     stats=stats)
     return LowRank(codes, model.feature_decoder)
