@@ -25,6 +25,7 @@ from scene_kd.errors import ConfigError
 from scene_kd.lift.config import FuseConfig
 from scene_kd.query.config import QueryConfig
 from scene_kd.render.config import RenderConfig
+from scene_kd.runio import atomic_path, to_jsonable
 from scene_kd.scene.units import InputConfig
 from scene_kd.teachers.config import TEACHERS, ClipSamConfig, TeacherConfig
 
@@ -173,7 +174,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    from scene_kd.runio import to_jsonable
 
     return to_jsonable(cfg)
 
@@ -184,7 +184,6 @@ def dump_config(cfg: Any) -> str:
 
 def save_config(run_dir: str | Path, cfg: PipelineConfig) -> Path:
     """Write the resolved config as RUN/config.yaml (atomically); returns its path."""
-    from scene_kd.runio import atomic_path
 
     path = Path(run_dir) / "config.yaml"
     with atomic_path(path) as tmp:

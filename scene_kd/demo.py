@@ -15,14 +15,21 @@ import sys
 import time
 from pathlib import Path
 
+from scene_kd.cli import main as cli
+from scene_kd.config import load_config
+from scene_kd.pipeline import run_pipeline
+from scene_kd.report import relevancy_render, write_report
+from scene_kd.scene.io import save_scene
+from scene_kd.scene.synthetic import make_urban
+from scene_kd.teachers.config import ClipSamConfig
+from scene_kd.teachers.weights import find_weights, open_clip_spec, sam_spec
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "runs" / "demo"))
 QUERIES = {"sample_c": ["building", "ground", "tree"], "urban": ["parked car", "tree", "road"]}
 
 
 def best_teacher() -> str:
-    from scene_kd.teachers.config import ClipSamConfig
-    from scene_kd.teachers.weights import find_weights, open_clip_spec, sam_spec
 
     cfg = ClipSamConfig()
     clip = find_weights(open_clip_spec(cfg.clip_model, cfg.clip_pretrained))
@@ -42,11 +49,6 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from scene_kd.config import load_config
-    from scene_kd.pipeline import run_pipeline
-    from scene_kd.report import relevancy_render, write_report
-    from scene_kd.scene.io import save_scene
-    from scene_kd.scene.synthetic import make_urban
 
     console = Console()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -82,7 +84,6 @@ def main() -> int:
         console.print(f"report: {r}")
     if os.environ.get("DEMO_NO_VIEW"):
         return 0
-    from scene_kd.cli import main as cli
 
     console.print("starting the viewer on the synthetic run (Ctrl-C to stop)")
     return cli(["view", str(OUT / "urban")])

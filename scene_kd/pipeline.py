@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scene_kd.config import PipelineConfig, save_config
+from scene_kd.config import PipelineConfig, resolve_config, save_config
 from scene_kd.distill.config import DistillConfig
 from scene_kd.lift.config import FuseConfig
 from scene_kd.render.config import RenderConfig
 from scene_kd.rundir import RunDir, StageContext, StageResult
+from scene_kd.scene.io import load_scene
+from scene_kd.scene.units import extent_summary
 from scene_kd.stages import (
     DISTILL,
     EVAL,
@@ -30,6 +32,7 @@ from scene_kd.stages import (
     stage_by_name,
 )
 from scene_kd.teachers.config import ORACLE, ORACLE_NOTE, TeacherConfig
+from scene_kd.teachers.cost import estimate_for_config
 from scene_kd.teachers.stage import check_teacher_requirements, scene_has_classes
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,6 @@ def run_pipeline(
     config preset's name, else ``default``), and refuses (BudgetError) a plan over render.max_views /
     render.max_teacher_hours.
     """
-    from scene_kd.scene.io import load_scene
 
     last = STAGE_NAMES.index(stage_by_name(until).name) if until else len(STAGES) - 1
     cfg = cfg or PipelineConfig()
@@ -75,7 +77,6 @@ def run_pipeline(
         log.warning("teacher: %s - %s", ORACLE, ORACLE_NOTE)
     ctx = StageContext(scene=loaded, capture=capture, preview=preview, progress=progress,
                        on_plan=teacher_cost_hook(cfg.teacher, cost_key), cost_key=cost_key)
-    from scene_kd.scene.units import extent_summary
 
     results: dict[str, Any] = {"scene": extent_summary(loaded)}
     t0 = time.perf_counter()
@@ -97,7 +98,6 @@ def teacher_cost_hook(teacher: TeacherConfig | None, preset: str | None = None) 
         return None
 
     def on_plan(plan: dict[str, Any]) -> dict[str, Any]:
-        from scene_kd.teachers.cost import estimate_for_config
 
         cost = estimate_for_config(teacher, int(plan.get("views", 0)), float(plan.get("megapixels", 0.0)),
                                    preset=preset)
@@ -143,7 +143,6 @@ def distill_stage(run_dir: str | Path, cfg: DistillConfig, *, force: bool = Fals
 
 def eval_stage(run_dir: str | Path, *, force: bool = False, sources: list[str] | None = None) -> StageResult:
     """Score the run's field against its ground truth with the run's query settings (see scene_kd/eval/stage.py)."""
-    from scene_kd.config import resolve_config
 
     return run_stage(EVAL, run_dir, resolve_config(run_dir), StageContext(sources=tuple(sources) if sources else None),
                      force=force)

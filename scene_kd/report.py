@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from scene_kd.config import read_query_config
+from scene_kd.query.session import QuerySession
+from scene_kd.render.points import estimate_point_radius, render_points
 from scene_kd.runio import atomic_path
 from scene_kd.scene.types import Camera
 from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
@@ -27,9 +30,6 @@ def relevancy_render(run_dir: str | Path, query: str, out_png: str | Path, *, si
     import torch
     from PIL import Image
 
-    from scene_kd.config import read_query_config
-    from scene_kd.query.session import QuerySession
-    from scene_kd.render.points import render_points
 
     session = QuerySession.open(run_dir, query=read_query_config(run_dir))  # as every query entry point
     field = session.field
@@ -41,7 +41,6 @@ def relevancy_render(run_dir: str | Path, query: str, out_png: str | Path, *, si
         low = rel < 0.5
         colours[low] = grey[low].astype(np.uint8).repeat(3, axis=1)
     cam = top_down_camera(field.positions, size=size)
-    from scene_kd.render.points import estimate_point_radius
 
     radius = estimate_point_radius(field.positions)  # hole-free surfaces, as in the renders
     r = render_points(torch.from_numpy(field.positions), cam, rgb=torch.from_numpy(colours), point_radius=radius)

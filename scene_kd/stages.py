@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from scene_kd.config import PipelineConfig
 from scene_kd.distill.stage import DISTILL
-from scene_kd.errors import RunStateError
+from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.eval.stage import EVAL
 from scene_kd.lift.stage import FUSE
 from scene_kd.render.stage import RENDER
@@ -51,7 +51,6 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 def stage_by_name(name: str) -> Stage:
-    from scene_kd.errors import SceneKDError
 
     for s in STAGES:
         if s.name == name:

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from scene_kd.distill.config import GaussianFieldConfig
 from scene_kd.errors import SceneKDError
 from scene_kd.progress import progress_bar
+from scene_kd.render.backends import choose_backend, rasterize
+from scene_kd.runio import load_tensors, save_tensors
 from scene_kd.scene.types import Camera, GaussianSplats
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,6 @@ def train_gaussian_field(
     Returns (field, history) with history["loss"] per iteration (each iteration renders one view,
     cycling through a seeded permutation of the views) and "seconds".
     """
-    from scene_kd.render.backends import choose_backend, rasterize
 
     cfg = cfg or GaussianFieldConfig()
     if len(splats) == 0:
@@ -224,7 +225,6 @@ def downsample_view(camera: Camera, mask_ids: np.ndarray, factor: int) -> tuple[
 
 def save_gaussian_field(path, field: GaussianFeatureField, metadata: dict[str, Any]) -> None:
     """RUN/gaussian_field.safetensors: ``features`` [N, F], ``decoder.weight`` [D, F], ``decoder.bias`` [D]."""
-    from scene_kd.runio import save_tensors
 
     save_tensors(path, {"features": field.features.detach().cpu().float().contiguous(),
                         "decoder.weight": field.decoder.weight.detach().cpu().float().contiguous(),
@@ -232,7 +232,6 @@ def save_gaussian_field(path, field: GaussianFeatureField, metadata: dict[str, A
 
 
 def load_gaussian_field(path) -> GaussianFeatureField:
-    from scene_kd.runio import load_tensors
 
     tensors, _ = load_tensors(path)
     n, f = tensors["features"].shape

@@ -13,10 +13,18 @@ import torch
 from torch import Tensor
 
 from scene_kd.distill.config import DistillConfig
+from scene_kd.distill.contract import (
+    check_tile,
+    scene_scale,
+    unit_conversion,
+    usable_intensity,
+    usable_rgb,
+)
 from scene_kd.distill.model import cpu_threads, resolve_device
 from scene_kd.distill.sparseconv import SparseTensor
 from scene_kd.distill.unet import SceneStats, StudentSpec, StudentUNet, scene_point_features, voxel_inputs
 from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.feature_store import LowRank
 from scene_kd.progress import track
 from scene_kd.runio import load_tensors, read_json, save_tensors, write_json
 
@@ -184,13 +192,6 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
     the student's metres (``meta["units"]`` or its CRS, :func:`scene_kd.distill.contract.scene_scale`) is
     converted to metres for the student; a chunk (``stats`` given) must come converted.
     """
-    from scene_kd.distill.contract import (
-        check_tile,
-        scene_scale,
-        unit_conversion,
-        usable_intensity,
-        usable_rgb,
-    )
 
     if isinstance(scene, (str, Path)):
         from scene_kd.scene.io import load_scene
@@ -215,7 +216,6 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
         origin = np.asarray(getattr(scene, "origin", np.zeros(3)), dtype=np.float64) * (1.0 if factor is None else factor)
     else:  # a chunk of a tile converted by the caller: its origin is already in metres
         origin = np.asarray(getattr(scene, "origin", np.zeros(3)), dtype=np.float64)
-    from scene_kd.feature_store import LowRank
 
     phase = world_phase(origin, model.spec)
     xyz = (np.asarray(xyz, dtype=np.float64) + phase).astype(np.float32)

@@ -14,7 +14,9 @@ from typing import Any, Protocol
 from scene_kd.distill.config import STUDENTS, DistillConfig
 from scene_kd.distill.students import Student
 from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.field import FeatureField
 from scene_kd.rundir import RunDir, StageContext
+from scene_kd.runio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ def distill_settings(cfg: DistillConfig, kind: str) -> DistillConfig:
 
 def _scene_kind(run: RunDir) -> str:
     """"points" or "gaussians": what the run's field holds."""
-    from scene_kd.runio import read_json
 
     return str(read_json(run.field_json).get("kind", "points"))
 
@@ -90,7 +91,6 @@ class DistillStage:
         return [_VERSION, distill_settings(cfg.distill, cfg.distill.student)]
 
     def compute(self, run: RunDir, cfg: DistillStageConfig, ctx: StageContext) -> dict[str, Any]:
-        from scene_kd.field import FeatureField
 
         student = self._student(run, cfg, scene=True)
         field = FeatureField.load(run.root)

@@ -16,8 +16,21 @@ from typing import Any, Protocol
 import numpy as np
 
 from scene_kd.distill.config import DistillConfig
+from scene_kd.distill.contract import attribute_agreement, training_contract, usable_intensity, usable_rgb
+from scene_kd.distill.gaussian_field import (
+    MaskTargets,
+    downsample_view,
+    save_gaussian_field,
+    train_gaussian_field,
+)
+from scene_kd.distill.train import predict, save_student, train_student
 from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.feature_store import LowRank, MaskMixture, principal_basis
+from scene_kd.lift.stage import _npz_array, load_features
+from scene_kd.render.types import load_cameras
 from scene_kd.rundir import RunDir
+from scene_kd.runio import load_tensors
+from scene_kd.scene.runscene import load_run_scene
 
 CHECKPOINT = "student.ckpt.pt"
 log = logging.getLogger(__name__)
@@ -100,8 +113,6 @@ def _attribute_agreement(model: Any, field: Any, rgb: Any, intensity: Any, basis
     encoder when the scene has label names and the encoder loads ("label"), else feature clusters ("cluster")."""
     import torch
 
-    from scene_kd.distill.contract import attribute_agreement
-    from scene_kd.distill.train import predict
 
     classes, kind = None, "cluster"
     if field.label_names:
@@ -132,9 +143,6 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
     basis (scene_kd/feature_store.py), predict every point, store the distilled features as low-rank codes."""
     import torch
 
-    from scene_kd.distill.contract import training_contract, usable_intensity, usable_rgb
-    from scene_kd.distill.train import predict, save_student, train_student
-    from scene_kd.feature_store import LowRank
 
     kind = "sparseconv"
     t0 = time.perf_counter()
@@ -180,7 +188,6 @@ def student_basis(fused: Any, rank: int, sample: int = 200_000) -> Any:
     the identity when ``rank >= D``."""
     import torch
 
-    from scene_kd.feature_store import MaskMixture, principal_basis
 
     if rank <= 0:
         raise RunStateError(f"distill.feature_rank must be positive, got {rank}")
@@ -198,15 +205,6 @@ def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash
     field's distilled features (every Gaussian's decoded feature)."""
     import torch
 
-    from scene_kd.distill.gaussian_field import (
-        MaskTargets,
-        downsample_view,
-        save_gaussian_field,
-        train_gaussian_field,
-    )
-    from scene_kd.lift.stage import _npz_array, load_features
-    from scene_kd.render.types import load_cameras
-    from scene_kd.scene.runscene import load_run_scene
 
     t0 = time.perf_counter()
     gcfg = cfg.gaussian_field
@@ -259,7 +257,6 @@ def _run_scene_intensity(run_dir: Path, n: int) -> np.ndarray | None:
     """Intensity from RUN/scene.safetensors when the run's scene has it for exactly these points."""
     if not (run_dir / "scene.safetensors").exists():
         return None
-    from scene_kd.runio import load_tensors
 
     try:
         tensors, _ = load_tensors(run_dir / "scene.safetensors")

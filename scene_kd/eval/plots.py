@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scene_kd.runio import atomic_path
+
 
 def confusion_png(
     confusion: np.ndarray,
@@ -25,7 +27,6 @@ def confusion_png(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from scene_kd.runio import atomic_path
 
     cm = np.asarray(confusion, dtype=np.float64)
     C = cm.shape[0]

@@ -27,9 +27,15 @@ import numpy as np
 import torch
 
 from scene_kd.errors import RunStateError
+from scene_kd.eval.metrics import confusion_matrix, scores
+from scene_kd.eval.plots import confusion_png
+from scene_kd.field import FeatureField
 from scene_kd.query.config import QueryConfig
+from scene_kd.query.session import QuerySession
+from scene_kd.query.similarity import raw_dots, similarities
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import write_json
+from scene_kd.scene.labels import evaluation_classes
 from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
 log = logging.getLogger(__name__)
@@ -49,7 +55,6 @@ _VERSION = "eval-v1"
 def predict(field: Any, source: str, text: torch.Tensor) -> np.ndarray:
     """[N] int64 argmax over classes of cosine(features_i, text_c) for a field source (fused, distilled,
     ensemble), through the field's own store (no dense [N, D] copy); -1 for all-zero feature rows."""
-    from scene_kd.query.similarity import raw_dots, similarities
 
     if source == "ensemble":
         sims = similarities(field, text, source=source, precision="float32")  # [N, C]
@@ -96,8 +101,6 @@ EVAL = EvalStage()
 
 def check_evaluable(run_dir: Path, sources: Sequence[str] | None = None) -> tuple[Any, list[str], list[str], np.ndarray]:
     """(field, sources, vocabulary, targets) of a run that can be evaluated; RunStateError saying why not."""
-    from scene_kd.field import FeatureField
-    from scene_kd.scene.labels import evaluation_classes
 
     field = FeatureField.load(run_dir)
     if field.labels is None:
@@ -117,9 +120,6 @@ def check_evaluable(run_dir: Path, sources: Sequence[str] | None = None) -> tupl
 
 
 def _evaluate(run: RunDir, sources: Sequence[str] | None, query: Any) -> dict[str, Any]:
-    from scene_kd.eval.metrics import confusion_matrix, scores
-    from scene_kd.eval.plots import confusion_png
-    from scene_kd.query.session import QuerySession
 
     run_dir = run.root
     field, srcs, vocabulary, targets = check_evaluable(run_dir, sources)

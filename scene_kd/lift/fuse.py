@@ -32,6 +32,9 @@ from torch import Tensor
 from scene_kd.errors import SceneKDError
 from scene_kd.lift.config import FuseConfig
 from scene_kd.lift.levels import LevelStreams
+from scene_kd.lift.mixture import MixtureSums
+from scene_kd.render.cull import build_point_grid, visible_points_culled
+from scene_kd.render.points import visible_in_view
 from scene_kd.scene.types import Camera
 
 GRANULARITY_MODES = ("camera", "camera+mask")
@@ -249,9 +252,6 @@ def fuse_points(
     "mixture"; unit rows where covered, zero rows elsewhere; coverage [N] int32 = number of views that gave the
     point at least one mask; {granularity: [N] int32 views per point}).
     """
-    from scene_kd.lift.mixture import MixtureSums
-    from scene_kd.render.cull import build_point_grid, visible_points_culled
-    from scene_kd.render.points import visible_in_view
 
     cfg = cfg or FuseConfig()
     if cfg.granularity not in GRANULARITY_MODES:

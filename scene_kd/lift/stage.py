@@ -23,10 +23,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from scene_kd.errors import RunStateError, SceneKDError
+from scene_kd.feature_store import as_rows
+from scene_kd.field import FeatureField
 from scene_kd.lift.config import FuseConfig
+from scene_kd.lift.fuse import fuse_points
+from scene_kd.lift.gaussians import lift_gaussians
 from scene_kd.progress import counter
+from scene_kd.render.photos import drop_disagreeing
+from scene_kd.render.types import load_cameras
 from scene_kd.rundir import RunDir, StageContext
 from scene_kd.runio import load_tensors, read_json, save_tensors
+from scene_kd.scene.runscene import load_run_scene, run_scene_meta
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +69,6 @@ def _stream(run_dir: Path, order: list[int], folder: str, key: str, what: str) -
 def _masks(run_dir: Path, order: list[int]) -> Iterator[np.ndarray]:
     """The views' mask ids in ``order``, with the pixels the render stage's RGB-D depth check marked dropped
     (scene_kd/render/photos.py: the frame's own depth says the photo shows something else there)."""
-    from scene_kd.render.photos import drop_disagreeing
 
     for i, m in zip(order, _stream(run_dir, order, "masks", "mask_ids", "features"), strict=True):
         yield drop_disagreeing(run_dir, i, m)
@@ -132,12 +138,6 @@ FUSE = FuseStage()
 def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, Any]:
     import torch
 
-    from scene_kd.feature_store import as_rows
-    from scene_kd.field import FeatureField
-    from scene_kd.lift.fuse import fuse_points
-    from scene_kd.lift.gaussians import lift_gaussians
-    from scene_kd.render.types import load_cameras
-    from scene_kd.scene.runscene import load_run_scene, run_scene_meta
 
     run_dir = run.root
     if not run_dir.is_dir():

@@ -21,7 +21,13 @@ import torch
 from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
 from scene_kd.runio import atomic_path
+from scene_kd.scene.annotate import annotate_las, annotate_ply, check_source
+from scene_kd.scene.formats.ply import LABEL_COMMENT, provenance_comment
+from scene_kd.scene.io import label_names_to_json, save_scene
 from scene_kd.scene.labels import ASPRS_CLASSES
+from scene_kd.scene.runscene import run_scene_meta, run_source_rows
+from scene_kd.scene.types import PointCloud
+from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
 EXPORT_FORMATS = ("ply", "las", "laz")
 
@@ -195,7 +201,6 @@ def _check_mask(mask: Any, n: int) -> np.ndarray | None:
 def _field_points(field: FeatureField, run_dir: str | Path | None = None):
     """The field's points (metres); with the run's ``file_units`` so the writer puts them back in the input
     file's units (scene_kd.scene.units)."""
-    from scene_kd.scene.types import PointCloud
 
     meta: dict[str, Any] = {}
     if run_dir is not None:
@@ -215,7 +220,6 @@ def _las_source(run_dir: str | Path | None, suffixes: tuple[str, ...] = (".las",
     and hash are checked by the writer, which refuses rather than rebuilding records."""
     if run_dir is None:
         return None
-    from scene_kd.scene.runscene import run_scene_meta, run_source_rows
 
     try:
         meta = run_scene_meta(run_dir)
@@ -261,7 +265,6 @@ def export_points(
     Returns {"path", "format", "count", "classes": {name: code} (LAS with labels), "las_classes" (only when the
     input's point format 0-5 has no code for some names: :func:`las_class_note`; the caller says so once)}.
     """
-    from scene_kd.scene.io import save_scene
 
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
@@ -322,7 +325,6 @@ def export_points(
 def field_provenance(field: FeatureField) -> dict[str, Any]:
     """What an exported file says about the features it came from: teacher, text encoder and, for the oracle
     test teacher, its note."""
-    from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
     teacher = getattr(field, "teacher", None)
     return {"teacher": teacher, "text_encoder": getattr(field, "text_encoder", None),
@@ -335,7 +337,6 @@ def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, 
     """LAS/LAZ export from the run's input file: its records with classification + extra-bytes dims."""
     import laspy
 
-    from scene_kd.scene.annotate import annotate_las, check_source
 
     source, expect_hash, records = las_src
     check_source(source, expect_hash)
@@ -366,9 +367,6 @@ def _copy_rows(path: Path, run_dir: str | Path | None, m: np.ndarray | None, rel
                prov: dict[str, Any]) -> dict[str, Any] | None:
     """PLY export from the run's input file (PLY points or 3DGS, LAS/LAZ): its rows with every original
     property, plus ``relevancy`` / ``label`` / ``confidence``; None when the run has no such source."""
-    from scene_kd.scene.annotate import annotate_ply
-    from scene_kd.scene.formats.ply import LABEL_COMMENT, provenance_comment
-    from scene_kd.scene.io import label_names_to_json
 
     src = _las_source(run_dir, (".ply", ".las", ".laz"))
     if src is None:

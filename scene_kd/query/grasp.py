@@ -26,6 +26,7 @@ import numpy as np
 
 from scene_kd.errors import SceneKDError
 from scene_kd.geometry import pca_normals, quat_xyzw_from_matrix
+from scene_kd.runio import to_jsonable
 
 
 @dataclass
@@ -86,7 +87,6 @@ class GraspTarget:
     point_indices: list[int] = field(default_factory=list)
 
     def to_json(self, with_indices: bool = False) -> dict[str, Any]:
-        from scene_kd.runio import to_jsonable
 
         d = to_jsonable(self)
         if not with_indices:

@@ -31,6 +31,10 @@ import torch
 from scene_kd.errors import SceneKDError
 from scene_kd.field import FeatureField
 from scene_kd.query.config import QueryConfig
+from scene_kd.query.labels import group_scores, parse_vocabulary
+from scene_kd.query.relevancy import relevancy
+from scene_kd.query.segment import apply_template, embed_class_names, segment
+from scene_kd.query.similarity import embed_prompts, load_encoder, similarities
 from scene_kd.teachers.text import TextEmbeddingCache
 
 
@@ -50,8 +54,6 @@ class QuerySession:
     _lock: threading.RLock = dataclasses.field(init=False, repr=False, default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
-        from scene_kd.query.segment import apply_template
-        from scene_kd.query.similarity import load_encoder
 
         self.cache = TextEmbeddingCache(self.config.text_cache_size)
         if self.config.template:
@@ -78,7 +80,6 @@ class QuerySession:
         return cls(field=field, config=cfg, encoder=encoder, run_dir=Path(run_dir))
 
     def _encoder(self) -> Any:
-        from scene_kd.query.similarity import load_encoder
 
         if self.encoder is None:
             self.encoder = load_encoder(self.field)
@@ -86,21 +87,18 @@ class QuerySession:
 
     def embed(self, prompts: Sequence[str]) -> torch.Tensor:
         """[P, D] float32 unit text embeddings of ``prompts`` as given (no template), through the session cache."""
-        from scene_kd.query.similarity import embed_prompts
 
         with self._lock:
             return embed_prompts(self._encoder(), list(prompts), self.cache)
 
     def class_prompts(self, names: Sequence[str]) -> list[str]:
         """The one-template prompts for class names (the ensemble setting: "a photo of a {}.")."""
-        from scene_kd.query.segment import apply_template
 
         return [apply_template(self.config.template, n) for n in names]
 
     def class_text(self, names: Sequence[str]) -> torch.Tensor:
         """[C, D] float32 unit embeddings of class names by the config's template (default: open_clip's 80-template
         ensemble for open_clip encoders, :func:`scene_kd.query.segment.embed_class_names`), session-cached."""
-        from scene_kd.query.segment import embed_class_names
 
         with self._lock:
             return embed_class_names(self._encoder(), list(names), self.config.template,
@@ -109,7 +107,6 @@ class QuerySession:
     def relevancy(self, text: str, *, source: str | None = None) -> torch.Tensor:
         """[N] float32 LERF relevancy of every point to ``text`` (config: negatives, temperature, precision;
         ``source`` defaults to the config's). Raises SceneKDError / RunStateError as :func:`relevancy`."""
-        from scene_kd.query.relevancy import relevancy
 
         c = self.config
         with self._lock:
@@ -121,7 +118,6 @@ class QuerySession:
         """(label_index [N] int64 in [-1, C), confidence [N] float32) over the C classes of ``labels`` (names or
         groups, ``"ground=road+grass,building"``, or a parsed :class:`scene_kd.query.labels.Vocabulary`; config:
         template, unknown_threshold, temperature, precision; ``source`` defaults to the config's)."""
-        from scene_kd.query.segment import segment
 
         c = self.config
         with self._lock:
@@ -132,8 +128,6 @@ class QuerySession:
     def point_similarities(self, index: int, names: Sequence[str] | Any, *, source: str | None = None) -> torch.Tensor:
         """[C] float32 cosine similarity of field point ``index`` to each templated class name (exact float32); a
         group (``names`` as for :meth:`segment`) scores the max of its members, as segmentation does."""
-        from scene_kd.query.labels import group_scores, parse_vocabulary
-        from scene_kd.query.similarity import similarities
 
         fld = self.field
         if not 0 <= int(index) < len(fld):

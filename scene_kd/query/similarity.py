@@ -24,6 +24,7 @@ import torch
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.feature_store import DenseRows
 from scene_kd.field import FeatureField, ensemble_takes_fused
+from scene_kd.teachers.text import TEXT_CACHE, OpenClipTextEncoder, OracleTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ def embed_prompts(encoder: Any, prompts: Sequence[str], cache: Any | None = None
     scene-kd's own encoders look the cache up themselves (one cache, no second layer); any other object with
     ``id``, ``dim`` and ``encode_text(prompts)`` is wrapped in the same cache. Raises SceneKDError on an empty
     prompt or an encoder returning the wrong shape or NaN/Inf."""
-    from scene_kd.teachers.text import TEXT_CACHE, OpenClipTextEncoder, OracleTextEncoder
 
     prompts = [check_prompt(p, "prompt") for p in prompts]
     cache = TEXT_CACHE if cache is None else cache

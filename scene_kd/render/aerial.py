@@ -20,8 +20,10 @@ import torch
 
 from scene_kd.errors import BudgetError, SceneKDError
 from scene_kd.render.config import RenderConfig
+from scene_kd.render.footprint import views_seeing_points
 from scene_kd.render.pinhole import bounds as _bounds
 from scene_kd.render.pinhole import intrinsics, look_at
+from scene_kd.render.points import pixel_index, project_points
 from scene_kd.scene.types import Camera
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,6 @@ def framing_counts(xyz: np.ndarray, cameras: list[Camera], sample: int = FRAMING
     """Views framing each point [n] of a strided sample of at most ``sample`` of the points [N, 3]: in front of the
     camera and inside the image less LIFT_BORDER_PX (what lifting uses), with no occlusion test - an upper bound
     of :func:`view_counts`, cheap enough to plan with (each camera projects ``sample`` points)."""
-    from scene_kd.render.points import pixel_index, project_points
 
     pts = torch.as_tensor(np.asarray(xyz[:: max(1, len(xyz) // max(1, sample))], dtype=np.float32))
     counts = torch.zeros(len(pts), dtype=torch.int32)
@@ -179,7 +180,6 @@ def _aerial_at_density(site: _Site, cfg: RenderConfig, density: int, xyz: np.nda
     headings starting at 45 deg; s = 1 is the extent-driven plan. With ``xyz``, views that cannot see any point
     (render/footprint.py) are left out. ``max_views`` > 0: a plan of more views raises BudgetError (with the plan's
     counts as ``.plan``) before any camera is built."""
-    from scene_kd.render.footprint import views_seeing_points
 
     W, H = cfg.width, cfg.height
     K = intrinsics(W, H, AERIAL_FOV_DEG)

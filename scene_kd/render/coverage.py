@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from scene_kd.render.config import RenderConfig
+from scene_kd.render.points import decode_zbuffer, estimate_point_radii, visible_in_view, zbuffer_points
 from scene_kd.scene.types import Camera
 
 COVERAGE_TOLERANCE = 0.02
@@ -30,7 +31,6 @@ def view_counts(
     """Per-point visibility counts: (total [N] int32, per camera level [L, N] int32 with L = max level + 1).
 
     Uses the renders' depth images when given, else z-buffers each view with the same footprint."""
-    from scene_kd.render.points import decode_zbuffer, visible_in_view, zbuffer_points
 
     xyz_t = torch.as_tensor(np.asarray(xyz, dtype=np.float32))
     n_levels = max((c.level for c in cameras), default=0) + 1
@@ -70,7 +70,6 @@ def coverage_from_counts(total: np.ndarray, per_level: np.ndarray, cameras: list
 def coverage_report(scene: Any, cameras: list[Camera], cfg: RenderConfig, depths: list[np.ndarray] | None = None) -> dict:
     """Fraction of the scene's points seen (occlusion-tested like lifting) in >= 1 and >= 3 views, overall and per
     level. ``depths``: the views' depth images when already rendered (else each view is z-buffered here)."""
-    from scene_kd.render.points import estimate_point_radii
 
     radius: float | torch.Tensor = cfg.point_radius
     if depths is None and radius <= 0 and cfg.point_size_px <= 0:

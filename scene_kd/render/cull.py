@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scene_kd.render.points import MAX_FOOTPRINT_PX
+from scene_kd.render.points import MAX_FOOTPRINT_PX, render_points, visible_in_view
 from scene_kd.render.types import Render
 from scene_kd.scene.types import Camera
 
@@ -116,7 +116,6 @@ def render_point_view_culled(scene: Any, camera: Camera, cfg: Any, xyz: torch.Te
     """(Render, idx): the view rendered from only the points ``idx`` = :func:`view_point_indices` (ids, labels and
     instances refer to the whole scene, as without culling). Same arguments as the render stage's
     ``render_point_view`` plus the grid; an empty view (no point in its frustum) gives an empty Render."""
-    from scene_kd.render.points import render_points
 
     idx = view_point_indices(grid, camera)
     H, W = camera.height, camera.width
@@ -140,7 +139,6 @@ def visible_points_culled(xyz: torch.Tensor, camera: Camera, depth_image: np.nda
                           *, tolerance: float = 0.25, border_px: int = 10) -> tuple[np.ndarray, torch.Tensor]:
     """(indices [K] int64 of the points the view sees, their flat pixel index [K] long): the same points and pixels
     as ``visible_in_view`` on every point (its OpenScene depth test), computed on the frustum's cells only."""
-    from scene_kd.render.points import visible_in_view
 
     idx = view_point_indices(grid, camera, margin_px=1.0)
     if len(idx) == 0:

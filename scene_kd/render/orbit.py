@@ -13,6 +13,7 @@ import numpy as np
 
 from scene_kd.render.config import RenderConfig
 from scene_kd.render.pinhole import bounds, intrinsics, look_at
+from scene_kd.render.scene_frame import estimate_scene_frame, gaussian_normals_and_weights
 from scene_kd.scene.types import Camera
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ def orbit_frame(scene: Any, cfg: RenderConfig) -> tuple[Any, Any]:
         return None, None
     from scipy.spatial import cKDTree
 
-    from scene_kd.render.scene_frame import estimate_scene_frame, gaussian_normals_and_weights
 
     means = np.asarray(scene.xyz, np.float64)
     normals, weights = gaussian_normals_and_weights(scene.quats, scene.log_scales, scene.opacity_logits)

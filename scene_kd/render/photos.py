@@ -34,6 +34,8 @@ import numpy as np
 
 from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render, iter_renders
+from scene_kd.runio import atomic_path, read_json
+from scene_kd.scene.capture import read_label_image
 from scene_kd.scene.types import Camera
 
 TEACHER_INPUTS = ("auto", "photos", "renders", "both")
@@ -106,7 +108,6 @@ def load_photo(path: Path, size: tuple[int, int], lens: tuple[Camera, Camera] | 
 def load_label_image(path: Path, size: tuple[int, int], lens: tuple[Camera, Camera] | None = None) -> np.ndarray:
     """[H, W] int32 class ids (-1 unlabelled) resized to ``size`` (W, H), nearest neighbour (undistorted first
     with ``lens``, as :func:`load_photo`)."""
-    from scene_kd.scene.capture import read_label_image
 
     a = read_label_image(path)
     if lens is not None:
@@ -188,7 +189,6 @@ def write_view_photo(run_dir: Path, i: int, capture: Any, k: int, render: Render
     disagreeing pixels or None when not checked)."""
     from PIL import Image
 
-    from scene_kd.runio import atomic_path
 
     h, w = render.rgb.shape[:2]
     lenses = getattr(capture, "lenses", None)
@@ -212,7 +212,6 @@ def write_view_photo(run_dir: Path, i: int, capture: Any, k: int, render: Render
 
 def _write_or_clear(path: Path, arrays: dict[str, np.ndarray] | None) -> None:
     """Write ``arrays`` as a compressed npz at ``path``, or remove a stale ``path`` when None."""
-    from scene_kd.runio import atomic_path
 
     if arrays is None:
         if path.exists():
@@ -234,7 +233,6 @@ def clear_photos(run_dir: Path, keep: int) -> None:
 
 def photo_flags(run_dir: str | Path) -> list[bool]:
     """[V] whether the teacher sees view i's photo (views.json ``photos``; all False for runs without)."""
-    from scene_kd.runio import read_json
 
     views = read_json(Path(run_dir) / "views.json")
     flags = views.get("photos") or []

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from scene_kd.errors import SceneKDError
+from scene_kd.render import native
 from scene_kd.render.types import Render
 from scene_kd.scene.projection import (  # the camera math, shared with scene/ (capture framing)
     NEAR,
@@ -205,7 +206,6 @@ def _use_native(backend: str, xyz: Tensor, camera: Camera) -> bool:
 
 
 def _zbuffer_native(xyz: Tensor, P: Tensor, camera: Camera, fp: _Footprint, threads: int | None) -> Tensor:
-    from scene_kd.render import native
 
     W, H = camera.width, camera.height
     mode = native.MODE_SINGLE if fp.single else native.MODE_FIXED_DISC if fp.fixed_r is not None else native.MODE_WORLD_RADIUS

@@ -20,11 +20,24 @@ import torch
 
 from scene_kd.errors import BudgetError, SceneKDError
 from scene_kd.progress import progress_bar
+from scene_kd.render.backends import rasterize
 from scene_kd.render.budget import announce_plan, count_plan
 from scene_kd.render.config import RenderConfig
+from scene_kd.render.coverage import COVERAGE_TOLERANCE, coverage_from_counts
+from scene_kd.render.cull import build_point_grid, render_point_view_culled
+from scene_kd.render.photos import capture_views, clear_photos, resolve_teacher_input, write_view_photo
+from scene_kd.render.points import (
+    estimate_point_radii,
+    pixel_index,
+    project_points,
+    render_points,
+    visible_in_view,
+)
 from scene_kd.render.types import Render, save_render
+from scene_kd.render.views import plan_summary, plan_views_with_summary
 from scene_kd.rundir import RunDir, StageContext
-from scene_kd.runio import write_json
+from scene_kd.runio import atomic_path, write_json
+from scene_kd.scene.runscene import save_run_scene
 from scene_kd.scene.types import Camera
 from scene_kd.scene.units import InputConfig
 
@@ -88,7 +101,6 @@ def _views_source(preset: str, has_capture: bool, *, plan_used: bool) -> str:
 
 def _check_cameras_see_scene(xyz: torch.Tensor, cameras: list[Camera]) -> None:
     """SceneKDError when no camera has any point in front of it and inside its image."""
-    from scene_kd.render.points import pixel_index, project_points
 
     sample = xyz[:: max(1, len(xyz) // 200_000)]
     for cam in cameras:
@@ -101,7 +113,6 @@ def _check_cameras_see_scene(xyz: torch.Tensor, cameras: list[Camera]) -> None:
 
 def render_point_view(scene: Any, camera: Camera, cfg: RenderConfig, xyz: torch.Tensor,
                       radius: float | torch.Tensor) -> Render:
-    from scene_kd.render.points import render_points
 
     return render_points(xyz, camera, rgb=scene.rgb, normals=scene.normals, labels=scene.labels,
                          instances=scene.instances, point_radius=radius, point_size_px=cfg.point_size_px,
@@ -109,7 +120,6 @@ def render_point_view(scene: Any, camera: Camera, cfg: RenderConfig, xyz: torch.
 
 
 def render_gaussian_view(scene: Any, camera: Camera, cfg: RenderConfig, tensors: dict[str, torch.Tensor]) -> Render:
-    from scene_kd.render.backends import rasterize
 
     bg = torch.tensor(cfg.background, dtype=torch.float32) / 255.0
     with torch.no_grad():
@@ -145,7 +155,6 @@ def contact_sheet(renders: list[tuple[int, np.ndarray, Camera]], path: Path, *, 
     """A grid of thumbnails [view index, level, name] saved as PNG."""
     from PIL import Image, ImageDraw
 
-    from scene_kd.runio import atomic_path
 
     if not renders:
         return
@@ -213,12 +222,6 @@ def _scene(ctx: StageContext, cfg: RenderStageConfig) -> Any:
 
 def _render(run: RunDir, scene: Any, cfg: RenderConfig, *, preview: bool, capture: Any = None,
             teacher_input: str = "auto", on_plan: Any = None) -> dict[str, Any]:
-    from scene_kd.render.coverage import COVERAGE_TOLERANCE, coverage_from_counts
-    from scene_kd.render.cull import build_point_grid, render_point_view_culled
-    from scene_kd.render.photos import capture_views, clear_photos, resolve_teacher_input, write_view_photo
-    from scene_kd.render.points import estimate_point_radii, visible_in_view
-    from scene_kd.render.views import plan_summary, plan_views_with_summary
-    from scene_kd.scene.runscene import save_run_scene
 
     run_dir = run.root
     t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from scene_kd.errors import RunStateError
+from scene_kd.runio import atomic_path, read_json
 from scene_kd.scene.types import Camera
 
 _ARRAYS = ("depth", "ids", "labels", "instances", "alpha", "topk_ids", "topk_weights")
@@ -54,7 +55,6 @@ def save_render(run_dir: str | Path, index: int, render: Render) -> None:
     """Write one view's PNG and NPZ atomically."""
     from PIL import Image
 
-    from scene_kd.runio import atomic_path
 
     png, npz = render_paths(run_dir, index)
     with atomic_path(png) as tmp:
@@ -78,7 +78,6 @@ def load_render(run_dir: str | Path, index: int, camera: Camera) -> Render:
 
 
 def load_cameras(run_dir: str | Path) -> list[Camera]:
-    from scene_kd.runio import read_json
 
     views = read_json(Path(run_dir) / "views.json")
     return [Camera.from_json(c) for c in views["cameras"]]

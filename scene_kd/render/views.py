@@ -62,6 +62,7 @@ from scene_kd.render.coverage import (  # noqa: F401 (public here too)
 )
 from scene_kd.render.pinhole import bounds as _bounds
 from scene_kd.render.pinhole import intrinsics, look_at  # noqa: F401 (public here too)
+from scene_kd.render.points import pixel_index, project_points
 from scene_kd.scene.types import Camera
 
 PRESETS = ("aerial", "aerial-fixed", "orbit", "street", "cameras:FILE")
@@ -79,7 +80,6 @@ def _check_size(cfg: RenderConfig) -> None:
 def seen_gsd(xyz: np.ndarray, cam: Camera, sample: int = 20000) -> float | None:
     """Median metres per pixel over the points [N, 3] a camera sees (depth / focal length, no occlusion test,
     a strided sample of at most ``sample`` points); None when it sees none."""
-    from scene_kd.render.points import pixel_index, project_points
 
     pts = torch.as_tensor(np.asarray(xyz[:: max(1, len(xyz) // sample)], dtype=np.float32))
     uv, z = project_points(pts, cam)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from scene_kd.errors import SceneKDError
+from scene_kd.runio import file_hash
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,6 @@ def laz_backend(point_format: int):
 
 def check_source(source: str | Path, expect_hash: str | None) -> Path:
     """The source file, refusing one that is gone or whose hash differs from the run's record."""
-    from scene_kd.runio import file_hash
 
     source = Path(source)
     if not source.is_file():

@@ -20,6 +20,7 @@ import numpy as np
 
 from scene_kd.errors import SceneFormatError
 from scene_kd.geometry import matrix_from_quat_wxyz
+from scene_kd.scene.io import world_to_local
 from scene_kd.scene.lens import colmap_distortion, transforms_distortion
 from scene_kd.scene.types import Camera, PointCloud
 
@@ -355,7 +356,6 @@ def load_colmap_cameras(folder: str | Path, *, origin: np.ndarray | None = None)
 
 def load_colmap_points(folder: str | Path) -> PointCloud:
     """COLMAP points3D (.bin or .txt) -> PointCloud with rgb and extra['error'] (reprojection error, px)."""
-    from scene_kd.scene.io import world_to_local
 
     sub, ext = colmap_folder(folder)
     p = sub / f"points3D.{ext}"

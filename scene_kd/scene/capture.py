@@ -60,6 +60,10 @@ from typing import Any
 import numpy as np
 
 from scene_kd.errors import SceneFormatError, SceneKDError
+from scene_kd.scene.cameras import frame_camera, load_colmap_cameras, load_transforms_json
+from scene_kd.scene.io import load_scene
+from scene_kd.scene.nerfstudio import cameras_in_frame, expected_frame, frame_scale, frame_transforms
+from scene_kd.scene.projection import pixel_index, project_points
 from scene_kd.scene.types import Camera
 
 log = logging.getLogger(__name__)
@@ -149,7 +153,6 @@ def load_capture(path: str | Path, *, scene: Any = None, layout: str | None = No
     Raises SceneFormatError for a folder in no known layout, a missing scene/photo file or unreadable cameras,
     SceneKDError when the cameras do not match the scene's frame (``check_frame``).
     """
-    from scene_kd.scene.io import load_scene
 
     root = Path(path)
     if not root.is_dir():
@@ -229,7 +232,6 @@ def seen_fraction(points: Any, cameras: list[Camera]) -> float:
     one camera's image (0 for no points)."""
     import torch
 
-    from scene_kd.scene.projection import pixel_index, project_points
 
     seen = torch.zeros(len(points), dtype=torch.bool)
     for cam in cameras:
@@ -319,8 +321,6 @@ def nerfstudio_cameras(tj: Path, scene: Any, *, is_ply: bool = False, meta: dict
     :func:`scene_kd.scene.nerfstudio.frame_transforms` is a candidate, the one :func:`choose_frame` picks wins
     (``is_ply``: the scene is transforms.json's own ``ply_file_path``; ``meta``: its parsed JSON, when the caller
     has it). Returns (cameras, frame name, the candidate transforms). SceneFormatError for an unreadable file."""
-    from scene_kd.scene.cameras import load_transforms_json
-    from scene_kd.scene.nerfstudio import cameras_in_frame, expected_frame, frame_transforms
 
     if meta is None:
         try:
@@ -336,7 +336,6 @@ def nerfstudio_cameras(tj: Path, scene: Any, *, is_ply: bool = False, meta: dict
 
 
 def _nerfstudio(root: Path):
-    from scene_kd.scene.nerfstudio import frame_scale
 
     tj = root / "transforms.json"
     try:
@@ -364,7 +363,6 @@ def _nerfstudio(root: Path):
 
 
 def _nerf_synthetic(root: Path):
-    from scene_kd.scene.cameras import frame_camera
 
     splits = [root / f"transforms_{s}.json" for s in ("train", "val", "test")]
     splits = [p for p in splits if p.is_file()]
@@ -393,7 +391,6 @@ def _nerf_synthetic(root: Path):
 
 
 def _colmap(root: Path):
-    from scene_kd.scene.cameras import load_colmap_cameras
 
     def read(scene: Any, scene_path: Path | None):
         cams = load_colmap_cameras(root, origin=np.asarray(scene.origin, np.float64))

@@ -15,6 +15,12 @@ from typing import Any
 import numpy as np
 
 from scene_kd.errors import SceneFormatError
+from scene_kd.scene.geokeys import (
+    crs_from_geokeys,
+    parse_geokeys,
+    projection_records,
+    vertical_from_geokeys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +45,6 @@ def las_crs(header: Any, path: Any = "") -> Any | None:
     """
     from pyproj import CRS
 
-    from scene_kd.scene.geokeys import (
-        crs_from_geokeys,
-        parse_geokeys,
-        projection_records,
-        vertical_from_geokeys,
-    )
 
     recs = projection_records([*header.vlrs, *(getattr(header, "evlrs", None) or [])])
     crs = None

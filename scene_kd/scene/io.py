@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from scene_kd.errors import SceneFormatError, SceneKDError
+from scene_kd.runio import atomic_path
 from scene_kd.scene.types import GaussianSplats, PointCloud
+from scene_kd.scene.units import to_file_units
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +113,6 @@ def load_scene(path: str | Path, units: str | None = "auto") -> Scene:
 def save_scene(scene: Scene, path: str | Path) -> None:
     """Write a scene; the format comes from the extension. The file appears atomically (temp file + rename).
     A scene read from a file in feet is written back in feet (``meta["file_units"]``)."""
-    from scene_kd.runio import atomic_path
 
     path = Path(path)
     ext = _ext(path)
@@ -121,7 +122,6 @@ def save_scene(scene: Scene, path: str | Path) -> None:
         )
     if path.is_dir():
         raise SceneFormatError("is a directory; give a file name to write", path=path)
-    from scene_kd.scene.units import to_file_units
 
     with atomic_path(path) as tmp:
         _WRITERS[ext](to_file_units(scene), tmp)  # new coordinates go back in the input file's units

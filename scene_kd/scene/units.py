@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import tyro
 
+from scene_kd.scene.crs import axis_units, horizontal
+
 log = logging.getLogger(__name__)
 
 US_FOOT = 1200.0 / 3937.0
@@ -48,7 +50,6 @@ def resolve_units(crs_wkt: str | None, reprojected: bool = False, override: str 
     """The ``file_units`` record of a scene whose file CRS is ``crs_wkt`` (or None), logging one line on what
     was found (no CRS, feet converted, z assumed). ``reprojected``: x/y were reprojected to UTM metres by the
     reader (geographic CRS), so only z may need a factor. Raises KeyError for an unknown ``override``."""
-    from scene_kd.scene.crs import axis_units
 
     crs = None
     if crs_wkt:
@@ -125,7 +126,6 @@ def area_hint(crs_wkt: str | None, x: float, y: float) -> str | None:
         return None
     from pyproj import CRS, Transformer
 
-    from scene_kd.scene.crs import horizontal
 
     h = horizontal(CRS.from_wkt(crs_wkt))
     area = getattr(h, "area_of_use", None)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from scene_kd.render.types import Render
-from scene_kd.runio import cache_dir
+from scene_kd.runio import atomic_path, cache_dir
 from scene_kd.teachers.base import ViewMasks
 
 _HASHED = ("rgb", "depth", "ids", "labels", "instances", "alpha")
@@ -52,7 +52,6 @@ class FeatureCache:
             return None
 
     def put(self, render_hash: str, vm: ViewMasks) -> None:
-        from scene_kd.runio import atomic_path
 
         with atomic_path(self.path(render_hash)) as tmp:
             with open(tmp, "wb") as f:

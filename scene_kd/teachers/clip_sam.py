@@ -26,6 +26,7 @@ from scene_kd.teachers.clip import (
     resolve_device,
     square_boxes,
 )
+from scene_kd.teachers.sam import SamParams, sam_masks
 from scene_kd.teachers.text import OpenClipTextEncoder
 from scene_kd.teachers.weights import RANDOM
 
@@ -115,7 +116,6 @@ class ClipSamTeacher(ClipTeacherBase):
                  min_mask_area: int = 16, crop_padding: float = 0.1, context_scale: float = 2.0,
                  context_weight: float = 0.3, **cfg):
         super().__init__(**cfg)
-        from scene_kd.teachers.sam import SamParams
 
         self.sam_model, self.sam_image_size = sam_model, int(sam_image_size)
         self.params = SamParams(points_per_side=int(sam_points_per_side), points_per_batch=int(sam_points_per_batch),
@@ -150,7 +150,6 @@ class ClipSamTeacher(ClipTeacherBase):
 
     def _encode_group(self, renders: list[Render]) -> list[ViewMasks]:
         """Views of one image size: SAM masks, then every mask's masked + context crop through CLIP together."""
-        from scene_kd.teachers.sam import sam_masks
 
         masks = sam_masks(self.sam, [r.rgb for r in renders], self.params)
         images = pixel_images(self.bundle, [r.rgb for r in renders])

@@ -36,6 +36,7 @@ from scene_kd.errors import SceneKDError
 from scene_kd.render.types import Render
 from scene_kd.runio import config_hash
 from scene_kd.teachers.base import ViewMasks, l2_normalise
+from scene_kd.teachers.edge_blur import region_blur
 from scene_kd.teachers.text import OracleTextEncoder
 
 
@@ -201,7 +202,6 @@ class OracleTeacher:
     def resolution_loss(self, rgb: np.ndarray | None, ids: np.ndarray, m: int) -> np.ndarray:
         """[M] f = max(1, edge blur / sharp_px) of each mask of ``ids`` [L, H, W] (-1 none) in ``rgb`` [H, W, 3]
         (module docstring); all 1 when blur is ignored (sharp_px 0), there is no RGB or nothing to measure."""
-        from scene_kd.teachers.edge_blur import region_blur
 
         f = np.ones(m)
         if self.sharp_px <= 0 or rgb is None or m == 0:

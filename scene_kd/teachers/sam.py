@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from scene_kd.errors import SceneKDError
+from scene_kd.teachers.clip import resolve_device
 from scene_kd.teachers.weights import RANDOM, load_state_dict
 
 _VIT = {  # embed dim, depth, heads, global attention layers (segment_anything/build_sam.py)
@@ -79,7 +80,6 @@ def build_sam(model_type: str = "vit_b", image_size: int = 1024) -> torch.nn.Mod
 @lru_cache(maxsize=2)
 def load_sam(model_type: str, weights: str, *, device: str = "cpu", image_size: int = 1024, seed: int = 0) -> SamBundle:
     """SAM with ``weights`` (a checkpoint path, read with weights_only=True) or seeded random init."""
-    from scene_kd.teachers.clip import resolve_device
 
     device = resolve_device(device)
     with torch.random.fork_rng(devices=[]):

@@ -27,10 +27,21 @@ from scene_kd.runio import (
     load_tensors,
     save_tensors,
 )
+from scene_kd.scene.labels import evaluation_classes
 from scene_kd.teachers.base import Teacher, ViewMasks
 from scene_kd.teachers.cache import FeatureCache, render_content_hash
+from scene_kd.teachers.clip import resolve_clip_weights
 from scene_kd.teachers.config import ORACLE, TeacherConfig, teacher_kwargs
+from scene_kd.teachers.cost import estimate_for_config
+from scene_kd.teachers.edge_blur import region_boundaries
 from scene_kd.teachers.factory import create_teacher
+from scene_kd.teachers.weights import (
+    RANDOM,
+    missing_weights_summary,
+    parse_explicit,
+    resolve_weights,
+    sam_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +74,6 @@ def make_teacher(run_dir: str | Path, cfg: TeacherConfig) -> Teacher:
 def scene_has_classes(scene: Any) -> bool:
     """Whether ``scene`` has ground-truth labels with at least one evaluable class (not only unclassified /
     noise / overlap codes): what the oracle teacher needs."""
-    from scene_kd.scene.labels import evaluation_classes
 
     return scene.labels is not None and bool(evaluation_classes(scene.labels, scene.label_names)[0])
 
@@ -77,14 +87,6 @@ def check_teacher_requirements(cfg: TeacherConfig, *, has_labels: bool) -> None:
                                "unclassified / noise) and this scene has none; use --teacher clip-sam (real "
                                "weights) instead")
         return
-    from scene_kd.teachers.clip import resolve_clip_weights
-    from scene_kd.teachers.weights import (
-        RANDOM,
-        missing_weights_summary,
-        parse_explicit,
-        resolve_weights,
-        sam_spec,
-    )
 
     missing: list[MissingWeightsError] = []  # by the config's fields: a newly registered open_clip / SAM teacher too
     try:
@@ -189,7 +191,6 @@ def _features(run: RunDir, cfg: TeacherConfig, *, preview: bool, key: str,
 def _expected_cost(run: RunDir, cfg: TeacherConfig, n: int, cost_key: str | None = None) -> Any:
     """Log the teacher's expected time over the run's ``n`` views (teachers/cost.py; the row of ``cost_key``, the
     config preset's name, else ``default``) before it starts."""
-    from scene_kd.teachers.cost import estimate_for_config
 
     mp = sum(c.width * c.height for c in load_cameras(run.root)) / 1e6
     cost = estimate_for_config(cfg, n, mp, preset=cost_key)
@@ -305,7 +306,6 @@ def pca_colours(embeddings: torch.Tensor) -> np.ndarray:
 
 def draw_masks(rgb: np.ndarray, ids: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """The render with each mask tinted by and outlined in its colour ([H, W, 3] uint8); ids [H, W] (-1 none)."""
-    from scene_kd.teachers.edge_blur import region_boundaries
 
     img = rgb.astype(np.float32) / 255.0
     has = ids >= 0

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from scene_kd.errors import MissingWeightsError, SceneKDError
-from scene_kd.runio import cache_dir
+from scene_kd.runio import atomic_path, cache_dir
+from scene_kd.teachers.config import TEACHERS
 
 RANDOM = "random"
 """Explicit weights value meaning: seeded random init (plumbing tests and benchmarks only)."""
@@ -198,7 +199,6 @@ def _download(spec: WeightsSpec, where: Path) -> Path:
         return Path(hf_hub_download(spec.hf_repo, spec.filenames[0], local_dir=str(where.parent)))
     import torch
 
-    from scene_kd.runio import atomic_path
 
     with atomic_path(where) as tmp:
         torch.hub.download_url_to_file(spec.url, str(tmp), progress=True)
@@ -232,7 +232,6 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
 def known_specs() -> list[WeightsSpec]:
     """The weights the registered teachers can use (``TEACHERS``, by their config fields): each open_clip
     teacher's default model, then every SAM size when a teacher uses SAM (its default first); no duplicates."""
-    from scene_kd.teachers.config import TEACHERS
 
     clip, sam = [], []
     for entry in TEACHERS:

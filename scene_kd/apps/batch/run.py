@@ -33,6 +33,7 @@ from typing import Any
 
 from scene_kd.apps.batch.tiles import (
     BatchJob,
+    label_with_student,
     make_labeller,
     output_path,
     plan_chunks,
@@ -41,7 +42,13 @@ from scene_kd.apps.batch.tiles import (
     student_spec,
     tile_name,
 )
+from scene_kd.distill.contract import usable_intensity, usable_rgb
+from scene_kd.distill.unet import SceneStats, scene_stats
 from scene_kd.errors import SceneKDError
+from scene_kd.progress import progress_bar
+from scene_kd.runio import atomic_path, to_jsonable, write_json
+from scene_kd.scene.io import load_scene
+from scene_kd.scene.types import PointCloud
 
 RAY_MISSING = ("Ray is not installed; install the batch extra (pip install 'scene-kd[batch]') "
                "or run in-process with --workers 0")
@@ -224,7 +231,6 @@ def planned_halo(job: BatchJob) -> float:
 
 
 def _tile_chunks(tile: str, job: BatchJob) -> tuple[Any, list[Any]]:
-    from scene_kd.scene.io import load_scene
 
     scene = load_scene(tile, units=job.units)
     if job.mode == "student":  # refused here: no chunk is staged, process_tile reports why
@@ -254,8 +260,6 @@ def stage_student_chunks(scene: Any, chunks: Sequence[Any], job: BatchJob, folde
     tile and their positions in the context, and the whole tile's :class:`scene_kd.distill.unet.SceneStats`."""
     import numpy as np
 
-    from scene_kd.distill.contract import usable_intensity, usable_rgb
-    from scene_kd.distill.unet import scene_stats
 
     # ``scene`` was checked against the student's contract (and converted to its units) by _tile_chunks;
     # attributes without information are missing for the whole tile (a chunk alone could judge otherwise)
@@ -282,9 +286,6 @@ def label_staged_chunk(tile: str, job: BatchJob, k: int) -> tuple[Any, Any, Any]
     """(core indices [K], label index [K], confidence [K]) of student-mode chunk ``k``, from its staged inputs."""
     import numpy as np
 
-    from scene_kd.apps.batch.tiles import label_with_student
-    from scene_kd.distill.unet import SceneStats
-    from scene_kd.scene.types import PointCloud
 
     with np.load(chunk_dir(job.out_dir, tile) / f"chunk{k:03d}.npz") as z:
         d = {key: z[key] for key in z.files}
@@ -407,7 +408,6 @@ def las_classes_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any] | N
 
 
 def write_summary(out_dir: Path, records: list[dict[str, Any]], job: BatchJob, meta: dict[str, Any]) -> dict[str, Any]:
-    from scene_kd.runio import atomic_path, write_json
 
     status = [r["status"] for r in records]
     totals = {s: status.count(s) for s in ("done", "skipped", "error", "refused", "not run")}
@@ -417,7 +417,6 @@ def write_summary(out_dir: Path, records: list[dict[str, Any]], job: BatchJob, m
     write_json(out_dir / "summary.json", summary)
     with atomic_path(out_dir / "summary.csv") as tmp:
         tmp.write_text(summary_csv(records, job.labels))
-    from scene_kd.runio import to_jsonable
 
     return to_jsonable(summary)
 
@@ -434,7 +433,6 @@ def run_batch(
 ) -> dict[str, Any]:
     """Label ``tiles`` with ``job``; ``workers`` 0 = in-process loop, else Ray with that many CPUs
     (``address``: an existing cluster, "auto" included). Returns the summary written to DIR/summary.json."""
-    from scene_kd.progress import progress_bar
 
     out_dir = Path(job.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,22 @@ from typing import Any
 
 import numpy as np
 
+from scene_kd.config import load_config, read_query_config
+from scene_kd.distill.contract import check_tile, scene_scale
+from scene_kd.distill.predict import chunk_halo, student_contract
+from scene_kd.distill.train import apply_student
+from scene_kd.distill.unet import StudentSpec
 from scene_kd.errors import BudgetError, SceneKDError
+from scene_kd.field import FeatureField
+from scene_kd.pipeline import run_pipeline
+from scene_kd.query.export import LEGACY_USER_CODE_START, USER_CODE_START, classification_codes
+from scene_kd.query.labels import Vocabulary, check_expressible
+from scene_kd.query.segment import apply_template
+from scene_kd.query.session import QuerySession
+from scene_kd.runio import atomic_path, config_hash, file_hash, read_json, to_jsonable, write_json
+from scene_kd.scene.io import save_scene
+from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
+from scene_kd.teachers.text import load_text_encoder
 
 Labeller = Callable[[Any, str], tuple[np.ndarray, np.ndarray]]
 """(PointCloud, work tag) -> (label_index [N] int, confidence [N] float)."""
@@ -73,7 +88,6 @@ class BatchJob:
     """The tiles' units (scene_kd.scene.units.InputConfig.units): auto = each tile's CRS, else an override."""
 
     def config_hash(self, tile_hash: str) -> str:
-        from scene_kd.runio import config_hash
 
         d = dataclasses.asdict(self)
         d.pop("out_dir")
@@ -84,7 +98,6 @@ class BatchJob:
 
     def vocabulary(self) -> Any:
         """The :class:`scene_kd.query.labels.Vocabulary` of ``labels`` and ``members``."""
-        from scene_kd.query.labels import Vocabulary
 
         return Vocabulary(tuple(self.labels), tuple(self.members) or tuple((n,) for n in self.labels))
 
@@ -103,7 +116,6 @@ def output_path(out_dir: str | Path, tile: str | Path) -> Path:
 def job_provenance(job: BatchJob) -> dict[str, Any]:
     """What a batch output says about its labels: the teacher (pipeline), the student's teacher (student) or the
     custom labeller; the oracle test teacher's note when it is the source."""
-    from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
     if job.mode == "custom":
         return {"labeller": job.labeller}
@@ -120,7 +132,6 @@ def sidecar_path(out_dir: str | Path, tile: str | Path) -> Path:
 def class_codes(labels: tuple[str, ...], point_format: int, members: tuple[tuple[str, ...], ...] = ()) -> list[int]:
     """LAS classification code per label (scene_kd.query.export's ASPRS/user codes for this point format; a
     group by its name, else its members' common ASPRS class)."""
-    from scene_kd.query.export import LEGACY_USER_CODE_START, USER_CODE_START, classification_codes
 
     legacy = point_format < 6
     codes = classification_codes(labels, user_start=LEGACY_USER_CODE_START if legacy else USER_CODE_START,
@@ -212,8 +223,6 @@ def _segment_field(field: Any, vocab: Any, run_dir: str | Path) -> tuple[np.ndar
     """Segment ``field`` over the job's vocabulary (names and groups) with the QueryConfig of the run folder it
     comes from (a QuerySession, as every entry point): the student's run in student mode, the tile's run in
     pipeline mode."""
-    from scene_kd.config import read_query_config
-    from scene_kd.query.session import QuerySession
 
     idx, conf = QuerySession.open(run_dir, query=read_query_config(run_dir), field=field).segment(vocab)
     to_np = lambda t: t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)  # noqa: E731
@@ -222,7 +231,6 @@ def _segment_field(field: Any, vocab: Any, run_dir: str | Path) -> tuple[np.ndar
 
 @functools.lru_cache(maxsize=4)
 def _student_meta(student_dir: str) -> dict[str, Any]:
-    from scene_kd.runio import read_json
 
     return read_json(Path(student_dir) / "field.json")
 
@@ -230,8 +238,6 @@ def _student_meta(student_dir: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=4)
 def student_spec(student_dir: str) -> Any:
     """The :class:`scene_kd.distill.unet.StudentSpec` of a student run folder (from student.json)."""
-    from scene_kd.distill.unet import StudentSpec
-    from scene_kd.runio import read_json
 
     return StudentSpec.from_json(read_json(Path(student_dir) / "student.json")["spec"])
 
@@ -241,10 +247,6 @@ def check_student_vocabulary(job: BatchJob) -> None:
     none of the classes it was trained on; :func:`scene_kd.query.labels.check_expressible`)."""
     from types import SimpleNamespace
 
-    from scene_kd.config import read_query_config
-    from scene_kd.query.labels import check_expressible
-    from scene_kd.query.segment import apply_template
-    from scene_kd.teachers.text import load_text_encoder
 
     meta = _student_meta(job.student)
     encoder = load_text_encoder(meta["text_encoder"])
@@ -260,7 +262,6 @@ def student_halo(job: BatchJob) -> float:
     """The halo of a student-mode chunk: ``job.halo``, at least the student's context margin plus one ground cell
     (:func:`scene_kd.distill.predict.chunk_halo`), so the chunk's core points see the whole tile's context and
     local-ground inputs."""
-    from scene_kd.distill.predict import chunk_halo
 
     return max(job.halo, chunk_halo(student_spec(job.student)))
 
@@ -275,8 +276,6 @@ def label_with_student(scene: Any, job: BatchJob, *, stats: Any = None, max_poin
     (with a halo of :func:`student_halo`); ``max_points``: the student's tile size (default ``job.chunk_size``).
     """
 
-    from scene_kd.distill.train import apply_student
-    from scene_kd.field import FeatureField
 
     meta = _student_meta(job.student)
     max_points = max_points or job.chunk_size
@@ -294,10 +293,6 @@ def label_with_student(scene: Any, job: BatchJob, *, stats: Any = None, max_poin
 
 def pipeline_labeller(job: BatchJob, tile: str | Path, force: bool = False) -> Labeller:
     """Run the full pipeline on the tile (or a chunk written beside its run folder), then segment."""
-    from scene_kd.config import load_config
-    from scene_kd.field import FeatureField
-    from scene_kd.pipeline import run_pipeline
-    from scene_kd.scene.io import save_scene
 
     overrides: dict[str, Any] = {"teacher": {"name": job.teacher}, "input": {"units": job.units}}
     if job.max_views is not None:
@@ -371,8 +366,6 @@ def check_student_inputs(scene: Any, job: BatchJob) -> Any:
     (one line) when it lacks an input the student needs or is in units that cannot be converted."""
     import logging
 
-    from scene_kd.distill.contract import check_tile, scene_scale
-    from scene_kd.distill.predict import student_contract
 
     units, scale = scene_scale(scene)
     fig = check_tile(student_contract(job.student), scene.xyz, scene.rgb, scene.intensity, units, scale)
@@ -394,7 +387,6 @@ def process_tile(tile: str, job: BatchJob, force: bool = False,
                  precomputed: tuple[np.ndarray, np.ndarray, int] | None = None) -> dict[str, Any]:
     """Label one tile and write its output + sidecar; never raises for a bad tile (status "error").
     ``precomputed``: (label_index [N], confidence [N], chunks) already labelled elsewhere (chunks as Ray tasks)."""
-    from scene_kd.runio import atomic_path, file_hash, to_jsonable, write_json
 
     t0 = time.perf_counter()
     out, done = output_path(job.out_dir, tile), sidecar_path(job.out_dir, tile)

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from scene_kd.config import read_query_config
 from scene_kd.errors import SceneKDError
 from scene_kd.query.grasp import GraspConfig, GraspTarget, find_grasp
+from scene_kd.query.session import QuerySession
+from scene_kd.query.similarity import check_prompt
 
 __all__ = ["GraspConfig", "GraspLookup", "GraspTarget", "grasp_target"]
 
@@ -28,8 +31,6 @@ class GraspLookup:
 
     def __init__(self, run_dir: str | Path, cfg: GraspConfig | None = None, *, source: str | None = None,
                  sensor: tuple[float, float, float] | None = None):
-        from scene_kd.config import read_query_config
-        from scene_kd.query.session import QuerySession
 
         self.run_dir = Path(run_dir)
         self.session = QuerySession.open(self.run_dir, query=read_query_config(self.run_dir))
@@ -40,7 +41,6 @@ class GraspLookup:
 
     def relevancy(self, query: str) -> np.ndarray:
         """[N] float32 relevancy of every point to ``query`` (the session's, with this lookup's source)."""
-        from scene_kd.query.similarity import check_prompt
 
         query = check_prompt(query)
         if len(self.field) == 0:
@@ -48,7 +48,6 @@ class GraspLookup:
         return self.session.relevancy(query, source=self.source).numpy()
 
     def __call__(self, query: str) -> GraspTarget:
-        from scene_kd.query.similarity import check_prompt
 
         query = check_prompt(query)
         rel = self.relevancy(query)

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from scene_kd.apps.grasp.api import GraspLookup
+from scene_kd.errors import SceneKDError
 
 
 class GraspRequest(BaseModel):
@@ -60,7 +61,6 @@ def create_app(lookup: GraspLookup) -> Any:
     from fastapi import FastAPI, Query
     from fastapi.responses import JSONResponse
 
-    from scene_kd.errors import SceneKDError
 
     app = FastAPI(title="scene-kd grasp", version="1", description=(
         "Grasp targets from open-vocabulary 3D scenes. Coordinates are the scene's own (world) frame."))

@@ -33,7 +33,15 @@ from scene_kd.apps.viewer.colours import (
     relevancy_colours,
     warm_up,
 )
+from scene_kd.apps.viewer.splats import splat_node_arrays
+from scene_kd.config import read_query_config
 from scene_kd.errors import SceneKDError
+from scene_kd.query.export import export_points
+from scene_kd.query.labels import Vocabulary, parse_vocabulary
+from scene_kd.query.segment import label_counts
+from scene_kd.query.session import QuerySession
+from scene_kd.query.similarity import resolve_source
+from scene_kd.scene.runscene import load_run_scene
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +162,6 @@ class ViewerApp:
     def load(self) -> None:
         """Open the run's QuerySession (field, text encoder, QueryConfig), then show the points. Errors go to
         the GUI."""
-        from scene_kd.config import read_query_config
-        from scene_kd.query.session import QuerySession
-        from scene_kd.query.similarity import resolve_source
 
         try:
             session = QuerySession.open(self.run_dir, query=read_query_config(self.run_dir),
@@ -207,8 +212,6 @@ class ViewerApp:
     def _run_splats(self, index: np.ndarray, centre: np.ndarray) -> Any:
         """The run's Gaussians at the displayed ``index`` as splat-node arrays (centred like the points), or None
         when the run folder has no copy of its Gaussians (then the centres are drawn as points)."""
-        from scene_kd.apps.viewer.splats import splat_node_arrays
-        from scene_kd.scene.runscene import load_run_scene
 
         try:
             scene = load_run_scene(self.run_dir)
@@ -298,8 +301,6 @@ class ViewerApp:
     def run_vocabulary(self, text: str) -> bool:
         """Label every point with one of the comma-separated labels or groups in ``text`` (``ground=road+grass,
         building``; the session's segmentation, as the ``segment`` verb); colours + legend by output class."""
-        from scene_kd.query.labels import parse_vocabulary
-        from scene_kd.query.segment import label_counts
 
         if not self._ready():
             return False
@@ -370,7 +371,6 @@ class ViewerApp:
         vocabulary, else the scene's class names, else a small default vocabulary (also ``state.inspected``)."""
         import torch
 
-        from scene_kd.query.labels import Vocabulary
 
         fld = self.field
         vocab = self.state.vocabulary if self.state.labels else None
@@ -387,7 +387,6 @@ class ViewerApp:
 
     def export_selection(self, fmt: str = "ply") -> Path:
         """Write the selected points to RUN/exports/<query-or-labels>-<time>.<fmt>; returns the path."""
-        from scene_kd.query.export import export_points
 
         if self.field is None:
             raise SceneKDError("the feature field is not loaded")

@@ -11,6 +11,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from scene_kd.apps.viewer.colours import pick_point
+from scene_kd.errors import SceneKDError
+
 log = logging.getLogger(__name__)
 
 
@@ -123,8 +126,6 @@ def set_colours(handle: Any, colours: np.ndarray) -> None:
 def on_point_click(app: ViewerApp, origin: np.ndarray, direction: np.ndarray) -> None:
     """A click on the scene (a ray, display coordinates): inspect the picked point (:meth:`ViewerApp.inspect`),
     show its world position, relevancy to the current query and top labels, and mark it with a small sphere."""
-    from scene_kd.apps.viewer.colours import pick_point
-    from scene_kd.errors import SceneKDError
 
     if app.field is None:
         app.set_status(None, "The feature field is still loading.")
@@ -151,7 +152,6 @@ def on_point_click(app: ViewerApp, origin: np.ndarray, direction: np.ndarray) ->
 
 def on_export(app: ViewerApp) -> None:
     """The export button: :meth:`ViewerApp.export_selection` in the chosen format; the outcome in the status."""
-    from scene_kd.errors import SceneKDError
 
     try:
         path = app.export_selection(app.gui["export_format"].value)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scene_kd.errors import SceneFormatError
+from scene_kd.scene.crs import geographic_to_utm, las_crs
 from scene_kd.scene.io import (
     check_extent,
     label_names_from_json,
@@ -189,7 +190,6 @@ def read_las(path: Path) -> PointCloud:
     """
     import laspy
 
-    from scene_kd.scene.crs import geographic_to_utm, las_crs
 
     check_las_bytes(path)
     try:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from scene_kd.errors import SceneFormatError
+from scene_kd.scene.formats.ply_compressed import decode_compressed, is_compressed
 from scene_kd.scene.io import (
     label_names_from_json,
     label_names_to_json,
@@ -110,7 +111,6 @@ def _whole_labels(values: np.ndarray, key: str, path: Path) -> np.ndarray | None
 
 @reader("ply")
 def read_ply(path: Path) -> PointCloud | GaussianSplats:
-    from scene_kd.scene.formats.ply_compressed import decode_compressed, is_compressed
 
     ply = _read_vertex(path)
     if is_compressed(ply):

@@ -39,6 +39,15 @@ from typing import Any
 import numpy as np
 
 from scene_kd.errors import SceneKDError
+from scene_kd.render.config import RenderConfig
+from scene_kd.render.points import estimate_point_radii
+from scene_kd.render.stage import render_gaussian_view, render_point_view
+from scene_kd.render.views import plan_views
+from scene_kd.runio import write_json
+from scene_kd.scene.io import save_scene
+from scene_kd.scene.synthetic.labels import TABLETOP_CLASSES
+from scene_kd.scene.synthetic.splats import as_splats
+from scene_kd.scene.synthetic.tabletop import make_tabletop
 from scene_kd.scene.types import Camera
 
 DEFAULT_LIGHTING = (1.15, 1.02, 0.82)
@@ -48,8 +57,6 @@ OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 def orbit_cameras(scene: Any, views: int, width: int, height: int) -> list[Camera]:
     """``views`` cameras spread evenly over the render stage's two-radius orbit preset of ``scene``."""
-    from scene_kd.render.config import RenderConfig
-    from scene_kd.render.views import plan_views
 
     cams = plan_views(scene, RenderConfig(preset="orbit", width=width, height=height, levels=2))
     pick = np.unique(np.linspace(0, len(cams) - 1, min(views, len(cams))).round().astype(int))
@@ -136,14 +143,6 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
     import torch
     from PIL import Image
 
-    from scene_kd.render.config import RenderConfig
-    from scene_kd.render.points import estimate_point_radii
-    from scene_kd.render.stage import render_gaussian_view, render_point_view
-    from scene_kd.runio import write_json
-    from scene_kd.scene.io import save_scene
-    from scene_kd.scene.synthetic.labels import TABLETOP_CLASSES
-    from scene_kd.scene.synthetic.splats import as_splats
-    from scene_kd.scene.synthetic.tabletop import make_tabletop
 
     out = Path(out)
     if views < 1 or width < 8 or height < 8:

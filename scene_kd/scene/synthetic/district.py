@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from scene_kd.errors import SceneKDError
+from scene_kd.runio import atomic_path
+from scene_kd.scene.formats.las import LABEL_VLR_RECORD_ID, LABEL_VLR_USER_ID, intensity_uint16
+from scene_kd.scene.io import label_names_to_json
 from scene_kd.scene.synthetic.labels import DEFAULT_URBAN_ORIGIN, GRASS, ROAD, SIDEWALK, URBAN_CLASSES
 from scene_kd.scene.synthetic.urban import make_urban
 from scene_kd.scene.types import PointCloud
@@ -119,9 +122,6 @@ def write_district(path: str | Path, points: int = 10_000_000, seed: int = 0, de
     class names in the scene_kd JSON VLR. Writes to a temporary name and renames. Returns the plan."""
     import laspy
 
-    from scene_kd.runio import atomic_path
-    from scene_kd.scene.formats.las import LABEL_VLR_RECORD_ID, LABEL_VLR_USER_ID, intensity_uint16
-    from scene_kd.scene.io import label_names_to_json
 
     path = Path(path)
     if path.suffix.lower() not in (".las", ".laz"):
