@@ -35,6 +35,11 @@ class InputContractError(SceneKDError):
     """A tile lacks an input a trained student needs (an attribute, the units it was trained in)."""
 
 
+class UnknownConceptError(SceneKDError):
+    """A label or query the field's text encoder cannot express (the oracle's fixed class vectors): refused, since
+    it could never be the best match. A grasp lookup reports it as "no confident target" instead."""
+
+
 class BudgetError(SceneKDError):
     """A plan refused before any work: more views, or more expected teacher time, than the budget allows.
     ``plan`` holds the plan's counts (views, megapixels, levels) where known."""

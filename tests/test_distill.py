@@ -305,7 +305,7 @@ def test_distill_stage_writes_student_and_field_then_skips(tmp_path, scene):
     assert distill_stage(run, STAGE_CFG, progress=False)["skipped"]
     assert (run / "student.safetensors").stat().st_mtime_ns == mtime
     # the student applies to the run's own points like the stored distilled features
-    feats = apply_student(run, PointCloud(xyz=scene[0], rgb=scene[1]))
+    feats = apply_student(run, PointCloud(xyz=scene[0], rgb=scene[1], origin=field.origin))  # same world points
     assert field.features["distilled"].kind == "low-rank" and torch.equal(feats.codes, field.features["distilled"].codes)
     torch.testing.assert_close(feats.dense(), field.dense("distilled"), atol=2e-3, rtol=0)
     # a changed config retrains
@@ -325,7 +325,7 @@ def test_student_predicts_in_a_principal_basis_when_the_rank_is_below_the_dim(tm
     torch.testing.assert_close(dist.decoder @ dist.decoder.T, torch.eye(4), atol=1e-5, rtol=0)
     meta = json.loads((run / "student.json").read_text())
     assert meta["dim"] == 16 and meta["rank"] == 4
-    applied = apply_student(run, PointCloud(xyz=scene[0], rgb=scene[1]))
+    applied = apply_student(run, PointCloud(xyz=scene[0], rgb=scene[1], origin=FeatureField.load(run).origin))
     assert torch.equal(applied.decoder, dist.decoder) and torch.equal(applied.codes, dist.codes)
 
 

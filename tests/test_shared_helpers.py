@@ -66,8 +66,12 @@ def test_sh_dc_colour_round_trips_and_rounds_to_nearest():
     assert SH_C0 == pytest.approx(0.5 / np.sqrt(np.pi))
 
 
-def test_progress_helpers_yield_everything_and_render_extra_columns():
+def test_progress_helpers_yield_everything_and_render_extra_columns(monkeypatch):
     import io
+
+    import scene_kd.progress
+
+    monkeypatch.setattr(scene_kd.progress, "stderr_is_terminal", lambda: True)  # the live bar (off a TTY: log lines)
 
     from rich.console import Console
 

@@ -101,4 +101,4 @@ class DistillStage:
 
 
 DISTILL = DistillStage()
-_VERSION = "distill-v3"  # v3: student.json input contract, attribute dropout
+_VERSION = "distill-v4"  # v3: student.json input contract, attribute dropout; v4: world-anchored grids

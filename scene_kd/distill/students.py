@@ -23,6 +23,7 @@ from scene_kd.distill.gaussian_field import (
     save_gaussian_field,
     train_gaussian_field,
 )
+from scene_kd.distill.predict import world_phase
 from scene_kd.distill.train import predict, save_student, train_student
 from scene_kd.errors import RunStateError, SceneKDError
 from scene_kd.feature_store import LowRank, MaskMixture, principal_basis
@@ -153,7 +154,9 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
         field.positions, fused.project(basis).half(), field.coverage, rgb, cfg, intensity=intensity,
         checkpoint=run_dir / CHECKPOINT, resume=resume, progress=progress, consume_fused=True,
     )
-    codes = predict(model, field.positions, rgb, intensity, max_points=cfg.predict_points, device=cfg.device,
+    # on the world-anchored grids, as apply_student labels other tiles (a tile and its own run then agree)
+    anchored = (np.asarray(field.positions, dtype=np.float64) + world_phase(field.origin, model.spec)).astype(np.float32)
+    codes = predict(model, anchored, rgb, intensity, max_points=cfg.predict_points, device=cfg.device,
                     progress=progress, threads=cfg.cpu_threads, dtype=torch.float16)
     if codes.shape != (len(field), basis.shape[0]):
         raise RunStateError(f"student predicted {tuple(codes.shape)}, field needs ({len(field)}, {basis.shape[0]})")

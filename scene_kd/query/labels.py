@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from scene_kd.errors import SceneKDError
+from scene_kd.errors import SceneKDError, UnknownConceptError
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def check_expressible(field: Any, encoder: Any, vocab: Vocabulary, prompts: Sequ
 
         bad = [m for m, p in zip(vocab.flat, prompts, strict=True) if match_concept(p)[0] is None]
     if bad:
-        raise SceneKDError(unknown_message(bad, known, vocab, getattr(encoder, "id", "oracle")))
+        raise UnknownConceptError(unknown_message(bad, known, vocab, getattr(encoder, "id", "oracle")))
 
 
 def unknown_message(bad: Sequence[str], known: Sequence[str], vocab: Vocabulary, encoder_id: str) -> str:

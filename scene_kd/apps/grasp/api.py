@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from scene_kd.config import read_query_config
-from scene_kd.errors import SceneKDError
-from scene_kd.query.grasp import GraspConfig, GraspTarget, find_grasp
+from scene_kd.errors import SceneKDError, UnknownConceptError
+from scene_kd.query.grasp import GraspConfig, GraspTarget, find_grasp, refuse
 from scene_kd.query.session import QuerySession
 from scene_kd.query.similarity import check_prompt
 
@@ -50,7 +50,10 @@ class GraspLookup:
     def __call__(self, query: str) -> GraspTarget:
 
         query = check_prompt(query)
-        rel = self.relevancy(query)
+        try:
+            rel = self.relevancy(query)
+        except UnknownConceptError as e:  # the oracle's fixed vectors: a robot gets "not found", not an error
+            return refuse(query, f"no confident target for {query!r}: {e}")
         return find_grasp(self.field.positions, rel, query=query, origin=self.field.origin, cfg=self.cfg,
                           sensor=self.sensor_local)
 
