@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from scene_kd.errors import ConfigError, SceneKDError
@@ -301,11 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         hint = f"did you mean {' or '.join(close)}? " if close else ""
         print(f"scene-kd: error: unknown verb {verb!r}; {hint}choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    out_dir = None
     try:
         mod, args = parse_verb(verb, rest)
+        out = getattr(args, "out", None)
+        out_dir = Path(out) if out and not Path(out).exists() else None  # a folder this call would create
         rc = mod.main(args)
         return int(rc or 0)
     except SceneKDError as e:
+        if out_dir is not None and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a refused plan or bad input leaves no empty run folder behind
         if debug:
             raise
         print(f"scene-kd: error: {e}", file=sys.stderr)
