@@ -149,3 +149,12 @@ def test_uncovered_fused_points_count_as_wrong(tmp_path):
                  dim=64, coverage=np.zeros(len(pc), np.int32), labels=pc.labels, label_names=pc.label_names).save(tmp_path)
     res = eval_stage(tmp_path)
     assert res["fused"]["miou"] == 0.0 and res["coverage"] == 0.0 and res["fused"]["acc_uncovered"] == 0.0
+
+
+def test_scores_that_say_little_are_flagged():
+    """One evaluable class (a tile of ground + unclassified) or mostly unevaluated points: a warning, not a bare 1.0."""
+    from scene_kd.eval.stage import evaluation_warnings
+
+    one = evaluation_warnings(["ground"], 26_107, 110_000)
+    assert len(one) == 2 and "only one evaluable class (ground)" in one[0] and "26,107 of 110,000" in one[1]
+    assert evaluation_warnings(["ground", "building"], 900, 1000) == []

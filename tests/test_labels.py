@@ -169,24 +169,35 @@ def test_batch_groups_and_the_las_class_note(urban_run, capsys, tmp_path):
 
 
 def test_segment_export_says_once_which_names_have_no_code(tmp_path, capsys, real_data):
-    """segment --out on a run from a point-format-3 LAS: a group without an ASPRS class ("built", members road and
-    building have two) is written as classification 1 with the label index in extra bytes, said once on stderr
-    and in the JSON; query --export writes no classes, so it says nothing."""
-    src = real_data.parent / "field" / "las_spec3_10pts.las"
+    """segment --out on a run from a point-format-3 LAS (a subset of the real autzen tile: classes 1 and 2): a group
+    without one ASPRS class ("mix" = ground + unclassified, two codes) is written as classification 1 with the
+    label index in extra bytes, said once on stderr and in the JSON; a name with no points in the run (building)
+    is refused; query --export writes no classes, so it says nothing."""
+    src = real_data / "pdal_autzen_trim.las"
     if not src.exists():
         pytest.skip(f"{src} not found")
+    las = laspy.read(str(src))
+    sub = laspy.LasData(las.header)
+    sub.points = las.points[::20].copy()
+    sub.write(str(tmp_path / "autzen_sub.las"))
     run = tmp_path / "run"
-    assert cli(["run", str(src), "--out", str(run), "--config", "ci", "--teacher", "oracle-labels"]) == 0
+    assert cli(["run", str(tmp_path / "autzen_sub.las"), "--out", str(run), "--config", "ci",
+                "--teacher", "oracle-labels"]) == 0
     capsys.readouterr()
-    rc, out, err = run_json(capsys, "segment", run, "--labels", "ground,built=building+road", "--json",
+    rc, out, err = run_json(capsys, "segment", run, "--labels", "ground,unclassified", "--json",
+                            "--out", tmp_path / "seg.las")
+    assert rc == 0 and "no ASPRS class" not in err, err  # both names have their ASPRS codes (2, 1)
+    rc, out, err = run_json(capsys, "segment", run, "--labels", "mix=ground+unclassified", "--json",
                             "--out", tmp_path / "seg.las")
     assert rc == 0, err
-    assert err.count("no ASPRS class") == 1 and "built" in err
+    assert err.count("no ASPRS class") == 1 and "mix" in err
     note = out["export"]["las_classes"]
-    assert note["without_code"] == ["built"] and note["codes"] == {"ground": 2, "built": 1}
-    las = laspy.read(str(tmp_path / "seg.las"))
-    lab = np.asarray(las["label"])
-    np.testing.assert_array_equal(np.asarray(las.classification), np.where(lab == 0, 2, 1))
+    assert note["without_code"] == ["mix"] and note["codes"] == {"mix": 1}
+    seg = laspy.read(str(tmp_path / "seg.las"))
+    assert set(np.asarray(seg["label"]).tolist()) <= {0, -1}
+    assert (np.asarray(seg.classification) == 1).all()
+    rc, _, err = run_json(capsys, "segment", run, "--labels", "ground,building", "--json")
+    assert rc == 2 and "'building' is not a class" in err
     rc = cli(["query", str(run), "ground", "--threshold", "-1", "--export", str(tmp_path / "q.las")])
     assert rc == 0 and "ASPRS" not in capsys.readouterr().err
 

@@ -41,6 +41,7 @@ def main(args: Args) -> int:
     from scene_kd.query.labels import parse_vocabulary
     from scene_kd.query.segment import label_counts
     from scene_kd.query.session import QuerySession
+    from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
 
     vocab = parse_vocabulary(args.labels)
     names = list(vocab.names)
@@ -55,6 +56,9 @@ def main(args: Args) -> int:
            "mean_confidence": round(float(conf.mean()), 6) if len(conf) else None}
     if vocab.grouped:
         out["groups"] = vocab.as_json()
+    out["teacher"] = field.teacher
+    if field.teacher == ORACLE:  # every output of an oracle run says so (a fresh user missed it here)
+        out["teacher_note"] = ORACLE_NOTE
     if args.out:
         from scene_kd.query.export import export_points, las_class_message
 
@@ -64,7 +68,9 @@ def main(args: Args) -> int:
             print(f"scene-kd: note: {las_class_message(out['export']['las_classes'])}", file=sys.stderr)
     human = None
     if not args.json:
-        lines = [f"{len(field):,} points labelled with {len(names)} classes"]
+        lines = [f"{len(field):,} points labelled with {len(names)} classes (teacher {field.teacher})"]
+        if field.teacher == ORACLE:
+            lines.append("  note: the oracle-labels test teacher: the scene's own classes with some masks flipped, not CLIP")
         lines += [f"  {n:<24} {c:>10,}" for n, c in counts.items()]
         if unknown_threshold is not None:
             lines.append(f"  {'(unknown)':<24} {unknown:>10,}")

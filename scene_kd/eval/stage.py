@@ -119,6 +119,21 @@ def check_evaluable(run_dir: Path, sources: Sequence[str] | None = None) -> tupl
     return field, srcs, vocabulary, targets
 
 
+def evaluation_warnings(vocabulary: Sequence[str], evaluated: int, total: int) -> list[str]:
+    """What makes a run's scores say less than they seem (a fresh user read 'mIoU 1.000' on a tile whose only
+    evaluable class was ground): one class (its IoU is 1 whenever every point is given it), or most points
+    outside the evaluated classes (ASPRS 0 never classified, 1 unclassified, 7/18 noise, 12 overlap are not
+    evaluated; the oracle teacher gives them no label either, so their labels come from their neighbours)."""
+    out = []
+    if len(vocabulary) < 2:
+        out.append(f"only one evaluable class ({', '.join(vocabulary)}): its mIoU is 1 whenever every point gets it "
+                   "and says nothing about the labels")
+    if total and evaluated < 0.5 * total:
+        out.append(f"only {evaluated:,} of {total:,} points ({100 * evaluated / total:.0f} %) carry an evaluable class; "
+                   "the rest (unclassified, noise, overlap) are neither scored nor taught by the oracle teacher")
+    return out
+
+
 def _evaluate(run: RunDir, sources: Sequence[str] | None, query: Any) -> dict[str, Any]:
 
     run_dir = run.root
@@ -152,6 +167,11 @@ def _evaluate(run: RunDir, sources: Sequence[str] | None, query: Any) -> dict[st
     if field.teacher == ORACLE:
         result["teacher_note"] = ORACLE_NOTE
     result["teacher"] = field.teacher
+    warnings = evaluation_warnings(vocabulary, int(evaluated.sum()), len(field))
+    if warnings:
+        result["warnings"] = warnings
+        for w in warnings:
+            log.warning("eval: %s", w)
     write_json(run.eval, result)
     log.info("eval: %s", ", ".join(f"{s} mIoU {result[s]['miou']:.3f}" for s in srcs if result[s]["miou"] is not None))
     return result

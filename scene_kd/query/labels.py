@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from scene_kd.errors import SceneKDError, UnknownConceptError
@@ -147,8 +148,14 @@ _GROUP_HINTS: dict[str, tuple[str, ...]] = {
 def known_classes(field: Any) -> list[str]:
     """The class names a field's teacher embedded: its label names in code order, each once. Names that evaluation
     ignores (noise, overlap, unclassified) are kept: the oracle gives their regions masks and vectors too, so a
-    user may ask for them (``segment --labels ground,noise`` on an ASPRS tile)."""
+    user may ask for them (``segment --labels ground,noise`` on an ASPRS tile). A field with ground-truth labels
+    knows only the classes that have points in it (a fresh user's ``building`` on a tile of ground and
+    unclassified points was accepted and given 5,818 points)."""
     names = getattr(field, "label_names", None) or {}
+    labels = getattr(field, "labels", None)
+    if labels is not None and len(labels):  # only classes with points: the teacher never showed the others
+        present = set(np.unique(np.asarray(labels)).tolist())
+        names = {k: v for k, v in names.items() if k in present}
     return list(dict.fromkeys(names[k] for k in sorted(names)))
 
 
@@ -168,6 +175,7 @@ def check_expressible(field: Any, encoder: Any, vocab: Vocabulary, prompts: Sequ
         names = field.label_names
         all_names = [names[k] for k in sorted(names)]  # as the oracle teacher embedded them (order matters)
         class_vecs = torch.as_tensor(encoder.encode_class_names(all_names), dtype=torch.float32)
+        class_vecs = class_vecs[[i for i, n in enumerate(all_names) if n in known]]  # classes with points only
         vecs = encoder.encode_text(list(prompts)).float()
         cos = vecs @ class_vecs.T
         bad = [m for m, c in zip(vocab.flat, cos, strict=True) if float(c.max()) < 0.999]
