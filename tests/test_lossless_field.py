@@ -26,10 +26,15 @@ def _run(src, run, *labels_needed):
     assert cli("run", src, "--out", run, "--config", "ci", "--teacher", "oracle-labels") == 0
 
 
-def _three_outputs(src, tmp_path, labels="ground,building", suffix="las"):
-    """run (oracle) then segment --out, query --export (every point) and batch --student on ``src``."""
+def _three_outputs(src, tmp_path, labels=None, suffix="las"):
+    """run (oracle) then segment --out, query --export (every point) and batch --student on ``src``; ``labels``
+    default: the classes the run has points of (a name it has none of is refused)."""
+    from scene_kd.field import FeatureField
+    from scene_kd.query.labels import known_classes
+
     run = tmp_path / "run"
     _run(src, run)
+    labels = labels or ",".join(known_classes(FeatureField.load(run))[:3])
     seg, q, bdir = tmp_path / f"seg.{suffix}", tmp_path / f"q.{suffix}", tmp_path / "batch"
     assert cli("segment", run, "--labels", labels, "--out", seg) == 0
     assert cli("query", run, labels.split(",")[0], "--threshold", "-1", "--export", q) == 0

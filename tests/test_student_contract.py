@@ -86,9 +86,17 @@ def test_tile_checks_refuse_missing_attributes_and_other_units_and_warn_on_densi
     xyz, rgb = scene[0], scene[1]
     c = json.loads((student_run / "student.json").read_text())["input"]
     assert check_tile(c, xyz, rgb, None).warnings == []
-    w = check_tile(c, xyz, None, None).warnings  # trained with colour dropout: labelled, with the training figure
     agree = c["attributes"]["rgb"]["cluster_agreement_without_pct"]
-    assert len(w) == 1 and w[0].startswith("tile has no colour (rgb)") and f"{agree:.3g} % of points" in w[0], w
+    low = {**c, "attributes": {**c["attributes"], "rgb": {**c["attributes"]["rgb"],
+                                                          "cluster_agreement_without_pct": 90.4}}}
+    high = {**c, "attributes": {**c["attributes"], "rgb": {**c["attributes"]["rgb"],
+                                                           "cluster_agreement_without_pct": 97.0}}}
+    # trained with colour dropout: below 95 % agreement without colour refused in one line unless accepted
+    with pytest.raises(InputContractError, match=r"^tile has no colour \(rgb\); without it .* 90.4 % .*--accept-missing rgb"):
+        check_tile(low, xyz, None, None)
+    for contract, figure, accept in ((low, 90.4, ("colour",)), (high, 97.0, ()), (c, agree, ("rgb",))):
+        w = check_tile(contract, xyz, None, None, accept_missing=accept).warnings  # labelled, with the figure
+        assert len(w) == 1 and w[0].startswith("tile has no colour (rgb)") and f"{figure:.3g} % of points" in w[0], w
     strict = {**c, "attributes": {**c["attributes"], "rgb": {**c["attributes"]["rgb"], "dropout": 0.0}}}
     with pytest.raises(InputContractError, match=r"^tile has no colour \(rgb\); the student was trained with colour"):
         check_tile(strict, xyz, None, None)
@@ -212,3 +220,35 @@ def test_apply_student_voxelises_on_a_world_grid_whatever_the_files_origin(scene
     b = apply_student(student_run, moved, check=False).dense().float()
     same = ((a - b).norm(dim=1) < 1e-2).float().mean().item()
     assert same > 0.995, same
+
+
+def test_batch_refuses_a_tile_whose_labels_would_change_without_colour_unless_accepted(scene, student_run, tmp_path,
+                                                                                       capsys):
+    """A student whose labels kept < 95 % on its training tile without colour refuses a colourless tile in one line
+    naming --accept-missing; with --accept-missing colour the tile is labelled, with the figure as a warning."""
+    from scene_kd.cli import main as cli
+    from scene_kd.scene.io import save_scene
+
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    save_scene(PointCloud(xyz=scene[0]), tiles / "grey.ply")
+    meta_path = student_run / "student.json"
+    original = meta_path.read_text()
+    meta = json.loads(original)
+    for kind in ("label", "cluster"):
+        meta["input"]["attributes"]["rgb"].pop(f"{kind}_agreement_without_pct", None)
+    meta["input"]["attributes"]["rgb"]["cluster_agreement_without_pct"] = 90.4
+    meta_path.write_text(json.dumps(meta))
+    try:
+        argv = ["batch", str(tiles / "*.ply"), "--labels", "road,building", "--student", str(student_run),
+                "--workers", "0"]
+        assert cli([*argv, "--out", str(tmp_path / "a")]) == 1
+        rec = json.loads((tmp_path / "a" / "summary.json").read_text())["tiles"][0]
+        assert rec["status"] == "error" and "90.4 %" in rec["error"] and "--accept-missing rgb" in rec["error"]
+        assert cli([*argv, "--out", str(tmp_path / "b"), "--accept-missing", "colour"]) == 0
+        rec = json.loads((tmp_path / "b" / "summary.json").read_text())["tiles"][0]
+        assert rec["status"] == "done" and "90.4 % of points" in rec["warnings"][0]
+        assert cli([*argv, "--out", str(tmp_path / "c"), "--accept-missing", "depth"]) == 2
+        assert "--accept-missing takes rgb (colour) or intensity, not 'depth'" in capsys.readouterr().err
+    finally:
+        meta_path.write_text(original)

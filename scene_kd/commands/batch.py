@@ -50,6 +50,9 @@ class Args:
     halo: float = 0.0
     """Context around each chunk in scene units; 0 = a quarter of the chunk's shorter side (with --student: at least
     the student's receptive-field margin plus one ground cell, also the default)."""
+    accept_missing: tuple[str, ...] = ()
+    """With --student: label tiles that lack these attributes (rgb / colour, intensity) although the student's labels
+    without them agreed with its own on fewer than 95 % of its training tile's points (refused otherwise)."""
     max_views: int | None = None
     """Full-pipeline mode: the view budget per tile (render.max_views; default: the preset's, 2,000). A tile whose
     plan exceeds it is refused in seconds, before rendering (status "refused" in summary.json, with its plan and
@@ -66,6 +69,7 @@ class Args:
 def make_job(args: Args) -> tuple[list[str], object]:
     from scene_kd.apps.batch.run import expand_tiles
     from scene_kd.apps.batch.tiles import BatchJob
+    from scene_kd.distill.contract import accepted_attributes
     from scene_kd.query.labels import parse_vocabulary
     from scene_kd.runio import config_hash, file_hash
 
@@ -106,6 +110,7 @@ def make_job(args: Args) -> tuple[list[str], object]:
         student=str(Path(args.student).resolve()) if args.student else None, labeller=args.labeller,
         chunk_size=args.chunk_size, halo=args.halo, identity=identity, units=args.units,
         max_views=args.max_views if mode == "pipeline" else None,
+        accept_missing=tuple(sorted(accepted_attributes(args.accept_missing))),
         members=tuple(vocab.members) if vocab.grouped else (),
     )
     if mode == "student":

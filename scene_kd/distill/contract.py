@@ -240,19 +240,45 @@ def _ratio_warning(what: str, tile: float, trained: float | None, unit: str, lim
             f"outside 1/{limit:g}..{limit:g}x its labels may be unreliable")
 
 
-def _attribute_warning(label: str, a: dict[str, Any]) -> str:
-    figure = ""
+MISSING_AGREEMENT_FLOOR = 95.0
+"""A tile without an attribute the student reads is refused when, on its training tile, fewer than this % of points
+kept their label without it (issue 22: labels without colour must agree with the coloured run on >= 95 % of points,
+or the tile is refused in one line naming colour); ``accept_missing`` labels it anyway, with the warning."""
+
+ATTRIBUTE_ALIASES = {"rgb": "rgb", "colour": "rgb", "color": "rgb", "intensity": "intensity"}
+
+
+def _agreement_without(a: dict[str, Any]) -> tuple[float | None, str]:
     for kind, what in (("label", "label"), ("cluster", "feature cluster")):
         agree = a.get(f"{kind}_agreement_without_pct")
         if agree is not None:
-            figure = f"; on its training tile {agree:.3g} % of points kept their {what} without {label}"
-            break
+            return float(agree), what
+    return None, ""
+
+
+def _attribute_warning(label: str, a: dict[str, Any]) -> str:
+    agree, what = _agreement_without(a)
+    figure = "" if agree is None else f"; on its training tile {agree:.3g} % of points kept their {what} without {label}"
     return (f"tile has no {label}; the student reads {label} and labels without it through {label} dropout "
             f"({100 * float(a['dropout']):.0f} % of training crops){figure}")
 
 
+def accepted_attributes(names: Any) -> frozenset[str]:
+    """``--accept-missing`` names (rgb | colour | color | intensity) -> the contract's attribute names; ConfigError
+    for another name."""
+    from scene_kd.errors import ConfigError
+
+    out = set()
+    for n in names or ():
+        key = ATTRIBUTE_ALIASES.get(str(n).strip().lower())
+        if key is None:
+            raise ConfigError(f"--accept-missing takes rgb (colour) or intensity, not {n!r}")
+        out.add(key)
+    return frozenset(out)
+
+
 def check_tile(contract: dict[str, Any] | None, xyz: np.ndarray, rgb: Any, intensity: Any,
-               units: str | None = None, scale: Any = None) -> TileFigures:
+               units: str | None = None, scale: Any = None, accept_missing: Any = ()) -> TileFigures:
     """Check a tile against a student's input contract; the tile's figures with ``warnings`` filled in.
 
     xyz [N, 3] (tile units), rgb [N, 3] or None, intensity [N] or None, units / scale: the tile's coordinate unit
@@ -260,7 +286,10 @@ def check_tile(contract: dict[str, Any] | None, xyz: np.ndarray, rgb: Any, inten
     length unit other than a metre student's is measured in metres and gets ``scale`` (the caller converts its
     coordinates, :func:`to_student_units`). Raises InputContractError (one line) for a missing attribute the
     student needs (trained with it, without its dropout) or a unit it cannot convert. A missing attribute
-    the student has a dropout for, a density more than ``DENSITY_RATIO_LIMIT`` or a height range more than
+    the student has a dropout for is refused too when its training tile kept fewer than
+    ``MISSING_AGREEMENT_FLOOR`` % of labels without it, unless ``accept_missing`` names it (rgb / intensity).
+    Labelled anyway (or above the floor), it gets a warning with the figure; a density more than
+    ``DENSITY_RATIO_LIMIT`` or a height range more than
     ``RATIO_LIMIT`` times off give a warning with the figures. ``contract`` None (a student saved before
     contracts): figures only, one warning."""
     want = str((contract or {}).get("units", "m"))
@@ -279,6 +308,12 @@ def check_tile(contract: dict[str, Any] | None, xyz: np.ndarray, rgb: Any, inten
         if not a.get("dropout"):
             raise InputContractError(f"tile has no {label}; the student was trained with {label} and without its "
                                      f"dropout (retrain with distill.{name}_dropout > 0 to label tiles without it)")
+        agree, _ = _agreement_without(a)
+        if agree is not None and agree < MISSING_AGREEMENT_FLOOR and name not in accepted_attributes(accept_missing):
+            raise InputContractError(
+                f"tile has no {label}; without it this student's labels agreed with its own on {agree:.3g} % of its "
+                f"training tile's points (< {MISSING_AGREEMENT_FLOOR:g} %): label anyway with --accept-missing "
+                f"{name}, or use a student trained without {label} (distill.use_{name} false)")
         fig.warnings.append(_attribute_warning(label, a))
     unit2 = "pts/m²" if want in METRE_NAMES else "pts/unit²"
     for w in (_ratio_warning("density", fig.density, _density(contract), unit2, DENSITY_RATIO_LIMIT),

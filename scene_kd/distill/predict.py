@@ -179,7 +179,7 @@ def world_phase(origin: np.ndarray, spec: StudentSpec) -> np.ndarray:
 
 
 def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_500_000, progress: bool = False,
-                  stats: SceneStats | None = None, check: bool = True) -> Any:
+                  stats: SceneStats | None = None, check: bool = True, accept_missing: Any = ()) -> Any:
     """Run the student trained in ``student_dir`` (a run folder) on a new scene -> its features as a
     :class:`scene_kd.feature_store.LowRank` store (codes [N, r] float16 x the student's decoder [r, D]).
 
@@ -187,7 +187,8 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
     scene's input constants (:func:`scene_kd.distill.unet.scene_stats`) when ``scene`` is a part of it grown by
     :func:`chunk_halo` (its rgb / intensity then already cleaned by the caller for the whole tile:
     :func:`scene_kd.distill.contract.usable_rgb`). ``check``: check a whole scene against the student's input
-    contract (:func:`scene_kd.distill.contract.check_tile`; warnings are logged; InputContractError for a
+    contract (:func:`scene_kd.distill.contract.check_tile`, with ``accept_missing``; warnings are logged;
+    InputContractError for a
     missing attribute the student needs or units it cannot convert). A whole scene in another length unit than
     the student's metres (``meta["units"]`` or its CRS, :func:`scene_kd.distill.contract.scene_scale`) is
     converted to metres for the student; a chunk (``stats`` given) must come converted.
@@ -208,7 +209,7 @@ def apply_student(student_dir: str | Path, scene: Any, *, max_points: int = 1_50
         rgb, intensity = usable_rgb(rgb), usable_intensity(intensity)
         contract, (units, scale) = student_contract(student_dir), scene_scale(scene)
         if check:
-            for w in check_tile(contract, xyz, rgb, intensity, units, scale).warnings:
+            for w in check_tile(contract, xyz, rgb, intensity, units, scale, accept_missing=accept_missing).warnings:
                 log.warning("%s", w)
         factor = unit_conversion(contract, units, scale)
         if factor is not None:  # e.g. US survey feet -> metres for a student trained in metres

@@ -81,6 +81,9 @@ class BatchJob:
     members: tuple[tuple[str, ...], ...] = ()
     """Each label's group members (``--labels ground=road+grass``, :mod:`scene_kd.query.labels`); () when every
     label is a plain name."""
+    accept_missing: tuple[str, ...] = ()
+    """Student mode: attributes (rgb, intensity) a tile may lack even where the student's labels without them agree
+    on fewer than 95 % of points (:data:`scene_kd.distill.contract.MISSING_AGREEMENT_FLOOR`); labelled with a warning."""
     max_views: int | None = None
     """Pipeline mode: the view budget per tile (render.max_views; None: the preset's). A tile whose plan exceeds it
     is refused (status "refused", the reason in its record) and the other tiles go on."""
@@ -368,7 +371,8 @@ def check_student_inputs(scene: Any, job: BatchJob) -> Any:
 
 
     units, scale = scene_scale(scene)
-    fig = check_tile(student_contract(job.student), scene.xyz, scene.rgb, scene.intensity, units, scale)
+    fig = check_tile(student_contract(job.student), scene.xyz, scene.rgb, scene.intensity, units, scale,
+                     accept_missing=job.accept_missing)
     for w in fig.warnings:
         logging.getLogger(__name__).warning("%s: %s", tile_name(scene.meta.get("source", "tile")), w)
     return fig
