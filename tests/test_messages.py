@@ -64,6 +64,15 @@ def test_misspelt_flag_suggests_the_close_one(tmp_path, capsys, argv, expected):
     assert not (tmp_path / "r").exists()
 
 
+def test_misspelt_flag_suggests_even_when_it_leaves_a_required_one_missing(tmp_path, capsys):
+    """`segment RUN --lables x`: --labels is then missing too; the one line names the misspelt flag, no tyro box
+    (a fresh user got the box)."""
+    assert main(["segment", str(tmp_path), "--lables", "ground"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown option --lables for scene-kd segment; did you mean --labels?" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_misspelt_verb_suggests_the_close_one(capsys):
     assert main(["rnu", "x.las"]) == 2
     assert "did you mean run?" in capsys.readouterr().err

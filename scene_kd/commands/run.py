@@ -90,6 +90,7 @@ def main(args: Args) -> int:
                 lines.append(f"  {src:<10} mIoU {ev[src]['miou'] or 0:.3f}  mAcc {ev[src]['macc'] or 0:.3f}")
         if "coverage" in ev:
             lines.append(f"  coverage   {ev['coverage']:.3f}")
+        lines += [f"  warning: {w}" for w in ev.get("warnings", ())]  # beside the scores they qualify
         if "eval" not in result and "fuse" in result:
             lines.append("  (no evaluation: the scene has no ground-truth labels)")
         if "report" in result:

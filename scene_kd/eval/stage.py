@@ -130,7 +130,7 @@ def evaluation_warnings(vocabulary: Sequence[str], evaluated: int, total: int) -
                    "and says nothing about the labels")
     if total and evaluated < 0.5 * total:
         out.append(f"only {evaluated:,} of {total:,} points ({100 * evaluated / total:.0f} %) carry an evaluable class; "
-                   "the rest (unclassified, noise, overlap) are neither scored nor taught by the oracle teacher")
+                   "the rest (unclassified, noise, overlap) are not scored")
     return out
 
 

@@ -193,8 +193,8 @@ def unknown_message(bad: Sequence[str], known: Sequence[str], vocab: Vocabulary,
     knows = ", ".join(known) if known else "the oracle's concept table (scene_kd/teachers/text.py)"
     first = bad[0]
     owner = next((n for n, ms in zip(vocab.names, vocab.members, strict=True) if first in ms), first)
-    pick = [k for k in _GROUP_HINTS.get(owner.lower(), ()) if k in known] or list(known[:2]) or ["road", "grass"]
-    hint = f"{owner}={'+'.join(pick)}"
+    pick = [k for k in _GROUP_HINTS.get(owner.lower(), ()) if k in known]
+    hint = f", e.g. --labels {owner}={'+'.join(pick)}" if pick else ""  # only a group that means the same thing
     noun = "is not a class" if len(bad) == 1 else "are not classes"
     return (f"{what} {noun} this student can express (text encoder {encoder_id}: fixed vectors for the classes "
-            f"it was trained on: {knows}); name one of those or a group of them, e.g. --labels {hint}")
+            f"it was trained on: {knows}); name one of those or a group of them{hint}")

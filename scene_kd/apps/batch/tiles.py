@@ -258,7 +258,13 @@ def check_student_vocabulary(job: BatchJob) -> None:
     vocab = job.vocabulary()
     template = read_query_config(job.student).template
     names = {int(k): v for k, v in (meta.get("label_names") or {}).items()}
-    check_expressible(SimpleNamespace(label_names=names), encoder, vocab, [apply_template(template, m) for m in vocab.flat])
+    try:  # the classes with points in the student's run: as segment and query check them
+        from scene_kd.field import FeatureField
+
+        labels = FeatureField.load(job.student).labels
+    except SceneKDError:
+        labels = None
+    check_expressible(SimpleNamespace(label_names=names, labels=labels), encoder, vocab, [apply_template(template, m) for m in vocab.flat])
 
 
 def student_halo(job: BatchJob) -> float:
