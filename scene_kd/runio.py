@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def final_name(path: str | Path) -> str:
+    """The path a message should name for a file being written through :func:`atomic_path` (possibly nested):
+    ``dir/..t.laz.x1.tmp.laz.y2.tmp.laz`` -> ``dir/t.laz``; other paths unchanged."""
+    p = Path(path)
+    name = p.name
+    while (m := re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp(\.[^.]+)?", name)) is not None:
+        name = m.group(1)
+    return str(p.with_name(name))
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -91,3 +91,14 @@ def test_progress_helpers_yield_everything_and_render_extra_columns(monkeypatch)
         bar.update(task, advance=2, loss=0.25)
     out = bar.console.file.getvalue()
     assert "distil" in out and "2/4" in out and "loss 0.250" in out
+
+
+def test_messages_name_the_final_file_not_its_temporary_twin():
+    from scene_kd.runio import atomic_path, final_name
+
+    assert final_name("/d/..urban.laz.1e9teedp.tmp.laz.403s9v79.tmp.laz") == "/d/urban.laz"
+    assert final_name("/d/b.las") == "/d/b.las" and final_name(".hidden.las") == ".hidden.las"
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d, atomic_path(f"{d}/x.laz") as tmp:
+        assert final_name(tmp) == f"{d}/x.laz"

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from scene_kd.errors import SceneFormatError
+from scene_kd.runio import final_name
 from scene_kd.scene.crs import geographic_to_utm, las_crs
 from scene_kd.scene.io import (
     check_extent,
@@ -311,6 +312,7 @@ def intensity_uint16(values: np.ndarray, path: Path | str = "") -> np.ndarray:
     """[N] intensity as LAS's uint16. Whole numbers in 0..65535 (what LAS files hold) are kept exactly; a
     fractional float intensity is scaled, not truncated: values in [0, 1] (a normalised intensity, e.g. the
     synthetic scanner's) by 65535, larger ones by 65535 / max when they exceed the range (logged)."""
+    path = final_name(path) if path else path  # the file the user asked for, not its temporary twin
     v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     hi = float(v.max(initial=0.0))
     if np.issubdtype(np.asarray(values).dtype, np.floating) and len(v) and not np.all(v == np.rint(v)):
