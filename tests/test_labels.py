@@ -255,3 +255,19 @@ def test_ray_batch_reports_names_without_a_code(tmp_path, monkeypatch, real_data
     assert summary["tiles"][0]["las_classes"]["without_code"] == ["car"]
     out = laspy.read(str(tmp_path / "ray" / "sample_c.laz"))
     assert set(np.unique(out.classification)) <= {1, 2, 5, 6} and "label" in out.point_format.extra_dimension_names
+
+
+def test_a_class_with_a_handful_of_points_is_warned_not_refused():
+    """A name whose class has only a few points in the run (sample_c's road: 2 of 14,408) is labelled, with one
+    warning line: the student cannot have learned it."""
+    from types import SimpleNamespace
+
+    from scene_kd.query.labels import parse_vocabulary, rare_members, rare_warning
+
+    labels = np.array([2] * 14_000 + [6] * 406 + [11] * 2)
+    field = SimpleNamespace(label_names={2: "ground", 6: "building", 11: "road"}, labels=labels)
+    rare = rare_members(field, parse_vocabulary("ground,paved=road,building"))
+    assert rare == ["road (2 of 14,408 points in the run)"]
+    assert rare_warning(rare).startswith("road (2 of 14,408 points in the run): too few for the student to learn")
+    assert rare_members(field, parse_vocabulary("ground,building")) == []
+    assert rare_members(SimpleNamespace(label_names={}, labels=None), parse_vocabulary("road")) == []

@@ -38,7 +38,7 @@ def main(args: Args) -> int:
     from dataclasses import replace
 
     from scene_kd.config import read_query_config
-    from scene_kd.query.labels import parse_vocabulary
+    from scene_kd.query.labels import parse_vocabulary, rare_members, rare_warning
     from scene_kd.query.segment import label_counts
     from scene_kd.query.session import QuerySession
     from scene_kd.teachers.config import ORACLE, ORACLE_NOTE
@@ -56,6 +56,10 @@ def main(args: Args) -> int:
            "mean_confidence": round(float(conf.mean()), 6) if len(conf) else None}
     if vocab.grouped:
         out["groups"] = vocab.as_json()
+    rare = rare_members(field, vocab)
+    if rare:  # said once, in the JSON too
+        out["warnings"] = [rare_warning(rare)]
+        print(f"scene-kd: warning: {out['warnings'][0]}", file=sys.stderr)
     out["teacher"] = field.teacher
     if field.teacher == ORACLE:  # every output of an oracle run says so (a fresh user missed it here)
         out["teacher_note"] = ORACLE_NOTE

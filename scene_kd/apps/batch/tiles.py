@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import logging
 import time
 import traceback
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from scene_kd.errors import BudgetError, SceneKDError
 from scene_kd.field import FeatureField
 from scene_kd.pipeline import run_pipeline
 from scene_kd.query.export import LEGACY_USER_CODE_START, USER_CODE_START, classification_codes
-from scene_kd.query.labels import Vocabulary, check_expressible
+from scene_kd.query.labels import Vocabulary, check_expressible, rare_members, rare_warning
 from scene_kd.query.segment import apply_template
 from scene_kd.query.session import QuerySession
 from scene_kd.runio import atomic_path, config_hash, file_hash, read_json, to_jsonable, write_json
@@ -264,7 +265,10 @@ def check_student_vocabulary(job: BatchJob) -> None:
         labels = FeatureField.load(job.student).labels
     except SceneKDError:
         labels = None
-    check_expressible(SimpleNamespace(label_names=names, labels=labels), encoder, vocab, [apply_template(template, m) for m in vocab.flat])
+    trained = SimpleNamespace(label_names=names, labels=labels)
+    if rare := rare_members(trained, vocab):  # before any tile, once
+        logging.getLogger(__name__).warning("%s", rare_warning(rare))
+    check_expressible(trained, encoder, vocab, [apply_template(template, m) for m in vocab.flat])
 
 
 def student_halo(job: BatchJob) -> float:
