@@ -268,18 +268,18 @@ def parse_verb(verb: str, argv: list[str]) -> tuple[Any, Any]:
     one_line_docs(mod.Args)
     default, argv = _default_args(mod, argv, verb)
     if not any(a in ("-h", "--help") for a in argv):
-        _both_forms(argv, _flag_groups(mod.Args, default))
-    stray = [t for t in argv if t.startswith("--") and t.split("=", 1)[0] not in _known_flags(mod.Args, default)
-             | {"--config", "--help"}]
-    if stray and not any(a in ("-h", "--help") for a in argv):
+        groups = _flag_groups(mod.Args, default)
+        _both_forms(argv, groups)
+        known = {flag for group in groups for flag in group} | {"--config"}
         # a misspelt flag can make tyro fail first on something else (e.g. `segment --lables x`: --labels missing)
         # and print a box without a suggestion: a quiet parse tells whether the stray flag is the problem
-        try:
-            _, unknown = _parse(verb, mod, argv, default, quiet=True)
-        except SystemExit:
-            raise _unknown(verb, mod, default, stray) from None
-        if unknown:
-            raise _unknown(verb, mod, default, unknown)
+        if stray := [t for t in argv if t.startswith("--") and t.split("=", 1)[0] not in known]:
+            try:
+                _, unknown = _parse(verb, mod, argv, default, quiet=True)
+            except SystemExit:
+                raise _unknown(verb, mod, default, stray) from None
+            if unknown:
+                raise _unknown(verb, mod, default, unknown)
     args, unknown = _parse(verb, mod, argv, default)
     if unknown:
         raise _unknown(verb, mod, default, unknown)

@@ -174,7 +174,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-
     return to_jsonable(cfg)
 
 

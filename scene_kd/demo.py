@@ -30,7 +30,6 @@ QUERIES = {"sample_c": ["building", "ground", "tree"], "urban": ["parked car", "
 
 
 def best_teacher() -> str:
-
     cfg = ClipSamConfig()
     clip = find_weights(open_clip_spec(cfg.clip_model, cfg.clip_pretrained))
     sam = find_weights(sam_spec(cfg.sam_model))
@@ -48,7 +47,6 @@ def best_teacher() -> str:
 def main() -> int:
     from rich.console import Console
     from rich.table import Table
-
 
     console = Console()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,19 @@ class FeatureField:
         )
 
 
+def load_field_labels(run_dir: str | Path) -> np.ndarray | None:
+    """A run's ground-truth class codes [N] alone, without reading its features (a batch checks a student's
+    vocabulary against the classes its run has points of); None when the field has no labels. RunStateError
+    when the run has no field."""
+    from safetensors import safe_open
+
+    path = Path(run_dir) / "field.safetensors"
+    if not path.exists():
+        raise RunStateError("missing field.safetensors; run the stage that writes it first", path=Path(run_dir))
+    with safe_open(str(path), framework="np") as f:
+        return f.get_tensor("labels") if "labels" in f.keys() else None
+
+
 def ensemble_takes_fused(best_fused: torch.Tensor, best_distilled: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
     """OpenScene's 2D-3D ensemble rule, per point [N] bool: the fused features win when their best cosine over the
     vocabulary beats the distilled one's by more than ``ENSEMBLE_TIE_MARGIN`` (float16-sized, so storage rounding

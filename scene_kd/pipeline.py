@@ -98,7 +98,6 @@ def teacher_cost_hook(teacher: TeacherConfig | None, preset: str | None = None) 
         return None
 
     def on_plan(plan: dict[str, Any]) -> dict[str, Any]:
-
         cost = estimate_for_config(teacher, int(plan.get("views", 0)), float(plan.get("megapixels", 0.0)),
                                    preset=preset)
         return {**cost.as_dict(), "line": cost.describe()}

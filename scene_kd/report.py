@@ -30,7 +30,6 @@ def relevancy_render(run_dir: str | Path, query: str, out_png: str | Path, *, si
     import torch
     from PIL import Image
 
-
     session = QuerySession.open(run_dir, query=read_query_config(run_dir))  # as every query entry point
     field = session.field
     rel = session.relevancy(query).float().numpy()

@@ -51,7 +51,6 @@ STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
 
 def stage_by_name(name: str) -> Stage:
-
     for s in STAGES:
         if s.name == name:
             return s

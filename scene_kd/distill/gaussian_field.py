@@ -232,7 +232,6 @@ def save_gaussian_field(path, field: GaussianFeatureField, metadata: dict[str, A
 
 
 def load_gaussian_field(path) -> GaussianFeatureField:
-
     tensors, _ = load_tensors(path)
     n, f = tensors["features"].shape
     field = GaussianFeatureField(n, f, tensors["decoder.weight"].shape[0])

@@ -91,7 +91,6 @@ class DistillStage:
         return [_VERSION, distill_settings(cfg.distill, cfg.distill.student)]
 
     def compute(self, run: RunDir, cfg: DistillStageConfig, ctx: StageContext) -> dict[str, Any]:
-
         student = self._student(run, cfg, scene=True)
         field = FeatureField.load(run.root)
         if "fused" not in field.features:

@@ -114,7 +114,6 @@ def _attribute_agreement(model: Any, field: Any, rgb: Any, intensity: Any, basis
     encoder when the scene has label names and the encoder loads ("label"), else feature clusters ("cluster")."""
     import torch
 
-
     classes, kind = None, "cluster"
     if field.label_names:
         try:
@@ -143,7 +142,6 @@ def _distill_points(run_dir: Path, field: Any, cfg: DistillConfig, chash: str, *
     """Train the point student on the fused features' coordinates in a rank-``cfg.feature_rank`` principal
     basis (scene_kd/feature_store.py), predict every point, store the distilled features as low-rank codes."""
     import torch
-
 
     kind = "sparseconv"
     t0 = time.perf_counter()
@@ -191,7 +189,6 @@ def student_basis(fused: Any, rank: int, sample: int = 200_000) -> Any:
     the identity when ``rank >= D``."""
     import torch
 
-
     if rank <= 0:
         raise RunStateError(f"distill.feature_rank must be positive, got {rank}")
     if rank >= fused.dim:
@@ -207,7 +204,6 @@ def _distill_gaussian_field(run_dir: Path, field: Any, cfg: DistillConfig, chash
     """Train the Gaussian feature field on the run's views and masks; write gaussian_field.safetensors and the
     field's distilled features (every Gaussian's decoded feature)."""
     import torch
-
 
     t0 = time.perf_counter()
     gcfg = cfg.gaussian_field

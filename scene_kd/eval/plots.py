@@ -27,7 +27,6 @@ def confusion_png(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-
     cm = np.asarray(confusion, dtype=np.float64)
     C = cm.shape[0]
     if cm.ndim != 2 or cm.shape[1] not in (C, C + 1) or len(class_names) != C:

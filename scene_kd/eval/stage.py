@@ -135,7 +135,6 @@ def evaluation_warnings(vocabulary: Sequence[str], evaluated: int, total: int) -
 
 
 def _evaluate(run: RunDir, sources: Sequence[str] | None, query: Any) -> dict[str, Any]:
-
     run_dir = run.root
     field, srcs, vocabulary, targets = check_evaluable(run_dir, sources)
     text = QuerySession.open(run_dir, field=field, query=query).class_embeddings(vocabulary, field.label_names)

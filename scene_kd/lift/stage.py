@@ -138,7 +138,6 @@ FUSE = FuseStage()
 def _fuse(run: RunDir, cfg: FuseConfig, *, key: str, force: bool) -> dict[str, Any]:
     import torch
 
-
     run_dir = run.root
     if not run_dir.is_dir():
         raise RunStateError("not a run folder", path=run_dir)

@@ -337,7 +337,6 @@ def _annotate(path: Path, las_src: tuple[Path, str, Any], m: np.ndarray | None, 
     """LAS/LAZ export from the run's input file: its records with classification + extra-bytes dims."""
     import laspy
 
-
     source, expect_hash, records = las_src
     check_source(source, expect_hash)
     with laspy.open(str(source)) as f:

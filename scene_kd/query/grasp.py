@@ -87,7 +87,6 @@ class GraspTarget:
     point_indices: list[int] = field(default_factory=list)
 
     def to_json(self, with_indices: bool = False) -> dict[str, Any]:
-
         d = to_jsonable(self)
         if not with_indices:
             d.pop("point_indices")

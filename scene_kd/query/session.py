@@ -54,7 +54,6 @@ class QuerySession:
     _lock: threading.RLock = dataclasses.field(init=False, repr=False, default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
-
         self.cache = TextEmbeddingCache(self.config.text_cache_size)
         if self.config.template:
             apply_template(self.config.template, "x")  # refuses a template without "{}" now, not at first use
@@ -80,7 +79,6 @@ class QuerySession:
         return cls(field=field, config=cfg, encoder=encoder, run_dir=Path(run_dir))
 
     def _encoder(self) -> Any:
-
         if self.encoder is None:
             self.encoder = load_encoder(self.field)
         return self.encoder

@@ -67,7 +67,6 @@ def orbit_frame(scene: Any, cfg: RenderConfig) -> tuple[Any, Any]:
         return None, None
     from scipy.spatial import cKDTree
 
-
     means = np.asarray(scene.xyz, np.float64)
     normals, weights = gaussian_normals_and_weights(scene.quats, scene.log_scales, scene.opacity_logits)
     frame = estimate_scene_frame(means, normals=normals, weights=weights)

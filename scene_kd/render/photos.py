@@ -189,7 +189,6 @@ def write_view_photo(run_dir: Path, i: int, capture: Any, k: int, render: Render
     disagreeing pixels or None when not checked)."""
     from PIL import Image
 
-
     h, w = render.rgb.shape[:2]
     lenses = getattr(capture, "lenses", None)
     lens = (lenses[k], capture.cameras[k]) if lenses and lenses[k] is not None else None

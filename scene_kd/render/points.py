@@ -206,7 +206,6 @@ def _use_native(backend: str, xyz: Tensor, camera: Camera) -> bool:
 
 
 def _zbuffer_native(xyz: Tensor, P: Tensor, camera: Camera, fp: _Footprint, threads: int | None) -> Tensor:
-
     W, H = camera.width, camera.height
     mode = native.MODE_SINGLE if fp.single else native.MODE_FIXED_DISC if fp.fixed_r is not None else native.MODE_WORLD_RADIUS
     zbuf = native.zbuffer(xyz, P, W, H, near=NEAR, mode=mode, fixed_radius_px=fp.fixed_r or 0.0,

@@ -120,7 +120,6 @@ def render_point_view(scene: Any, camera: Camera, cfg: RenderConfig, xyz: torch.
 
 
 def render_gaussian_view(scene: Any, camera: Camera, cfg: RenderConfig, tensors: dict[str, torch.Tensor]) -> Render:
-
     bg = torch.tensor(cfg.background, dtype=torch.float32) / 255.0
     with torch.no_grad():
         out = rasterize(tensors["means"], tensors["quats"], tensors["log_scales"], tensors["opacity_logits"],
@@ -154,7 +153,6 @@ def _radius_summary(radius: float | torch.Tensor) -> float | dict[str, float]:
 def contact_sheet(renders: list[tuple[int, np.ndarray, Camera]], path: Path, *, thumb: int = 160, cols: int = 8) -> None:
     """A grid of thumbnails [view index, level, name] saved as PNG."""
     from PIL import Image, ImageDraw
-
 
     if not renders:
         return

@@ -55,7 +55,6 @@ def save_render(run_dir: str | Path, index: int, render: Render) -> None:
     """Write one view's PNG and NPZ atomically."""
     from PIL import Image
 
-
     png, npz = render_paths(run_dir, index)
     with atomic_path(png) as tmp:
         Image.fromarray(render.rgb).save(tmp, format="PNG")
@@ -78,7 +77,6 @@ def load_render(run_dir: str | Path, index: int, camera: Camera) -> Render:
 
 
 def load_cameras(run_dir: str | Path) -> list[Camera]:
-
     views = read_json(Path(run_dir) / "views.json")
     return [Camera.from_json(c) for c in views["cameras"]]
 

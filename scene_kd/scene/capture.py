@@ -232,7 +232,6 @@ def seen_fraction(points: Any, cameras: list[Camera]) -> float:
     one camera's image (0 for no points)."""
     import torch
 
-
     seen = torch.zeros(len(points), dtype=torch.bool)
     for cam in cameras:
         uv, z = project_points(points, cam)
@@ -336,7 +335,6 @@ def nerfstudio_cameras(tj: Path, scene: Any, *, is_ply: bool = False, meta: dict
 
 
 def _nerfstudio(root: Path):
-
     tj = root / "transforms.json"
     try:
         meta = json.loads(tj.read_text())
@@ -363,7 +361,6 @@ def _nerfstudio(root: Path):
 
 
 def _nerf_synthetic(root: Path):
-
     splits = [root / f"transforms_{s}.json" for s in ("train", "val", "test")]
     splits = [p for p in splits if p.is_file()]
 
@@ -391,7 +388,6 @@ def _nerf_synthetic(root: Path):
 
 
 def _colmap(root: Path):
-
     def read(scene: Any, scene_path: Path | None):
         cams = load_colmap_cameras(root, origin=np.asarray(scene.origin, np.float64))
         return cams, [root / "images" / c.name for c in cams], {}

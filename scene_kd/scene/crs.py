@@ -45,7 +45,6 @@ def las_crs(header: Any, path: Any = "") -> Any | None:
     """
     from pyproj import CRS
 
-
     recs = projection_records([*header.vlrs, *(getattr(header, "evlrs", None) or [])])
     crs = None
     text = recs.get("wkt", b"").decode("utf-8", "replace").strip("\x00 \r\n")

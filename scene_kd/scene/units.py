@@ -126,7 +126,6 @@ def area_hint(crs_wkt: str | None, x: float, y: float) -> str | None:
         return None
     from pyproj import CRS, Transformer
 
-
     h = horizontal(CRS.from_wkt(crs_wkt))
     area = getattr(h, "area_of_use", None)
     if h is not None and area is None and h.to_epsg(min_confidence=70):  # WKT1 carries no area: the registry's

@@ -52,7 +52,6 @@ class FeatureCache:
             return None
 
     def put(self, render_hash: str, vm: ViewMasks) -> None:
-
         with atomic_path(self.path(render_hash)) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, mask_ids=np.asarray(vm.mask_ids, np.int32),

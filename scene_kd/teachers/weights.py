@@ -199,7 +199,6 @@ def _download(spec: WeightsSpec, where: Path) -> Path:
         return Path(hf_hub_download(spec.hf_repo, spec.filenames[0], local_dir=str(where.parent)))
     import torch
 
-
     with atomic_path(where) as tmp:
         torch.hub.download_url_to_file(spec.url, str(tmp), progress=True)
     return where

@@ -231,7 +231,6 @@ def planned_halo(job: BatchJob) -> float:
 
 
 def _tile_chunks(tile: str, job: BatchJob) -> tuple[Any, list[Any]]:
-
     scene = load_scene(tile, units=job.units)
     if job.mode == "student":  # refused here: no chunk is staged, process_tile reports why
         from scene_kd.apps.batch.tiles import check_student_inputs
@@ -260,7 +259,6 @@ def stage_student_chunks(scene: Any, chunks: Sequence[Any], job: BatchJob, folde
     tile and their positions in the context, and the whole tile's :class:`scene_kd.distill.unet.SceneStats`."""
     import numpy as np
 
-
     # ``scene`` was checked against the student's contract (and converted to its units) by _tile_chunks;
     # attributes without information are missing for the whole tile (a chunk alone could judge otherwise)
     scene.rgb, scene.intensity = usable_rgb(scene.rgb), usable_intensity(scene.intensity)
@@ -285,7 +283,6 @@ def stage_student_chunks(scene: Any, chunks: Sequence[Any], job: BatchJob, folde
 def label_staged_chunk(tile: str, job: BatchJob, k: int) -> tuple[Any, Any, Any]:
     """(core indices [K], label index [K], confidence [K]) of student-mode chunk ``k``, from its staged inputs."""
     import numpy as np
-
 
     with np.load(chunk_dir(job.out_dir, tile) / f"chunk{k:03d}.npz") as z:
         d = {key: z[key] for key in z.files}
@@ -408,7 +405,6 @@ def las_classes_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any] | N
 
 
 def write_summary(out_dir: Path, records: list[dict[str, Any]], job: BatchJob, meta: dict[str, Any]) -> dict[str, Any]:
-
     status = [r["status"] for r in records]
     totals = {s: status.count(s) for s in ("done", "skipped", "error", "refused", "not run")}
     points = sum(int(r.get("points") or 0) for r in records if r["status"] in ("done", "skipped"))

@@ -42,7 +42,7 @@ from scene_kd.distill.predict import chunk_halo, student_contract
 from scene_kd.distill.train import apply_student
 from scene_kd.distill.unet import StudentSpec
 from scene_kd.errors import BudgetError, SceneKDError
-from scene_kd.field import FeatureField
+from scene_kd.field import FeatureField, load_field_labels
 from scene_kd.pipeline import run_pipeline
 from scene_kd.query.export import LEGACY_USER_CODE_START, USER_CODE_START, classification_codes
 from scene_kd.query.labels import Vocabulary, check_expressible, rare_members, rare_warning
@@ -92,7 +92,6 @@ class BatchJob:
     """The tiles' units (scene_kd.scene.units.InputConfig.units): auto = each tile's CRS, else an override."""
 
     def config_hash(self, tile_hash: str) -> str:
-
         d = dataclasses.asdict(self)
         d.pop("out_dir")
         d.pop("max_views")  # a budget refuses work, it never changes a tile's labels
@@ -235,7 +234,6 @@ def _segment_field(field: Any, vocab: Any, run_dir: str | Path) -> tuple[np.ndar
 
 @functools.lru_cache(maxsize=4)
 def _student_meta(student_dir: str) -> dict[str, Any]:
-
     return read_json(Path(student_dir) / "field.json")
 
 
@@ -251,7 +249,6 @@ def check_student_vocabulary(job: BatchJob) -> None:
     none of the classes it was trained on; :func:`scene_kd.query.labels.check_expressible`)."""
     from types import SimpleNamespace
 
-
     meta = _student_meta(job.student)
     encoder = load_text_encoder(meta["text_encoder"])
     if not hasattr(encoder, "encode_class_names"):
@@ -259,10 +256,8 @@ def check_student_vocabulary(job: BatchJob) -> None:
     vocab = job.vocabulary()
     template = read_query_config(job.student).template
     names = {int(k): v for k, v in (meta.get("label_names") or {}).items()}
-    try:  # the classes with points in the student's run: as segment and query check them
-        from scene_kd.field import FeatureField
-
-        labels = FeatureField.load(job.student).labels
+    try:  # the classes with points in the student's run, as segment and query check them (labels only)
+        labels = load_field_labels(job.student)
     except SceneKDError:
         labels = None
     trained = SimpleNamespace(label_names=names, labels=labels)
@@ -288,7 +283,6 @@ def label_with_student(scene: Any, job: BatchJob, *, stats: Any = None, max_poin
     ``stats`` (:class:`scene_kd.distill.unet.SceneStats`): the whole tile's constants when ``scene`` is a chunk
     (with a halo of :func:`student_halo`); ``max_points``: the student's tile size (default ``job.chunk_size``).
     """
-
 
     meta = _student_meta(job.student)
     max_points = max_points or job.chunk_size
@@ -377,9 +371,6 @@ def check_student_inputs(scene: Any, job: BatchJob) -> Any:
     """The tile's :class:`scene_kd.distill.contract.TileFigures` against ``job.student``'s input contract
     (warnings logged; ``scale`` set when its coordinates are converted to the student's metres); InputContractError
     (one line) when it lacks an input the student needs or is in units that cannot be converted."""
-    import logging
-
-
     units, scale = scene_scale(scene)
     fig = check_tile(student_contract(job.student), scene.xyz, scene.rgb, scene.intensity, units, scale,
                      accept_missing=job.accept_missing)

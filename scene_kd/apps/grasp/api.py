@@ -48,7 +48,6 @@ class GraspLookup:
         return self.session.relevancy(query, source=self.source).numpy()
 
     def __call__(self, query: str) -> GraspTarget:
-
         query = check_prompt(query)
         try:
             rel = self.relevancy(query)

@@ -61,7 +61,6 @@ def create_app(lookup: GraspLookup) -> Any:
     from fastapi import FastAPI, Query
     from fastapi.responses import JSONResponse
 
-
     app = FastAPI(title="scene-kd grasp", version="1", description=(
         "Grasp targets from open-vocabulary 3D scenes. Coordinates are the scene's own (world) frame."))
 

@@ -371,7 +371,6 @@ class ViewerApp:
         vocabulary, else the scene's class names, else a small default vocabulary (also ``state.inspected``)."""
         import torch
 
-
         fld = self.field
         vocab = self.state.vocabulary if self.state.labels else None
         if vocab is None:

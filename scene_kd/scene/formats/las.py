@@ -191,7 +191,6 @@ def read_las(path: Path) -> PointCloud:
     """
     import laspy
 
-
     check_las_bytes(path)
     try:
         reader_ = laspy.open(str(path))

@@ -111,7 +111,6 @@ def _whole_labels(values: np.ndarray, key: str, path: Path) -> np.ndarray | None
 
 @reader("ply")
 def read_ply(path: Path) -> PointCloud | GaussianSplats:
-
     ply = _read_vertex(path)
     if is_compressed(ply):
         return _read_compressed(path, ply, decode_compressed(ply, path))

@@ -143,7 +143,6 @@ def make_tabletop_capture(out: str | Path, *, seed: int = 0, views: int = 12, wi
     import torch
     from PIL import Image
 
-
     out = Path(out)
     if views < 1 or width < 8 or height < 8:
         raise SceneKDError(f"a capture needs views >= 1 and images >= 8 px, got {views} views of {width}x{height}")

@@ -122,7 +122,6 @@ def write_district(path: str | Path, points: int = 10_000_000, seed: int = 0, de
     class names in the scene_kd JSON VLR. Writes to a temporary name and renames. Returns the plan."""
     import laspy
 
-
     path = Path(path)
     if path.suffix.lower() not in (".las", ".laz"):
         raise SceneKDError("write_district writes .las or .laz", path=path)
